@@ -1,0 +1,143 @@
+"""aot-ray: plan | run | report. Bad input ends with one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import AotError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the sweep's "
+                                          "run.tracking_uri, else sqlite:///mlflow.db in this folder)")
+    p.add_argument("--storage", help="results, checkpoints and prepared data (default: the sweep's run.storage, "
+                                     "else ./aot_results)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="aot-ray", description="Arrow-of-Time sweeps on Ray Tune, tracked in MLflow.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="show the expanded trials, what is done, and what they cost; runs nothing")
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--json", action="store_true", help="print a JSON list of trials")
+    _common(p)
+
+    p = sub.add_parser("run", help="run the sweep through Ray Tune and print the AoT table")
+    p.add_argument("sweep", help="sweep YAML")
+    _common(p)
+    p.add_argument("--address", help="address of a running Ray cluster (default: start Ray locally)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
+    p.add_argument("--max-concurrent-trials", type=int, help="override run.max_concurrent_trials")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+
+    p = sub.add_parser("report", help="pair forward/backward runs from MLflow and print the AoT table")
+    p.add_argument("sweep", help="sweep YAML, or a sweep name")
+    _common(p)
+    p.add_argument("--out", help="folder for aot_pairs.csv and aot_summary.csv (default: <storage>/reports/<sweep>)")
+    p.add_argument("--json", action="store_true", help="print pairs and summary as JSON")
+    return ap
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .sweep import plan, read_spec, resolve_storage
+    from .tracking import resolve_uri
+
+    spec, _ = read_spec(args.sweep)
+    result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
+    if args.json:
+        print(json.dumps(result["trials"], indent=2))
+        return 0
+    from .aggregate import format_table
+
+    rows = [{**r, "resources": ",".join(f"{k}={v:g}" for k, v in r["resources"].items()),
+             "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
+    print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
+                              "tokens", "resources", "status"]))
+    n = len(rows)
+    done = sum(r["status"] == "done" for r in rows)
+    todo = [r for r in result["trials"] if r["status"] != "done"]
+    flops = sum(r["flops"] for r in todo)
+    tokens = sum(r["tokens"] for r in todo)
+    print(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
+          f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
+    for d in result["datasets"]:
+        print(f"dataset {d['dataset']}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
+    if result["note"]:
+        print(result["note"])
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .aggregate import render
+    from .sweep import read_spec, resolve_storage, run
+    from .tracking import resolve_uri
+
+    spec, text = read_spec(args.sweep)
+    uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
+    storage = resolve_storage(args.storage, spec)
+    print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
+    out = run(spec, text, uri=uri, storage=storage, address=args.address, num_cpus=args.num_cpus,
+              num_gpus=args.num_gpus, max_concurrent_trials=args.max_concurrent_trials,
+              verbose=0 if args.quiet else 1)
+    print()
+    print(render(out.report))
+    for f in out.report["files"]:
+        print(f"wrote {f}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{spec.name}')")
+    if out.failed:
+        for o in out.failed:
+            print(f"trial {o.trial_id} failed: {o.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .aggregate import render, report
+    from .tracking import check_reachable, resolve_uri
+
+    path = Path(args.sweep)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        from .sweep import read_spec, resolve_storage
+
+        spec, _ = read_spec(args.sweep)
+        name, uri = spec.name, resolve_uri(args.tracking_uri, spec.run.tracking_uri)
+        storage = resolve_storage(args.storage, spec)
+    else:
+        name, uri = args.sweep, resolve_uri(args.tracking_uri)
+        storage = str(Path(args.storage or "aot_results").resolve())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise AotError(f"no MLflow database at {uri[len('sqlite:///'):]}; run the sweep first or pass --tracking-uri")
+    check_reachable(uri)
+    out_dir = Path(args.out) if args.out else (Path(storage) / "reports" / name if "://" not in storage else None)
+    result = report(uri, name, out_dir)
+    if not result["rows"]:
+        raise AotError(f"no finished runs for sweep {name!r} in {uri}")
+    if args.json:
+        print(json.dumps({"pairs": result["pairs"], "summary": result["summary"], "orphans": result["orphans"]},
+                         indent=2, default=str))
+    else:
+        print(render(result))
+        for f in result["files"]:
+            print(f"wrote {f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"plan": _plan, "run": _run, "report": _report}[args.command](args)
+    except AotError as e:
+        print(f"aot-ray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aot-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

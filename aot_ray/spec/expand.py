@@ -1,0 +1,108 @@
+"""expand(sweep) -> trials: the one pure function that turns a sweep into trial specs with content-hash ids.
+
+Identity comes from content. `cell_key` hashes everything but seed and direction, `pair_key` adds the seed,
+`trial_id` adds the direction. Settings that cannot change a result (logging cadence, thread count, device)
+are left out of the hash, so changing them does not orphan finished runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from typing import Any
+
+from .schema import SweepSpec, TrialSpec
+
+NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "threads", "device"}}
+SHORT = {"forward": "fw", "backward": "bw"}
+
+
+def content_hash(obj: Any, n: int = 8) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def _slug_part(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.]+", "", text)
+
+
+def _identity(section: str, obj: Any) -> dict:
+    d = dataclasses.asdict(obj)
+    for name in NOT_IDENTITY.get(section, ()):
+        d.pop(name, None)
+    return d
+
+
+def expand(spec: SweepSpec) -> list[TrialSpec]:
+    """All trials of the sweep, forward and backward of a cell adjacent, in a deterministic order."""
+    g = spec.grid
+    d = spec.defaults
+    override_names = [name for name, _ in g.overrides]
+    override_values = [values for _, values in g.overrides]
+    trials: list[TrialSpec] = []
+    for dataset, preset, ctx, *rest in itertools.product(
+        g.dataset, g.model, g.context_length, *override_values, g.seed, g.direction
+    ):
+        *ovals, seed, direction = rest
+        sections = {
+            "data": spec.data[dataset],
+            "model": dataclasses.replace(d.model, preset=preset),
+            "optim": d.optim,
+            "train": d.train,
+            "resources": d.resources,
+        }
+        for name, value in zip(override_names, ovals):
+            section, _, fld = name.partition(".")
+            sections[section] = dataclasses.replace(sections[section], **{fld: value})
+        cell = {s: _identity(s, sections[s]) for s in ("data", "model", "optim", "train")}
+        cell["context_length"] = ctx
+        slug = "-".join(
+            [_slug_part(dataset), _slug_part(preset), f"c{ctx}"]
+            + [f"{name.partition('.')[2]}{_slug_part(v)}" for name, v in zip(override_names, ovals)]
+        )
+        cell_key = f"{slug}-{content_hash(cell)}"
+        pair_key = f"{slug}-s{seed}-{content_hash({**cell, 'seed': seed})}"
+        trial_id = f"{slug}-s{seed}-{SHORT[direction]}-{content_hash({**cell, 'seed': seed, 'direction': direction})}"
+        axes = (("dataset", dataset), ("model", preset), ("context_length", ctx), *zip(override_names, ovals))
+        trials.append(
+            TrialSpec(
+                sweep=spec.name,
+                trial_id=trial_id,
+                pair_key=pair_key,
+                cell_key=cell_key,
+                direction=direction,
+                dataset=dataset,
+                data=sections["data"],
+                model=sections["model"],
+                optim=sections["optim"],
+                train=sections["train"],
+                context_length=ctx,
+                seed=seed,
+                resources=sections["resources"],
+                axes=tuple(axes),
+            )
+        )
+    return trials
+
+
+def trial_to_dict(trial: TrialSpec) -> dict:
+    """A JSON-ready dict of a trial (axes as a mapping)."""
+    out = dataclasses.asdict(trial)
+    out["axes"] = dict(trial.axes)
+    return out
+
+
+def flatten(trial: TrialSpec) -> dict[str, Any]:
+    """Dotted `section.field -> value` params for MLflow, every field of the trial."""
+    out: dict[str, Any] = {}
+    for key, value in trial_to_dict(trial).items():
+        if isinstance(value, dict) and key != "axes":
+            for sub, v in value.items():
+                out[f"{key}.{sub}"] = v
+        elif key != "axes":
+            out[key] = value
+    return out

@@ -1,0 +1,209 @@
+"""Sweep YAML -> validated `SweepSpec`. Every rejection names the YAML path of the bad field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import SpecError
+from .build import build, describe, field_names, field_value, join
+from .schema import (
+    DATASET_KINDS,
+    DIRECTIONS,
+    Defaults,
+    Grid,
+    ModelSpec,
+    OptimSpec,
+    ResourcesSpec,
+    RunSpec,
+    SweepSpec,
+    TrainSpec,
+    split_sizes,
+)
+
+TOP_KEYS = ("name", "description", "data", "defaults", "grid", "run")
+SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": TrainSpec, "resources": ResourcesSpec}
+# fields that have a named axis of their own, or that identify a dataset's type
+RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep YAML; errors carry the file name."""
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        raise SpecError("", f"no such sweep file (give the path of a YAML file, e.g. sweeps/quickstart.yaml)", source)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError("", f"{where}invalid YAML: {problem}", source) from None
+    try:
+        return parse_sweep(raw)
+    except SpecError as e:
+        raise e.with_source(source) from None
+
+
+def parse_sweep(raw: Any) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("", f"a sweep must be a mapping with keys {', '.join(TOP_KEYS)}; got {describe(raw)}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SpecError(str(key), f"unknown key (expected one of: {', '.join(TOP_KEYS)})")
+    for key in ("name", "data", "grid"):
+        if key not in raw:
+            raise SpecError(key, "is required")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS:
+        raise SpecError("name", f"must be a non-empty string of letters, digits, '-', '_', '.'; got {describe(name)}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise SpecError("description", f"must be a string, got {describe(description)}")
+    data = _parse_data(raw["data"])
+    defaults = build(Defaults, raw.get("defaults") or {}, "defaults")
+    _check_model(defaults.model, "defaults.model")
+    grid = _parse_grid(raw["grid"], data)
+    run = build(RunSpec, raw.get("run") or {}, "run")
+    spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run)
+    _check_trials(spec)
+    return spec
+
+
+def _parse_data(raw: Any) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("data", "must be a non-empty mapping of dataset name -> dataset settings")
+    out = {}
+    for name, body in raw.items():
+        path = join("data", str(name))
+        if not isinstance(name, str) or not set(name) <= NAME_CHARS:
+            raise SpecError(path, "dataset names use letters, digits, '-', '_', '.'")
+        if not isinstance(body, dict):
+            raise SpecError(path, f"must be a mapping, got {describe(body)}")
+        kind = body.get("kind")
+        if kind not in DATASET_KINDS:
+            raise SpecError(join(path, "kind"), f"must be one of {', '.join(DATASET_KINDS)}; got {describe(kind)}")
+        out[name] = build(DATASET_KINDS[kind], body, path)
+        _check_dataset(out[name], path)
+    return out
+
+
+def _check_dataset(data: Any, path: str) -> None:
+    from ..data.synthetic import capacity  # pure arithmetic on the dataset settings
+
+    limit = capacity(data)
+    if data.n_samples > limit:
+        raise SpecError(join(path, "n_samples"), f"{data.n_samples} exceeds the {limit} distinct lines these settings allow")
+    if data.kind == "linear" and data.k > data.bits * (data.bits - 1):
+        raise SpecError(join(path, "k"), f"a {data.bits}x{data.bits} matrix has only {data.bits * (data.bits - 1)} off-diagonal entries, got {data.k}")
+
+
+def _check_model(model: ModelSpec, path: str) -> None:
+    from ..models import resolve_shape  # models imports this package's schema
+
+    try:
+        resolve_shape(model)
+    except ValueError as e:
+        raise SpecError(path, str(e)) from None
+
+
+def _axis_values(raw: Any, path: str) -> list:
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(path, f"must be a non-empty list of values, got {describe(raw) if raw != [] else 'an empty list'}")
+    seen = []
+    for i, v in enumerate(raw):
+        if v in seen:
+            raise SpecError(join(path, i), f"duplicate value {describe(v)}")
+        seen.append(v)
+    return raw
+
+
+def _parse_grid(raw: Any, data: dict) -> Grid:
+    if not isinstance(raw, dict):
+        raise SpecError("grid", f"must be a mapping of axis -> list of values, got {describe(raw)}")
+    for key in ("dataset", "model", "context_length"):
+        if key not in raw:
+            raise SpecError(join("grid", key), "is required")
+    named: dict[str, tuple] = {}
+    overrides = []
+    # named axes first: dotted `data.*` axes are checked against the datasets the grid uses
+    ordered = sorted(raw.items(), key=lambda kv: isinstance(kv[0], str) and "." in kv[0])
+    for key, values in ordered:
+        path = join("grid", str(key))
+        values = _axis_values(values, path)
+        if key == "dataset":
+            for i, v in enumerate(values):
+                if v not in data:
+                    raise SpecError(join(path, i), f"unknown dataset {describe(v)} (defined under data: {', '.join(data)})")
+        elif key == "model":
+            for i, v in enumerate(values):
+                if not isinstance(v, str):
+                    raise SpecError(join(path, i), f"must be a preset name, got {describe(v)}")
+                _check_model(ModelSpec(preset=v), join(path, i))
+        elif key == "context_length":
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                    raise SpecError(join(path, i), f"must be a positive integer, got {describe(v)}")
+        elif key == "seed":
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise SpecError(join(path, i), f"must be a non-negative integer, got {describe(v)}")
+        elif key == "direction":
+            for i, v in enumerate(values):
+                if v not in DIRECTIONS:
+                    raise SpecError(join(path, i), f"must be one of {', '.join(DIRECTIONS)}; got {describe(v)}")
+        elif isinstance(key, str) and "." in key:
+            overrides.append((key, tuple(_override_values(key, values, path, [data[d] for d in named["dataset"]]))))
+            continue
+        else:
+            raise SpecError(path, "unknown axis (expected dataset, model, context_length, direction, seed, "
+                                  "or a dotted field such as optim.lr, train.steps, data.k)")
+        named[key] = tuple(values)
+    return Grid(**named, overrides=tuple(overrides))
+
+
+def _override_values(key: str, values: list, path: str, datasets: list) -> list:
+    section, _, name = key.partition(".")
+    if key in RESERVED:
+        raise SpecError(path, f"cannot be a grid axis: {RESERVED[key]}")
+    if section == "data":
+        out = list(values)
+        for cls in {type(d): None for d in datasets}:  # every dataset kind on the grid must accept the field
+            if name not in field_names(cls):
+                raise SpecError(path, f"datasets of kind {cls().kind!r} have no field {name!r}")
+            out = [field_value(cls, name, v, join(path, i)) for i, v in enumerate(values)]
+        return out
+    if section not in SECTIONS:
+        raise SpecError(path, f"unknown section {section!r} (expected one of: data, {', '.join(SECTIONS)})")
+    cls = SECTIONS[section]
+    if name not in field_names(cls):
+        raise SpecError(path, f"{section} has no field {name!r} (expected one of: {', '.join(field_names(cls))})")
+    return [field_value(cls, name, v, join(path, i)) for i, v in enumerate(values)]
+
+
+def _check_trials(spec: SweepSpec) -> None:
+    """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
+    from .expand import expand
+
+    for trial in expand(spec):
+        axes = dict(trial.axes)
+        ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
+        n_train, n_val = split_sizes(trial.data)
+        per_line = trial.data.line_tokens()
+        for split, lines in (("validation", n_val), ("training", n_train)):
+            if lines * per_line < trial.context_length:
+                raise SpecError(
+                    ctx_path,
+                    f"context length {trial.context_length} is longer than the {split} split of dataset "
+                    f"{trial.dataset!r} ({lines} lines x {per_line} tokens = {lines * per_line}); lower it or raise "
+                    f"data.{trial.dataset}.n_samples",
+                )
+        if trial.optim.warmup_steps >= trial.train.steps:
+            where = "grid.optim.warmup_steps" if "optim.warmup_steps" in axes else "defaults.optim.warmup_steps"
+            raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
+        if any(k.startswith("model.") for k in axes):
+            _check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))

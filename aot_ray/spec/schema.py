@@ -1,0 +1,187 @@
+"""The typed sweep schema: frozen keyword-only dataclasses that a sweep YAML is loaded into.
+
+Numeric constraints live in field metadata (`gt`, `ge`, `le`) so the loader can check every value,
+including values that come from grid axes, and name the exact YAML path of a bad one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+Direction = Literal["forward", "backward"]
+DIRECTIONS: tuple[str, ...] = ("forward", "backward")
+
+
+def _num(default: Any, **limits: float) -> Any:
+    return field(default=default, metadata=limits)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrimesData:
+    """Lines `p * q = n`: primes p < q below 10**digits, zero-padded; n written least-significant digit first."""
+
+    kind: Literal["primes"] = "primes"
+    digits: int = _num(3, gt=0, le=6)
+    n_samples: int = _num(10000, gt=1)
+    val_fraction: float = _num(0.1, gt=0, le=0.5)
+    seed: int = _num(0, ge=0)
+
+    def line_tokens(self) -> int:
+        # "ppp * qqq = nnnnnn\n": two factors, a 2*digits product, two 3-char separators, a newline
+        return self.digits * 4 + 7
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearData:
+    """Lines `x : y` over F2 with y = A x, A = I plus `k` off-diagonal ones (invertible), optional bit flips on y."""
+
+    kind: Literal["linear"] = "linear"
+    bits: int = _num(16, gt=0, le=63)
+    k: int = _num(4, ge=0)
+    noise: float = _num(0.0, ge=0, le=0.5)
+    n_samples: int = _num(10000, gt=1)
+    val_fraction: float = _num(0.1, gt=0, le=0.5)
+    seed: int = _num(0, ge=0)
+
+    def line_tokens(self) -> int:
+        return self.bits * 2 + 4  # "x : y\n"
+
+
+DatasetSpec = Union[PrimesData, LinearData]
+DATASET_KINDS: dict[str, type] = {"primes": PrimesData, "linear": LinearData}
+
+
+def split_sizes(data: DatasetSpec) -> tuple[int, int]:
+    """(train, validation) line counts of a synthetic dataset; validation gets at least one line."""
+    n_val = max(1, round(data.n_samples * data.val_fraction))
+    return data.n_samples - n_val, n_val
+
+
+# ---------------------------------------------------------------- model / optim / train
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A GPT-2 style decoder: a named preset, optionally overridden field by field."""
+
+    arch: Literal["gpt2"] = "gpt2"
+    preset: str = "tiny"
+    n_layer: Optional[int] = _num(None, gt=0)
+    n_head: Optional[int] = _num(None, gt=0)
+    n_embd: Optional[int] = _num(None, gt=0)
+    tie_embeddings: bool = False
+    dropout: float = _num(0.0, ge=0, le=0.9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSpec:
+    """AdamW with a `transformers` warmup schedule; `cosine_restarts` decays the peak by `restart_decay` per cycle."""
+
+    lr: float = _num(1e-3, gt=0)
+    weight_decay: float = _num(0.1, ge=0)
+    beta1: float = _num(0.9, ge=0, le=1)
+    beta2: float = _num(0.95, ge=0, le=1)
+    eps: float = _num(1e-8, gt=0)
+    schedule: Literal["cosine", "cosine_restarts", "linear", "constant"] = "cosine"
+    warmup_steps: int = _num(50, ge=0)
+    min_lr_ratio: float = _num(0.0, ge=0, le=1)
+    restarts: int = _num(1, gt=0)
+    restart_decay: float = _num(1.0, gt=0, le=1)
+    grad_clip: float = _num(1.0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Step budget, batching, evaluation and checkpoint cadence; `stride` defaults to the context length."""
+
+    steps: int = _num(500, gt=0)
+    batch_size: int = _num(32, gt=0)
+    grad_accum: int = _num(1, gt=0)
+    stride: Optional[int] = _num(None, gt=0)
+    eval_every: int = _num(100, gt=0)
+    eval_windows: int = _num(512, gt=0)
+    eval_batch_size: int = _num(64, gt=0)
+    log_every: int = _num(10, gt=0)
+    checkpoint_every: int = _num(100, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: Optional[int] = _num(None, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourcesSpec:
+    """What one trial asks Ray for; fractional `gpu` packs several small models on one GPU."""
+
+    cpu: float = _num(1.0, gt=0)
+    gpu: float = _num(0.0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defaults:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """How the sweep is driven; command-line flags override these."""
+
+    max_concurrent_trials: Optional[int] = _num(None, gt=0)
+    max_failures: int = _num(0, ge=0)
+    storage: Optional[str] = None
+    tracking_uri: Optional[str] = None
+
+
+# ---------------------------------------------------------------- sweep / grid / trial
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    """Axes that multiply. `overrides` holds dotted axes such as `optim.lr` or `data.k`, in YAML order."""
+
+    dataset: tuple[str, ...]
+    model: tuple[str, ...]
+    context_length: tuple[int, ...]
+    direction: tuple[str, ...] = DIRECTIONS
+    seed: tuple[int, ...] = (0,)
+    overrides: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    name: str
+    description: str = ""
+    data: dict[str, DatasetSpec]
+    defaults: Defaults = field(default_factory=Defaults)
+    grid: Grid
+    run: RunSpec = field(default_factory=RunSpec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSpec:
+    """One training run: a cell of the grid in one direction. Everything a trainer needs, nothing about Ray."""
+
+    sweep: str
+    trial_id: str
+    pair_key: str
+    cell_key: str
+    direction: str
+    dataset: str
+    data: DatasetSpec
+    model: ModelSpec
+    optim: OptimSpec
+    train: TrainSpec
+    context_length: int
+    seed: int
+    resources: ResourcesSpec
+    axes: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def stride(self) -> int:
+        return self.train.stride or self.context_length

@@ -1,0 +1,217 @@
+"""MLflow tracking: one experiment per sweep, a parent run for the sweep, one child run per trial.
+
+Runs are found again by tags (`aot.role`, `sweep`, `trial_id`), so a retried trial logs into its existing run
+and `plan`/`run` can tell which trials are finished. Metrics are buffered and written in batches; a failed
+write keeps them in the buffer for the next flush instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .errors import TrackingError
+
+ROLE = "aot.role"
+TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
+T = TypeVar("T")
+
+
+def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str | Path | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the sweep's run.tracking_uri, else ./mlflow.db (absolute)."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # relative sqlite paths break as soon as a Ray worker runs in another directory
+        rel = uri[len("sqlite:///"):]
+        uri = "sqlite:///" + str((Path(cwd or os.getcwd()) / rel).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before anything starts, when the tracking store cannot be used."""
+    if uri.startswith("sqlite:"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow database folder {db.parent} does not exist; create it or pass --tracking-uri")
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"MLflow database folder {db.parent} is not writable; pass another --tracking-uri")
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                f"(mlflow server --host 127.0.0.1 --port 5000) or pass --tracking-uri sqlite:////abs/path/mlflow.db"
+            ) from None
+        return
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as e:  # any backend MLflow supports: report its own reason on one line
+        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {str(e).splitlines()[0]}") from None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def retry(fn: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(delay * 2**i)
+    raise AssertionError("unreachable")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a local SQLite store, keep artifacts beside the database (the server decides for http stores)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a trial needs to find its place in MLflow (small and picklable: it travels to Ray workers)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+
+
+def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
+    c = client(uri)
+    exp = c.get_experiment_by_name(sweep)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    return c.create_experiment(sweep, artifact_location=artifact_root(uri))
+
+
+def find_parent(uri: str, exp_id: str, sweep: str):
+    runs = client(uri).search_runs(
+        [exp_id], filter_string=f"tags.`{ROLE}` = 'sweep' and tags.sweep = '{_quote(sweep)}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def start_sweep(uri: str, sweep: str, spec_text: str) -> SweepContext:
+    """Get or create the sweep's experiment and parent run; record the sweep YAML on it."""
+    exp_id = experiment_id(uri, sweep, create=True)
+    c = client(uri)
+    parent = find_parent(uri, exp_id, sweep)
+    if parent is None:
+        run = c.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep})
+        run_id = run.info.run_id
+    else:
+        run_id = parent.info.run_id
+        c.update_run(run_id, status="RUNNING")
+    c.log_text(run_id, spec_text, "sweep.yaml")
+    return SweepContext(uri=uri, experiment_id=exp_id, parent_run_id=run_id, sweep=sweep)
+
+
+def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
+    client(ctx.uri).set_terminated(ctx.parent_run_id, status=status)
+
+
+def trial_runs(uri: str, sweep: str, status: str | None = None) -> list:
+    """All child runs of a sweep (optionally only those with a given status), newest first."""
+    exp_id = experiment_id(uri, sweep, create=False)
+    if exp_id is None:
+        return []
+    filt = f"tags.`{ROLE}` = 'trial' and tags.sweep = '{_quote(sweep)}'"
+    if status:
+        filt += f" and attributes.status = '{status}'"
+    c = client(uri)
+    out, token = [], None
+    while True:
+        page = c.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                             max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def finished_trial_ids(uri: str, sweep: str) -> set[str]:
+    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, status="FINISHED")}
+
+
+class TrialTracker:
+    """The trainer's `Tracker` on an MLflow child run of the sweep's parent run."""
+
+    def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500) -> None:
+        from mlflow.entities import Metric, Param
+
+        self._Metric, self._Param = Metric, Param
+        self.ctx = ctx
+        self.client = client(ctx.uri)
+        self.flush_every = flush_every
+        self._buffer: list = []
+        existing = retry(lambda: self.client.search_runs(
+            [ctx.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial.trial_id)}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        ))
+        if existing:
+            self.run_id = existing[0].info.run_id
+            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        else:
+            tags = {ROLE: "trial", "mlflow.parentRunId": ctx.parent_run_id}
+            tags.update({k: str(getattr(trial, k) if k != "model" else trial.model.preset)
+                         for k in TRIAL_TAGS if k != "sweep"})
+            tags["sweep"] = ctx.sweep
+            run = retry(lambda: self.client.create_run(ctx.experiment_id, run_name=trial.trial_id, tags=tags))
+            self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [self._Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            chunk = items[i : i + 100]
+            retry(lambda: self.client.log_batch(self.run_id, params=chunk))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self._buffer.extend(self._Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self, attempts: int = 4) -> None:
+        while self._buffer:
+            chunk = self._buffer[:1000]
+            try:
+                retry(lambda: self.client.log_batch(self.run_id, metrics=chunk), attempts=attempts)
+            except Exception as e:
+                warnings.warn(f"MLflow write failed ({str(e).splitlines()[0]}); {len(self._buffer)} metrics kept for the next flush")
+                return
+            del self._buffer[: len(chunk)]
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush(attempts=8)
+        if self._buffer:
+            raise TrackingError(f"{len(self._buffer)} metrics of run {self.run_id} could not be written to {self.ctx.uri}")
+        retry(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -1,0 +1,6 @@
+"""The trainer: plain torch, never imports Ray (the Tune adapter lives in `aot_ray.tune`)."""
+
+from .loop import TrainingDiverged, TrainResult, train
+from .tracker import MemoryTracker, Tracker
+
+__all__ = ["MemoryTracker", "Tracker", "TrainResult", "TrainingDiverged", "train"]

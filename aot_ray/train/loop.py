@@ -1,0 +1,232 @@
+"""train(trial, tracker, checkpoint) -> TrainResult: plain torch, no Ray.
+
+The batch at step s is a pure function of (data seed, s), so a resumed run draws exactly the batches the
+uninterrupted one would have. Validation uses a fixed window set shared by every trial of the dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import seeds
+from ..data.prepare import prepare
+from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
+from ..models import build_model
+from ..spec.expand import flatten
+from ..spec.schema import TrialSpec
+from . import checkpoint as ckpt
+from .evaluate import evaluate
+from .schedule import make_scheduler
+from .tracker import Tracker
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class TrainResult:
+    trial_id: str
+    steps: int
+    tokens: int
+    n_params: int
+    val_loss: float
+    train_loss: float
+    train_seconds: float
+    tokens_per_s: float
+    per_window: np.ndarray
+    per_position: np.ndarray
+
+
+def pick_device(trial: TrialSpec) -> torch.device:
+    want = trial.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_for(trial: TrialSpec, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    bf16 = trial.train.precision == "bf16" or (
+        trial.train.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
+    # weight decay on matrices only (not biases, layer norms), as in nanoGPT
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": trial.optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    o = trial.optim
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+
+def train(
+    trial: TrialSpec,
+    tracker: Tracker,
+    checkpoint: str | Path | None = None,
+    *,
+    data_root: str | Path,
+    on_report: Report | None = None,
+    workdir: str | Path | None = None,
+) -> TrainResult:
+    """Train one trial; resume from `checkpoint` when given. Validation metrics go to `on_report` with a
+    checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
+    t = trial.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = pick_device(trial)
+    autocast = autocast_for(trial, device)
+    data, _ = prepare(trial.data, data_root)
+    train_w = Windows(data.train, trial.context_length, trial.stride)
+    val_w = Windows(data.val, trial.context_length, trial.context_length)
+    order = BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER))
+
+    val_idx = eval_indices(len(val_w), t.eval_windows)
+    vx, vy = with_bos(orient(val_w.get(val_idx), trial.direction), data.bos_id)
+    val_inputs, val_targets = torch.from_numpy(vx).to(device), torch.from_numpy(vy).to(device)
+
+    torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
+    model = build_model(trial.model, data.vocab_size, trial.context_length, data.bos_id).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = _optimizer(model, trial)
+    sched = make_scheduler(opt, trial.optim, t.steps)
+    torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
+
+    step = 0
+    if checkpoint is not None:
+        state, meta = ckpt.read(checkpoint)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        step = int(meta["step"])
+    else:
+        tracker.log_params({**flatten(trial), "n_params": n_params, "vocab_size": data.vocab_size})
+        tracker.log_metrics({"n_params": n_params}, step=0)
+
+    start_step = step
+    micro = t.batch_size
+    tokens_per_step = micro * t.grad_accum * trial.context_length
+    local_dir = Path(workdir) if workdir else None
+    scratch = Path(tempfile.mkdtemp(prefix="aot-ckpt-"))
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    last_train = float("nan")
+    last_eval = None
+    train_seconds = 0.0
+    model.train()
+    try:
+        while step < t.steps:
+            t0 = time.perf_counter()
+            for m in range(t.grad_accum):
+                idx = order.indices((step * t.grad_accum + m) * micro, micro)
+                x, y = with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
+                x = torch.from_numpy(x).to(device, non_blocking=True)
+                y = torch.from_numpy(y).to(device, non_blocking=True)
+                with autocast():
+                    logits = model(input_ids=x).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / t.grad_accum).backward()
+                loss_sum += loss.detach()
+                loss_count += 1
+            if trial.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), trial.optim.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            train_seconds += time.perf_counter() - t0  # .item() syncs below are attributed to logging, not steps
+
+            if step % t.log_every == 0 or step == t.steps:
+                last_train = loss_sum.item() / loss_count
+                loss_sum.zero_()
+                loss_count = 0
+                if not math.isfinite(last_train):
+                    raise TrainingDiverged(f"training loss became {last_train} at step {step} of trial {trial.trial_id}")
+                tracker.log_metrics({"train_loss": last_train, "lr": sched.get_last_lr()[0]}, step=step)
+
+            if step % t.eval_every == 0 or step == t.steps:
+                last_eval = evaluate(model, val_inputs, val_targets, t.eval_batch_size, autocast)
+                metrics = {
+                    "step": step,
+                    "tokens": step * tokens_per_step,
+                    "val_loss": last_eval.loss,
+                    "train_loss": last_train,
+                }
+                tracker.log_metrics({"val_loss": last_eval.loss, "tokens": step * tokens_per_step}, step=step)
+                tracker.flush()
+                due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                path = None
+                if due and (on_report is not None or local_dir is not None):
+                    state = {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "rng": ckpt.rng_state(),
+                    }
+                    meta = {
+                        "trial_id": trial.trial_id,
+                        "step": step,
+                        "samples_seen": step * t.grad_accum * micro,
+                        "tokens": step * tokens_per_step,
+                        "run_id": tracker.run_id,
+                        "val_loss": last_eval.loss,
+                    }
+                    where = (scratch if on_report is not None else local_dir) / f"step-{step:08d}"
+                    path = ckpt.write(where, state, meta)
+                if on_report is not None:
+                    on_report(metrics, path)
+                if path is not None and on_report is not None:
+                    shutil.rmtree(path, ignore_errors=True)  # the reporter has persisted it
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    if last_eval is None:  # resumed from the final checkpoint: nothing left to train
+        last_eval = evaluate(model, val_inputs, val_targets, t.eval_batch_size, autocast)
+    tokens_per_s = ((step - start_step) * tokens_per_step) / train_seconds if train_seconds else float("nan")
+    summary = {
+        "final_val_loss": last_eval.loss,
+        "final_train_loss": last_train,
+        "train_tokens_per_s": tokens_per_s,
+    }
+    tracker.log_metrics(summary, step=step)
+    tracker.log_dict(
+        {"window_index": val_idx.tolist(), "loss": last_eval.per_window.tolist(), "direction": trial.direction},
+        "eval/per_window.json",
+    )
+    tracker.log_dict(
+        {"position": list(range(trial.context_length)), "loss": last_eval.per_position.tolist(),
+         "direction": trial.direction},
+        "eval/per_position.json",
+    )
+    tracker.flush()
+    return TrainResult(
+        trial_id=trial.trial_id,
+        steps=step,
+        tokens=step * tokens_per_step,
+        n_params=n_params,
+        val_loss=last_eval.loss,
+        train_loss=last_train,
+        train_seconds=train_seconds,
+        tokens_per_s=tokens_per_s,
+        per_window=last_eval.per_window,
+        per_position=last_eval.per_position,
+    )

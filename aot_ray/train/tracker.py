@@ -1,0 +1,37 @@
+"""What the trainer needs from experiment tracking; `tracking.TrialTracker` implements it on MLflow."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_dict(self, obj: Any, artifact_file: str) -> None: ...
+    def flush(self) -> None: ...
+
+
+class MemoryTracker:
+    """Keeps everything in memory: for tests, benchmarks and running the trainer without MLflow."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.params: dict[str, Any] = {}
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.artifacts: dict[str, Any] = {}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append((step, float(v)))
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.artifacts[artifact_file] = obj
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,127 @@
+"""The only module that drives Ray Tune: one Tune trial per expanded trial, resources from the spec.
+
+The expanded trials travel once through the object store (`tune.with_parameters`); each Tune trial's config
+holds only its trial id, so Tune's tables and folders are named by it. The trainer stays Ray-free: `_trainable`
+adapts it to `tune.report` / `tune.get_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .spec.schema import RunSpec, TrialSpec
+from .tracking import SweepContext
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    trial_id: str
+    ok: bool
+    error: str | None
+    val_loss: float | None
+
+
+def resources_of(trial: TrialSpec) -> dict[str, float]:
+    out = {"cpu": trial.resources.cpu}
+    if trial.resources.gpu:
+        out["gpu"] = trial.resources.gpu
+    return out
+
+
+def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data_root: str) -> None:
+    import torch
+    from ray import tune
+
+    from .tracking import TrialTracker
+    from .train import train
+
+    trial = trials[config["trial_id"]]
+    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
+    tracker = TrialTracker(ctx, trial)
+
+    def report(metrics: dict[str, Any], path: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_from:
+                train(trial, tracker, resume_from, data_root=data_root, on_report=report)
+        else:
+            train(trial, tracker, None, data_root=data_root, on_report=report)
+    except BaseException:
+        try:
+            tracker.finish("FAILED")
+        finally:
+            raise
+    tracker.finish("FINISHED")
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus
+        kwargs["num_gpus"] = num_gpus
+    ray.init(**kwargs)
+
+
+def run_trials(
+    trials: list[TrialSpec],
+    ctx: SweepContext,
+    *,
+    storage: str,
+    run: RunSpec,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    verbose: int = 1,
+) -> list[TrialOutcome]:
+    """Run `trials` through one Tune experiment under `storage`; returns one outcome per trial."""
+    from ray import tune
+
+    init_ray(address, num_cpus, num_gpus)
+    by_id = {t.trial_id: t for t in trials}
+    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data_root=storage)
+    trainable = tune.with_resources(trainable, resources=lambda config: resources_of(by_id[config["trial_id"]]))
+    name_of = lambda t: t.config["trial_id"]  # noqa: E731
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search(list(by_id))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=run.max_concurrent_trials,
+            reuse_actors=True,  # saves the torch/transformers import per trial
+            trial_name_creator=name_of,
+            trial_dirname_creator=name_of,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{ctx.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=verbose,
+        ),
+    )
+    grid = tuner.fit()
+    outcomes = []
+    for result in grid:
+        trial_id = result.config["trial_id"]
+        err = None
+        if result.error is not None:
+            err = str(result.error).strip().splitlines()[-1] if str(result.error).strip() else type(result.error).__name__
+        loss = (result.metrics or {}).get("val_loss")
+        outcomes.append(TrialOutcome(trial_id, result.error is None, err, loss))
+    return outcomes
