@@ -1,0 +1,61 @@
+"""CLI: plan works offline and prints JSON; bad input is one line on stderr and exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aot_ray.cli import main
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_plan_json_fields(capsys, tmp_path):
+    rc = main(["plan", str(ROOT / "sweeps" / "quickstart.yaml"), "--json",
+               "--tracking-uri", f"sqlite:///{tmp_path}/none.db", "--storage", str(tmp_path)])
+    assert rc == 0
+    trials = json.loads(capsys.readouterr().out)
+    assert len(trials) == 8
+    for t in trials:
+        assert {"trial_id", "pair_key", "direction", "dataset", "model", "context_length", "seed",
+                "resources", "n_params", "tokens", "status"} <= set(t)
+        assert t["status"] == "pending"
+    assert not (tmp_path / "none.db").exists()  # planning creates no tracking store
+
+
+def test_plan_table(capsys, tmp_path):
+    assert main(["plan", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", str(tmp_path),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials (4 forward/backward pairs): 0 done, 8 to run" in out
+
+
+def test_bad_spec_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("context_length: [64]", "context_length: [64, -4]"))
+    p = subprocess.run([sys.executable, "-m", "aot_ray.cli", "plan", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"aot-ray: error: {bad}: grid.context_length[1]: must be a positive integer, got -4"
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "nope.yaml"], "nope.yaml: no such sweep file"),
+    (["report", "nosuchsweep"], "no MLflow database at"),
+])
+def test_missing_inputs(capsys, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_unreachable_tracking_server_fails_before_anything_starts(capsys, tmp_path):
+    rc = main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--tracking-uri", "http://127.0.0.1:9",
+               "--storage", str(tmp_path / "s")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in err
+    assert not (tmp_path / "s").exists()  # nothing half-started

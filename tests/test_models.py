@@ -1,0 +1,41 @@
+"""Preset table and parameter counts: exact against transformers, and on the paper's sizes."""
+
+import pytest
+
+from aot_ray.models import PRESETS, build_model, count_params, resolve_shape
+from aot_ray.spec import ModelSpec
+
+PAPER = {"gpt-5m": 4.9e6, "gpt-14m": 13.7e6, "gpt-22m": 22e6, "gpt-56m": 56e6, "gpt-162m": 162e6,
+         "gpt-405m": 405e6, "gpt-1.6b": 1.6e9}
+
+
+@pytest.mark.parametrize("preset,expected", PAPER.items())
+def test_paper_sizes_at_vocab_50257_context_256_untied(preset, expected):
+    n = count_params(PRESETS[preset], 50257, 256, tie_embeddings=False)
+    assert abs(n - expected) / expected < 0.03, (preset, n)
+
+
+def test_gpt2_medium_is_the_papers_main_model():
+    assert PRESETS["gpt-405m"] == resolve_shape(ModelSpec(preset="gpt-405m"))
+    assert (PRESETS["gpt-405m"].n_layer, PRESETS["gpt-405m"].n_head, PRESETS["gpt-405m"].n_embd) == (24, 16, 1024)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("preset,vocab,ctx", [("tiny", 15, 64), ("gpt-5m", 50257, 256), ("mini", 6, 32)])
+def test_count_matches_transformers(preset, vocab, ctx, tie):
+    model = build_model(ModelSpec(preset=preset, tie_embeddings=tie), vocab, ctx)
+    actual = sum(p.numel() for p in model.parameters())
+    assert count_params(resolve_shape(ModelSpec(preset=preset)), vocab, ctx, tie) == actual
+
+
+def test_tying_removes_one_embedding_matrix():
+    s = PRESETS["gpt-162m"]
+    assert count_params(s, 50257, 256, False) - count_params(s, 50257, 256, True) == 50257 * 768
+
+
+def test_overrides_and_bad_shapes():
+    assert resolve_shape(ModelSpec(preset="tiny", n_layer=3)).n_layer == 3
+    with pytest.raises(ValueError, match="not divisible"):
+        resolve_shape(ModelSpec(preset="tiny", n_head=3))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        resolve_shape(ModelSpec(preset="nope"))

@@ -1,0 +1,154 @@
+"""Spec loading: malformed specs give one line naming the YAML path; expand() is pure and stable."""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aot_ray.errors import SpecError
+from aot_ray.spec import expand, load_sweep, parse_sweep, trial_to_dict
+
+HERE = Path(__file__).parent
+GOOD = {
+    "name": "t",
+    "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 250}, "lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 200}},
+    "defaults": {"optim": {"lr": 1e-3, "warmup_steps": 2}, "train": {"steps": 10}},
+    "grid": {"dataset": ["p", "lin"], "model": ["tiny"], "context_length": [16, 32], "seed": [0, 1]},
+}
+
+
+def with_change(path, value):
+    raw = copy.deepcopy(GOOD)
+    node = raw
+    *parents, last = path
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+MALFORMED = [
+    (("grid", "context_length"), [16, 32, -4], "grid.context_length[2]: must be a positive integer, got -4"),
+    (("grid", "context_length"), [], "grid.context_length: must be a non-empty list of values, got an empty list"),
+    (("grid", "context_length"), 16, "grid.context_length: must be a non-empty list of values, got 16"),
+    (("grid", "context_length"), [16, 100000], "grid.context_length[1]: context length 100000 is longer than the validation split"),
+    (("grid", "dataset"), ["p", "nope"], "grid.dataset[1]: unknown dataset 'nope' (defined under data: p, lin)"),
+    (("grid", "model"), ["tiny", "huge"], "grid.model[1]: unknown model preset 'huge'"),
+    (("grid", "direction"), ["forward", "sideways"], "grid.direction[1]: must be one of forward, backward; got 'sideways'"),
+    (("grid", "seed"), [0, 0], "grid.seed[1]: duplicate value 0"),
+    (("grid", "colour"), ["red"], "grid.colour: unknown axis"),
+    (("grid", "optim.lr"), [1e-3, -1.0], "grid.optim.lr[1]: must be a positive number, got -1.0"),
+    (("grid", "optim.nope"), [1], "grid.optim.nope: optim has no field 'nope'"),
+    (("grid", "data.k"), [1, 2], "grid.data.k: datasets of kind 'primes' have no field 'k'"),
+    (("grid", "model.preset"), ["tiny"], "grid.model.preset: cannot be a grid axis"),
+    (("grid", "model"), KeyError, "grid.model: is required"),
+    (("defaults", "optim", "lr"), -0.001, "defaults.optim.lr: must be a positive number, got -0.001"),
+    (("defaults", "optim", "lr"), "fast", "defaults.optim.lr: must be a number, got 'fast'"),
+    (("defaults", "optim", "schedule"), "cyclic", "defaults.optim.schedule: must be one of cosine, cosine_restarts"),
+    (("defaults", "optim", "warmup_steps"), 10, "defaults.optim.warmup_steps: must be less than train.steps (10), got 10"),
+    (("defaults", "train", "batchsize"), 8, "defaults.train.batchsize: unknown key (expected one of: steps, batch_size"),
+    (("defaults", "train", "steps"), 1.5, "defaults.train.steps: must be an integer, got 1.5"),
+    (("defaults", "model", "tie_embeddings"), "yes", "defaults.model.tie_embeddings: must be true or false, got 'yes'"),
+    (("defaults", "model", "n_head"), 5, "defaults.model: n_embd 64 is not divisible by n_head 5"),
+    (("data", "p", "kind"), "fasta", "data.p.kind: must be one of primes, linear; got 'fasta'"),
+    (("data", "p", "digits"), 0, "data.p.digits: must be a positive integer, got 0"),
+    (("data", "p", "n_samples"), 10**6, "data.p.n_samples: 1000000 exceeds the 300 distinct lines"),
+    (("data", "lin", "k"), 57, "data.lin.k: a 8x8 matrix has only 56 off-diagonal entries, got 57"),
+    (("data", "lin", "noise"), 0.7, "data.lin.noise: must be at most 0.5, got 0.7"),
+    (("data",), {}, "data: must be a non-empty mapping"),
+    (("name",), "has space", "name: must be a non-empty string"),
+    (("name",), KeyError, "name: is required"),
+    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, grid, run)"),
+    (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", MALFORMED, ids=[m[2].split(":")[0] for m in MALFORMED])
+def test_malformed_spec_names_the_field(path, value, message):
+    with pytest.raises(SpecError) as err:
+        parse_sweep(with_change(path, value))
+    text = str(err.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
+
+
+def test_good_spec_loads_and_accepts_yaml_string_floats(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(GOOD).replace("0.001", "1e-3"))
+    assert "1e-3" in f.read_text()
+    spec = load_sweep(f)
+    assert spec.defaults.optim.lr == 1e-3
+
+
+def test_file_errors_carry_the_file_name(tmp_path):
+    with pytest.raises(SpecError, match=r"^.*missing.yaml: no such sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: line \d+, column \d+: invalid YAML"):
+        load_sweep(bad)
+    raw = with_change(("grid", "context_length"), [16, -4])
+    f = tmp_path / "x.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as err:
+        load_sweep(f)
+    assert str(err.value) == f"{f}: grid.context_length[1]: must be a positive integer, got -4"
+
+
+def test_expand_pairs_and_ids():
+    trials = expand(parse_sweep(GOOD))
+    assert len(trials) == 2 * 2 * 2 * 2  # datasets x contexts x seeds x directions
+    assert len({t.trial_id for t in trials}) == len(trials)
+    by_pair = {}
+    for t in trials:
+        by_pair.setdefault(t.pair_key, []).append(t)
+    assert len(by_pair) == 8
+    for pair in by_pair.values():
+        assert sorted(t.direction for t in pair) == ["backward", "forward"]
+        fw, bw = sorted(pair, key=lambda t: t.direction != "forward")
+        assert (fw.data, fw.model, fw.optim, fw.train, fw.context_length, fw.seed) == (
+            bw.data, bw.model, bw.optim, bw.train, bw.context_length, bw.seed)
+    # seeds share a cell key, nothing else does
+    cells = {t.cell_key for t in trials}
+    assert len(cells) == 4
+
+
+def test_ids_depend_on_content_not_on_logging_settings():
+    a = expand(parse_sweep(GOOD))
+    raw = copy.deepcopy(GOOD)
+    raw["defaults"]["train"]["log_every"] = 3
+    raw["defaults"]["train"]["threads"] = 2
+    assert [t.trial_id for t in expand(parse_sweep(raw))] == [t.trial_id for t in a]
+    raw["defaults"]["optim"]["lr"] = 2e-3
+    assert not {t.trial_id for t in expand(parse_sweep(raw))} & {t.trial_id for t in a}
+
+
+def test_override_axes_apply_to_the_trial():
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["dataset"] = ["lin"]
+    raw["grid"]["data.k"] = [0, 5]
+    raw["grid"]["train.steps"] = [10, 20]
+    trials = expand(parse_sweep(raw))
+    assert {t.data.k for t in trials} == {0, 5}
+    assert {t.train.steps for t in trials} == {10, 20}
+    assert any("k5" in t.trial_id for t in trials)
+
+
+def test_expand_snapshot():
+    """The full expansion of tests/sweep_small.yaml; regenerate with UPDATE_SNAPSHOTS=1 when a change is intended."""
+    got = [trial_to_dict(t) for t in expand(load_sweep(HERE / "sweep_small.yaml"))]
+    snap = HERE / "snapshots" / "sweep_small.json"
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        snap.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert json.loads(json.dumps(got, sort_keys=True)) == json.loads(snap.read_text())
+
+
+def test_repo_sweeps_are_valid():
+    for f in sorted((HERE.parent / "sweeps").glob("*.yaml")):
+        assert expand(load_sweep(f)), f

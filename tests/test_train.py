@@ -1,0 +1,78 @@
+"""Trainer: a pulse test on tiny local data, and k steps + resume + (N-k) steps == N steps."""
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from aot_ray.spec import expand, parse_sweep
+from aot_ray.train import MemoryTracker, train
+from aot_ray.train.schedule import make_scheduler
+from aot_ray.spec import OptimSpec
+
+SPEC = {
+    "name": "pulse",
+    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "val_fraction": 0.25}},
+    "defaults": {
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "train": {"steps": 40, "batch_size": 8, "eval_every": 20, "log_every": 5, "checkpoint_every": 10,
+                  "eval_windows": 16, "threads": 1},
+    },
+    "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [32], "seed": [3]},
+}
+
+
+def trials(**train):
+    raw = {**SPEC, "defaults": {**SPEC["defaults"], "train": {**SPEC["defaults"]["train"], **train}}}
+    return expand(parse_sweep(raw))
+
+
+def test_pulse_loss_goes_down(tmp_path):
+    fw = trials()[0]
+    tracker = MemoryTracker()
+    result = train(fw, tracker, data_root=tmp_path)
+    losses = [v for _, v in tracker.metrics["train_loss"]]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert math.isfinite(result.val_loss) and result.steps == 40
+    assert [s for s, _ in tracker.metrics["val_loss"]] == [20, 40]
+    assert tracker.params["direction"] == "forward" and tracker.params["n_params"] == result.n_params
+    assert len(tracker.artifacts["eval/per_window.json"]["loss"]) == len(result.per_window)
+    assert len(tracker.artifacts["eval/per_position.json"]["loss"]) == 32
+    assert np.isclose(result.per_window.mean(), result.val_loss)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    fw = trials()[0]
+    straight = train(fw, MemoryTracker(), data_root=tmp_path / "d", workdir=tmp_path / "a")
+    train(fw, MemoryTracker(), data_root=tmp_path / "d", workdir=tmp_path / "b")  # keeps step-10..40
+    # a fresh trainer resumes from run b's step-20 checkpoint and trains the remaining 20 steps
+    ckpt = tmp_path / "b" / "step-00000020"
+    assert ckpt.is_dir()
+    resumed = train(fw, MemoryTracker(), ckpt, data_root=tmp_path / "d", workdir=tmp_path / "c")
+    assert resumed.steps == straight.steps == 40
+    assert abs(resumed.val_loss - straight.val_loss) < 1e-6
+    np.testing.assert_allclose(resumed.per_window, straight.per_window, atol=1e-6)
+
+
+def test_forward_and_backward_share_init_and_windows(tmp_path):
+    fw, bw = trials(steps=6, eval_every=6, checkpoint_every=0)
+    a, b = MemoryTracker(), MemoryTracker()
+    ra = train(fw, a, data_root=tmp_path)
+    rb = train(bw, b, data_root=tmp_path)
+    assert ra.n_params == rb.n_params
+    assert a.artifacts["eval/per_window.json"]["window_index"] == b.artifacts["eval/per_window.json"]["window_index"]
+
+
+def test_restart_schedule_decays_each_cycle():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = make_scheduler(opt, OptimSpec(schedule="cosine_restarts", warmup_steps=10, restarts=3,
+                                          restart_decay=0.85), total_steps=310)
+    lrs = []
+    for _ in range(310):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and abs(lrs[10] - 1.0) < 1e-9
+    assert abs(lrs[110] - 0.85) < 1e-6 and abs(lrs[210] - 0.85**2) < 1e-6  # peaks of cycles 2 and 3
