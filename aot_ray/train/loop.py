@@ -153,7 +153,6 @@ def train(
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            train_seconds += time.perf_counter() - t0  # .item() syncs below are attributed to logging, not steps
 
             if step % t.log_every == 0 or step == t.steps:
                 last_train = loss_sum.item() / loss_count
@@ -162,6 +161,7 @@ def train(
                 if not math.isfinite(last_train):
                     raise TrainingDiverged(f"training loss became {last_train} at step {step} of trial {trial.trial_id}")
                 tracker.log_metrics({"train_loss": last_train, "lr": sched.get_last_lr()[0]}, step=step)
+            train_seconds += time.perf_counter() - t0  # steps and their logging; validation is not training
 
             if step % t.eval_every == 0 or step == t.steps:
                 last_eval = evaluate(model, val_inputs, val_targets, t.eval_batch_size, autocast)
