@@ -65,11 +65,12 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     tracker.finish("FINISHED")
 
 
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
+    """Connect to `address` or start a local Ray; False when Ray was already initialised by the caller."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
     if address:
         kwargs["address"] = address
@@ -77,6 +78,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
         kwargs["num_cpus"] = num_cpus
         kwargs["num_gpus"] = num_gpus
     ray.init(**kwargs)
+    return True
 
 
 def run_trials(
@@ -91,9 +93,20 @@ def run_trials(
     verbose: int = 1,
 ) -> list[TrialOutcome]:
     """Run `trials` through one Tune experiment under `storage`; returns one outcome per trial."""
+    import ray
     from ray import tune
 
-    init_ray(address, num_cpus, num_gpus)
+    started = init_ray(address, num_cpus, num_gpus)
+    try:
+        return _fit(trials, ctx, storage=storage, run=run, verbose=verbose)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fit(trials: list[TrialSpec], ctx: SweepContext, *, storage: str, run: RunSpec, verbose: int) -> list[TrialOutcome]:
+    from ray import tune
+
     by_id = {t.trial_id: t for t in trials}
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data_root=storage)
     trainable = tune.with_resources(trainable, resources=lambda config: resources_of(by_id[config["trial_id"]]))

@@ -76,3 +76,13 @@ def test_restart_schedule_decays_each_cycle():
         sched.step()
     assert lrs[0] == 0.0 and abs(lrs[10] - 1.0) < 1e-9
     assert abs(lrs[110] - 0.85) < 1e-6 and abs(lrs[210] - 0.85**2) < 1e-6  # peaks of cycles 2 and 3
+
+
+def test_grad_accumulation_matches_a_larger_batch(tmp_path):
+    """The batch order is defined per sample, so 2 micro-batches of 4 see exactly the samples of one batch of 8."""
+    big = trials(steps=8, batch_size=8, grad_accum=1, eval_every=8, checkpoint_every=0)[0]
+    acc = trials(steps=8, batch_size=4, grad_accum=2, eval_every=8, checkpoint_every=0)[0]
+    a = train(big, MemoryTracker(), data_root=tmp_path)
+    b = train(acc, MemoryTracker(), data_root=tmp_path)
+    assert a.tokens == b.tokens
+    assert abs(a.val_loss - b.val_loss) < 1e-5
