@@ -42,9 +42,8 @@ def bench_trial(preset: str, context: int, batch: int, steps: int, device: str):
     return expand(parse_sweep(raw))[0]
 
 
-def plain_loop(trial, data_root: str, device: torch.device) -> float:
+def plain_loop(trial, data, device: torch.device) -> float:
     """Tokens/s of the minimal loop: random windows, forward, loss, backward, AdamW step."""
-    data, _ = prepare(trial.data, data_root)
     tokens = torch.from_numpy(np.asarray(data.train, dtype=np.int64))
     L, B = trial.context_length, trial.train.batch_size
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
@@ -81,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     trial = bench_trial(args.preset, args.context, args.batch, args.steps, args.device)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     root = tempfile.mkdtemp(prefix="aot-bench-")
-    prepare(trial.data, root)
-    plain_loop(trial, root, device)  # warm-up: allocator, kernels, lazy imports
+    data, _ = prepare(trial.data, root)
+    plain_loop(trial, data, device)  # warm-up: allocator, kernels, lazy imports
     trainer_tps, plain_tps = [], []
     for r in range(args.repeats):
-        plain_tps.append(plain_loop(trial, root, device))
-        trainer_tps.append(train(trial, MemoryTracker(), data_root=root).tokens_per_s)
+        plain_tps.append(plain_loop(trial, data, device))
+        trainer_tps.append(train(trial, MemoryTracker(), data=data).tokens_per_s)
         print(f"repeat {r + 1}: plain {plain_tps[-1]:,.0f} tok/s, trainer {trainer_tps[-1]:,.0f} tok/s", flush=True)
     p, t = statistics.median(plain_tps), statistics.median(trainer_tps)
     print(f"device {device}, preset {args.preset}, context {args.context}, batch {args.batch}, "

@@ -10,6 +10,12 @@ from pathlib import Path
 from .errors import AotError
 
 
+def _sets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a YAML field before validation, e.g. --set train.steps=100 or "
+                        "--set data.local.paths='[\"corpora/{lang}.txt\"]' (repeatable)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the sweep's "
                                           "run.tracking_uri, else sqlite:///mlflow.db in this folder)")
@@ -25,10 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--json", action="store_true", help="print a JSON list of trials")
     _common(p)
+    _sets(p)
+
+    p = sub.add_parser("prepare", help="prepare every distinct dataset of the sweep once (reuses what exists)")
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--storage", help="where prepared data goes (default: the sweep's run.storage, else ./aot_results)")
+    _sets(p)
 
     p = sub.add_parser("run", help="run the sweep through Ray Tune and print the AoT table")
     p.add_argument("sweep", help="sweep YAML")
     _common(p)
+    _sets(p)
     p.add_argument("--address", help="address of a running Ray cluster (default: start Ray locally)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
@@ -40,14 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", help="folder for aot_pairs.csv and aot_summary.csv (default: <storage>/reports/<sweep>)")
     p.add_argument("--json", action="store_true", help="print pairs and summary as JSON")
+    _sets(p)
     return ap
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .sweep import plan, read_spec, resolve_storage
+    from .spec import load_sweep
+    from .sweep import plan, resolve_storage
     from .tracking import resolve_uri
 
-    spec, _ = read_spec(args.sweep)
+    spec = load_sweep(args.sweep, args.sets)
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
     if args.json:
         print(json.dumps(result["trials"], indent=2))
@@ -66,7 +81,8 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
           f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
     for d in result["datasets"]:
-        print(f"dataset {d['dataset']}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
+        label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
+        print(f"dataset {label}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
     if result["note"]:
         print(result["note"])
     return 0
@@ -74,10 +90,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .aggregate import render
-    from .sweep import read_spec, resolve_storage, run
+    from .spec import load_sweep_text
+    from .sweep import resolve_storage, run
     from .tracking import resolve_uri
 
-    spec, text = read_spec(args.sweep)
+    spec, text = load_sweep_text(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
     storage = resolve_storage(args.storage, spec)
     print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
@@ -102,9 +119,10 @@ def _report(args: argparse.Namespace) -> int:
 
     path = Path(args.sweep)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        from .sweep import read_spec, resolve_storage
+        from .spec import load_sweep
+        from .sweep import resolve_storage
 
-        spec, _ = read_spec(args.sweep)
+        spec = load_sweep(args.sweep, args.sets)
         name, uri = spec.name, resolve_uri(args.tracking_uri, spec.run.tracking_uri)
         storage = resolve_storage(args.storage, spec)
     else:
@@ -127,10 +145,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from .spec import load_sweep
+    from .sweep import prepare_local, resolve_storage
+
+    spec = load_sweep(args.sweep, args.sets)
+    storage = resolve_storage(args.storage, spec)
+    if "://" in storage:
+        raise AotError(f"--storage {storage}: prepare writes to a local or shared file system path")
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    prepare_local(spec, storage, progress=sys.stderr.isatty())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"plan": _plan, "run": _run, "report": _report}[args.command](args)
+        return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare}[args.command](args)
     except AotError as e:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2

@@ -1,18 +1,19 @@
-"""Sweep orchestration without Ray specifics: plan (what would run, what is done, what it costs), prepare the
-data each distinct dataset needs once, and run (tracking checks first, then Tune, then the AoT report)."""
+"""Sweep orchestration: plan (what would run, what is done, what it costs), prepare each distinct dataset
+once, and run (tracking check, data preparation as Ray tasks, Tune, then the AoT report)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AotError, TrackingError
+from .errors import AotError, DataError, TrackingError
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand
-from .spec.schema import DatasetSpec
+
+Say = Callable[[str], None]
 
 
 def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
@@ -22,22 +23,38 @@ def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = 
     return str((Path(cwd or os.getcwd()) / raw).resolve())
 
 
-def trial_cost(trial: TrialSpec) -> dict[str, int]:
-    from .data.prepare import tokenizer_for
+def where_of(trial: TrialSpec) -> str:
+    return f"data.{trial.dataset}"
 
-    vocab = tokenizer_for(trial.data).vocab_size
+
+def trial_cost(trial: TrialSpec) -> dict[str, int]:
+    from .data.prepare import vocab_size_of
+
+    vocab = vocab_size_of(trial.data)
     n = count_params(resolve_shape(trial.model), vocab, trial.context_length, trial.model.tie_embeddings)
     tokens = trial.train.steps * trial.train.batch_size * trial.train.grad_accum * trial.context_length
     return {"n_params": n, "tokens": tokens, "flops": 6 * n * tokens}
 
 
-def datasets_of(trials: list[TrialSpec]) -> dict[str, tuple[str, DatasetSpec]]:
-    """Distinct datasets by content hash -> (a name that uses it, its spec)."""
+def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
+    """trial id -> content hash of the prepared data it reads."""
     from .data.prepare import data_hash
 
-    out: dict[str, tuple[str, DatasetSpec]] = {}
+    cache: dict[int, str] = {}
+    out = {}
     for t in trials:
-        out.setdefault(data_hash(t.data), (t.dataset, t.data))
+        key = id(t.data)
+        if key not in cache:
+            cache[key] = data_hash(t.data, where_of(t))
+        out[t.trial_id] = cache[key]
+    return out
+
+
+def distinct_datasets(trials: list[TrialSpec], hashes: dict[str, str]) -> dict[str, tuple[str, Any, str | None]]:
+    """hash -> (where, dataset spec, language) for each distinct dataset of the sweep."""
+    out: dict[str, tuple[str, Any, str | None]] = {}
+    for t in trials:
+        out.setdefault(hashes[t.trial_id], (where_of(t), t.data, t.language))
     return out
 
 
@@ -55,39 +72,60 @@ def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
 
 
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
-    from .data.prepare import data_dir, is_prepared
+    """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
+    from .data.prepare import MARKER
     from .tune import resources_of
 
     trials = expand(spec)
+    hashes = data_hashes(trials)
     done, note = done_trials(uri, spec.name)
     rows = []
     for t in trials:
         rows.append({
             "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
-            "dataset": t.dataset, "model": t.model.preset, "context_length": t.context_length, "seed": t.seed,
-            "axes": dict(t.axes), "resources": resources_of(t), **trial_cost(t),
-            "status": "done" if t.trial_id in done else "pending",
+            "dataset": t.dataset, "language": t.language, "model": t.model.preset,
+            "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
+            "resources": resources_of(t), **trial_cost(t), "status": "done" if t.trial_id in done else "pending",
         })
-    data = [
-        {"dataset": name, "hash": h, "path": str(data_dir(storage, d)), "prepared": is_prepared(storage, d)}
-        for h, (name, d) in datasets_of(trials).items()
-    ]
+    data = []
+    for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
+        path = Path(storage) / "data" / f"{d.kind}-{h}"
+        data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": str(path),
+                     "prepared": (path / MARKER).is_file()})
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data, "note": note}
 
 
-def prepare_data(trials: list[TrialSpec], storage: str, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Prepare every distinct dataset once (issue #3 spreads this over Ray tasks for large corpora)."""
+def summary_line(where: str, lang: str | None, h: str, path: str, built: bool, m: dict) -> str:
+    label = where + (f"[{lang}]" if lang else "")
+    docs, toks = m["documents"], m["tokens"]
+    return (f"{'prepared' if built else 'reused'} {label} ({h}): {docs['train']:,}+{docs['val']:,} documents, "
+            f"{toks['train']:,}+{toks['val']:,} tokens (train+val), {m.get('bytes', 0) / 1e6:.1f} MB, "
+            f"{m.get('seconds', 0):.1f} s -> {path}")
+
+
+def check_fits(trials: list[TrialSpec], hashes: dict[str, str], manifests: dict[str, dict]) -> None:
+    """Every trial's context must fit in its prepared splits: checked before any trial starts."""
+    for t in trials:
+        tokens = manifests[hashes[t.trial_id]]["tokens"]
+        for split, name in (("val", "validation"), ("train", "training")):
+            if tokens[split] < t.context_length:
+                raise DataError(f"{where_of(t)}: the {name} split has {tokens[split]} tokens, fewer than "
+                                f"context_length {t.context_length}; add text or raise val_fraction")
+
+
+def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: bool = False) -> dict[str, dict]:
+    """`aot-ray prepare`: every distinct dataset once, in this process; one summary line each."""
     from .data.prepare import prepare
 
-    out = []
-    for h, (name, d) in datasets_of(trials).items():
-        prepared, built = prepare(d, storage)
-        m = prepared.manifest
-        word = "prepared" if built else "reused"
-        say(f"{word} {name} ({h}): {m['documents']['train']}+{m['documents']['val']} lines, "
-            f"{m['tokens']['train']}+{m['tokens']['val']} tokens (train+val) at {prepared.path}")
-        out.append({"dataset": name, "hash": h, "built": built, "path": str(prepared.path)})
-    return out
+    trials = expand(spec)
+    hashes = data_hashes(trials)
+    manifests = {}
+    for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
+        prepared, built = prepare(d, storage, where, progress=progress)
+        manifests[h] = prepared.manifest
+        say(summary_line(where, lang, h, str(prepared.path), built, prepared.manifest))
+    check_fits(trials, hashes, manifests)
+    return manifests
 
 
 @dataclass
@@ -95,6 +133,7 @@ class RunOutcome:
     ran: list[Any]
     skipped: list[str]
     report: dict[str, Any]
+    prepared: dict[str, tuple[str, bool, dict]]
 
     @property
     def failed(self) -> list[Any]:
@@ -112,12 +151,10 @@ def run(
     num_gpus: int | None = None,
     max_concurrent_trials: int | None = None,
     verbose: int = 1,
-    say: Callable[[str], None] = print,
+    say: Say = print,
 ) -> RunOutcome:
-    from dataclasses import replace
-
     from . import aggregate, tracking
-    from .tune import run_trials
+    from .tune import prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
     if "://" not in storage:
@@ -126,38 +163,36 @@ def run(
         except OSError as e:
             raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
     trials = expand(spec)
-    prepare_data(trials, storage, say)
-    ctx = tracking.start_sweep(uri, spec.name, spec_text)
-    done = tracking.finished_trial_ids(uri, spec.name)
-    pending = [t for t in trials if t.trial_id not in done]
-    skipped = [t.trial_id for t in trials if t.trial_id in done]
-    if skipped:
-        say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow; running {len(pending)}")
+    hashes = data_hashes(trials)  # also fails fast on missing local files
+    datasets = distinct_datasets(trials, hashes)
     run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
-    outcomes = []
-    status = "FINISHED"
-    try:
-        if pending:
-            outcomes = run_trials(pending, ctx, storage=storage, run=run_spec, address=address,
-                                  num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
-        if any(not o.ok for o in outcomes):
-            status = "FAILED"
-    except BaseException:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end_sweep(ctx, status)
+    with ray_session(address, num_cpus, num_gpus):
+        prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
+                                  progress=verbose > 0 and sys.stderr.isatty())
+        for h, (path, built, manifest) in prepared.items():
+            where, _, lang = datasets[h]
+            say(summary_line(where, lang, h, path, built, manifest))
+        check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
+
+        ctx = tracking.start_sweep(uri, spec.name, spec_text)
+        done = tracking.finished_trial_ids(uri, spec.name)
+        pending = [t for t in trials if t.trial_id not in done]
+        skipped = [t.trial_id for t in trials if t.trial_id in done]
+        if skipped:
+            say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow; running {len(pending)}")
+        outcomes = []
+        status = "FINISHED"
+        try:
+            if pending:
+                data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in pending}
+                outcomes = run_trials(pending, ctx, data=data, storage=storage, run=run_spec, verbose=verbose)
+            if any(not o.ok for o in outcomes):
+                status = "FAILED"
+        except BaseException:
+            status = "KILLED"
+            raise
+        finally:
+            tracking.end_sweep(ctx, status)
     out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
     result = aggregate.report(uri, spec.name, out_dir)
-    return RunOutcome(ran=outcomes, skipped=skipped, report=result)
-
-
-def read_spec(path: str) -> tuple[SweepSpec, str]:
-    from .spec import load_sweep
-
-    spec = load_sweep(path)
-    return spec, Path(path).read_text()
-
-
-def eprint(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)

@@ -7,12 +7,14 @@ adapts it to `tune.report` / `tune.get_checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from .errors import AotError
 from .spec.schema import RunSpec, TrialSpec
 from .tracking import SweepContext
 
@@ -35,7 +37,7 @@ def resources_of(trial: TrialSpec) -> dict[str, float]:
     return out
 
 
-def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data_root: str) -> None:
+def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str]) -> None:
     import torch
     from ray import tune
 
@@ -54,9 +56,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_from:
-                train(trial, tracker, resume_from, data_root=data_root, on_report=report)
+                train(trial, tracker, resume_from, data=data[trial.trial_id], on_report=report)
         else:
-            train(trial, tracker, None, data_root=data_root, on_report=report)
+            train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
     except BaseException:
         try:
             tracker.finish("FAILED")
@@ -81,34 +83,57 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
     return True
 
 
-def run_trials(
-    trials: list[TrialSpec],
-    ctx: SweepContext,
-    *,
-    storage: str,
-    run: RunSpec,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    verbose: int = 1,
-) -> list[TrialOutcome]:
-    """Run `trials` through one Tune experiment under `storage`; returns one outcome per trial."""
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of a sweep: connect or start, and shut down only what this call started."""
     import ray
-    from ray import tune
 
     started = init_ray(address, num_cpus, num_gpus)
     try:
-        return _fit(trials, ctx, storage=storage, run=run, verbose=verbose)
+        yield
     finally:
         if started:
             ray.shutdown()
 
 
-def _fit(trials: list[TrialSpec], ctx: SweepContext, *, storage: str, run: RunSpec, verbose: int) -> list[TrialOutcome]:
+def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bool) -> dict[str, tuple[str, bool, dict]]:
+    """Prepare distinct datasets in parallel, one Ray task each: {hash: (where, spec)} -> {hash: (path, built, manifest)}."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from .data.prepare import prepare
+
+    @ray.remote(num_cpus=1)
+    def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
+        prepared, built = prepare(data, storage, where, progress=progress)
+        return str(prepared.path), built, prepared.manifest
+
+    refs = {h: _prepare.remote(data, where) for h, (where, data) in items.items()}
+    out = {}
+    for h, ref in refs.items():
+        try:
+            out[h] = ray.get(ref)
+        except RayTaskError as e:
+            if isinstance(e.cause, AotError):
+                raise e.cause from None
+            raise
+    return out
+
+
+def run_trials(
+    trials: list[TrialSpec],
+    ctx: SweepContext,
+    *,
+    data: dict[str, str],
+    storage: str,
+    run: RunSpec,
+    verbose: int = 1,
+) -> list[TrialOutcome]:
+    """Run `trials` (each reading the prepared folder `data[trial_id]`) as one Tune experiment under `storage`."""
     from ray import tune
 
     by_id = {t.trial_id: t for t in trials}
-    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data_root=storage)
+    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data)
     trainable = tune.with_resources(trainable, resources=lambda config: resources_of(by_id[config["trial_id"]]))
     name_of = lambda t: t.config["trial_id"]  # noqa: E731
     tuner = tune.Tuner(

@@ -56,7 +56,7 @@ MALFORMED = [
     (("defaults", "train", "steps"), 1.5, "defaults.train.steps: must be an integer, got 1.5"),
     (("defaults", "model", "tie_embeddings"), "yes", "defaults.model.tie_embeddings: must be true or false, got 'yes'"),
     (("defaults", "model", "n_head"), 5, "defaults.model: n_embd 64 is not divisible by n_head 5"),
-    (("data", "p", "kind"), "fasta", "data.p.kind: must be one of primes, linear; got 'fasta'"),
+    (("data", "p", "kind"), "fasta", "data.p.kind: must be one of primes, linear, text, hf; got 'fasta'"),
     (("data", "p", "digits"), 0, "data.p.digits: must be a positive integer, got 0"),
     (("data", "p", "n_samples"), 10**6, "data.p.n_samples: 1000000 exceeds the 300 distinct lines"),
     (("data", "lin", "k"), 57, "data.lin.k: a 8x8 matrix has only 56 off-diagonal entries, got 57"),

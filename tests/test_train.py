@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from aot_ray.spec import expand, parse_sweep
+from aot_ray.data.prepare import prepare
 from aot_ray.train import MemoryTracker, train
 from aot_ray.train.schedule import make_scheduler
 from aot_ray.spec import OptimSpec
@@ -31,7 +32,7 @@ def trials(**train):
 def test_pulse_loss_goes_down(tmp_path):
     fw = trials()[0]
     tracker = MemoryTracker()
-    result = train(fw, tracker, data_root=tmp_path)
+    result = train(fw, tracker, data=prepare(fw.data, tmp_path)[0])
     losses = [v for _, v in tracker.metrics["train_loss"]]
     assert losses[-1] < losses[0] - 0.3, losses
     assert math.isfinite(result.val_loss) and result.steps == 40
@@ -44,12 +45,12 @@ def test_pulse_loss_goes_down(tmp_path):
 
 def test_resume_equals_uninterrupted(tmp_path):
     fw = trials()[0]
-    straight = train(fw, MemoryTracker(), data_root=tmp_path / "d", workdir=tmp_path / "a")
-    train(fw, MemoryTracker(), data_root=tmp_path / "d", workdir=tmp_path / "b")  # keeps step-10..40
+    straight = train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "a")
+    train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "b")  # keeps step-10..40
     # a fresh trainer resumes from run b's step-20 checkpoint and trains the remaining 20 steps
     ckpt = tmp_path / "b" / "step-00000020"
     assert ckpt.is_dir()
-    resumed = train(fw, MemoryTracker(), ckpt, data_root=tmp_path / "d", workdir=tmp_path / "c")
+    resumed = train(fw, MemoryTracker(), ckpt, data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "c")
     assert resumed.steps == straight.steps == 40
     assert abs(resumed.val_loss - straight.val_loss) < 1e-6
     np.testing.assert_allclose(resumed.per_window, straight.per_window, atol=1e-6)
@@ -58,8 +59,8 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_forward_and_backward_share_init_and_windows(tmp_path):
     fw, bw = trials(steps=6, eval_every=6, checkpoint_every=0)
     a, b = MemoryTracker(), MemoryTracker()
-    ra = train(fw, a, data_root=tmp_path)
-    rb = train(bw, b, data_root=tmp_path)
+    ra = train(fw, a, data=prepare(fw.data, tmp_path)[0])
+    rb = train(bw, b, data=prepare(fw.data, tmp_path)[0])
     assert ra.n_params == rb.n_params
     assert a.artifacts["eval/per_window.json"]["window_index"] == b.artifacts["eval/per_window.json"]["window_index"]
 
@@ -82,7 +83,7 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     """The batch order is defined per sample, so 2 micro-batches of 4 see exactly the samples of one batch of 8."""
     big = trials(steps=8, batch_size=8, grad_accum=1, eval_every=8, checkpoint_every=0)[0]
     acc = trials(steps=8, batch_size=4, grad_accum=2, eval_every=8, checkpoint_every=0)[0]
-    a = train(big, MemoryTracker(), data_root=tmp_path)
-    b = train(acc, MemoryTracker(), data_root=tmp_path)
+    a = train(big, MemoryTracker(), data=prepare(big.data, tmp_path)[0])
+    b = train(acc, MemoryTracker(), data=prepare(big.data, tmp_path)[0])
     assert a.tokens == b.tokens
     assert abs(a.val_loss - b.val_loss) < 1e-5

@@ -1,8 +1,10 @@
-"""Prepared data: token arrays built once per dataset content hash, published atomically, memory-mapped by trials.
+"""Prepared data: token files built once per content hash, published atomically, memory-mapped by trials.
 
-Layout: <root>/data/<kind>-<hash>/{train.npy, val.npy, manifest.json, _SUCCESS}. A preparation writes into a
-private temporary folder and renames it into place; `_SUCCESS` is written last, so a folder with the marker is
-complete. A concurrent preparation of the same hash loses the rename race and reuses the winner's folder.
+Layout: <root>/data/<kind>-<hash>/{train.bin, val.bin, manifest.json, [tokenizer.json], _SUCCESS}. A build
+writes into a private temporary folder and renames it into place; `_SUCCESS` is written last, so a folder
+with the marker is complete. A concurrent build of the same hash loses the rename race and reuses the
+winner's folder. The hash covers the source settings, the tokenizer settings and, for local files, their
+paths, sizes and modification times, so an edited corpus is prepared again.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..spec.expand import content_hash
-from ..spec.schema import DatasetSpec
+from ..spec.schema import SYNTHETIC_KINDS, DatasetSpec, TextData
+from . import tokenfile
 from .synthetic import ALPHABETS, generate
 from .tokenizer import CharTokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER = "_SUCCESS"
 
 
@@ -38,31 +42,60 @@ class Prepared:
     manifest: dict
 
 
-def tokenizer_for(data: DatasetSpec) -> CharTokenizer:
+def char_tokenizer(data: DatasetSpec) -> CharTokenizer:
     return CharTokenizer(ALPHABETS[data.kind])
 
 
-def data_hash(data: DatasetSpec) -> str:
-    return content_hash(
-        {"data": dataclasses.asdict(data), "tokenizer": tokenizer_for(data).spec(), "format": FORMAT_VERSION}, 16
-    )
+def vocab_size_of(data: DatasetSpec) -> int:
+    """The vocabulary a dataset will have (known before preparing)."""
+    if data.kind in SYNTHETIC_KINDS:
+        return char_tokenizer(data).vocab_size
+    return data.tokenizer.vocab_size
 
 
-def data_dir(root: str | Path, data: DatasetSpec) -> Path:
-    return Path(root) / "data" / f"{data.kind}-{data_hash(data)}"
+def data_hash(data: DatasetSpec, where: str = "data") -> str:
+    ident: dict[str, Any] = {"data": dataclasses.asdict(data), "format": FORMAT_VERSION}
+    ident["data"].pop("languages", None)  # which codes a source accepts does not change its content
+    if data.kind in SYNTHETIC_KINDS:
+        ident["tokenizer"] = char_tokenizer(data).spec()
+    if isinstance(data, TextData):
+        from .sources import file_signature, resolve_paths
+
+        ident["files"] = file_signature(resolve_paths(data, where))
+    return content_hash(ident, 16)
 
 
-def is_prepared(root: str | Path, data: DatasetSpec) -> bool:
-    return (data_dir(root, data) / MARKER).is_file()
+def data_dir(root: str | Path, data: DatasetSpec, where: str = "data") -> Path:
+    return Path(root) / "data" / f"{data.kind}-{data_hash(data, where)}"
 
 
-def _encode_lines(tok: CharTokenizer, lines: list[str]) -> np.ndarray:
-    return tok.encode("".join(line + "\n" for line in lines))
+def is_prepared(root: str | Path, data: DatasetSpec, where: str = "data") -> bool:
+    return (data_dir(root, data, where) / MARKER).is_file()
 
 
-def prepare(data: DatasetSpec, root: str | Path) -> tuple[Prepared, bool]:
-    """Build (or reuse) the prepared arrays of `data` under `root`; returns (prepared, built_now)."""
-    final = data_dir(root, data)
+def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
+    tok = char_tokenizer(data)
+    train_lines, val_lines = generate(data)
+    tokens = {}
+    for split, lines in (("train", train_lines), ("val", val_lines)):
+        with tokenfile.TokenWriter(out / f"{split}.bin", tok.vocab_size) as w:
+            w.append(tok.encode("".join(line + "\n" for line in lines)))
+            tokens[split] = w.count
+    return {
+        "vocab_size": tok.vocab_size,
+        "bos_id": tok.bos_id,
+        "tokenizer": tok.spec(),
+        "documents": {"train": len(train_lines), "val": len(val_lines)},
+        "tokens": tokens,
+        "dtype": tokenfile.dtype_for(tok.vocab_size).name,
+        "bytes": sum(len(line) + 1 for line in train_lines + val_lines),
+    }
+
+
+def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: bool = False) -> tuple[Prepared, bool]:
+    """Build (or reuse) the prepared token files of `data` under `root`; returns (prepared, built_now)."""
+    h = data_hash(data, where)
+    final = Path(root) / "data" / f"{data.kind}-{h}"
     if (final / MARKER).is_file():
         return load(final), False
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -70,33 +103,23 @@ def prepare(data: DatasetSpec, root: str | Path) -> tuple[Prepared, bool]:
     tmp.mkdir()
     try:
         t0 = time.perf_counter()
-        tok = tokenizer_for(data)
-        train_lines, val_lines = generate(data)
-        train, val = _encode_lines(tok, train_lines), _encode_lines(tok, val_lines)
-        np.save(tmp / "train.npy", train)
-        np.save(tmp / "val.npy", val)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "hash": data_hash(data),
-            "source": dataclasses.asdict(data),
-            "tokenizer": tok.spec(),
-            "vocab_size": tok.vocab_size,
-            "bos_id": tok.bos_id,
-            "documents": {"train": len(train_lines), "val": len(val_lines)},
-            "tokens": {"train": int(train.size), "val": int(val.size)},
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
+        if data.kind in SYNTHETIC_KINDS:
+            fields = _build_synthetic(data, tmp)
+        else:
+            from .corpus import build_corpus
+
+            fields = build_corpus(data, where, tmp, progress=progress)
+        manifest = {"format": FORMAT_VERSION, "hash": h, "source": dataclasses.asdict(data), **fields,
+                    "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (tmp / MARKER).write_text("")
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / MARKER).is_file():
-                # a stale, unmarked folder from a crashed preparation: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-            else:
-                return load(final), False
+            if (final / MARKER).is_file():
+                return load(final), False  # another process published the same content first
+            shutil.rmtree(final, ignore_errors=True)  # a stale, unmarked folder from a crashed build
+            os.rename(tmp, final)
         return load(final), True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,12 +129,12 @@ def load(path: str | Path) -> Prepared:
     path = Path(path)
     if not (path / MARKER).is_file():
         raise DataError(f"{path} is not a prepared dataset (no {MARKER} marker); run `aot-ray prepare` first")
-    manifest = json.loads((path / "manifest.json").read_text())
+    m = json.loads((path / "manifest.json").read_text())
     return Prepared(
         path=path,
-        train=np.load(path / "train.npy", mmap_mode="r"),
-        val=np.load(path / "val.npy", mmap_mode="r"),
-        vocab_size=int(manifest["vocab_size"]),
-        bos_id=int(manifest["bos_id"]),
-        manifest=manifest,
+        train=tokenfile.read(path / "train.bin", m["dtype"], m["tokens"]["train"]),
+        val=tokenfile.read(path / "val.bin", m["dtype"], m["tokens"]["val"]),
+        vocab_size=int(m["vocab_size"]),
+        bos_id=int(m["bos_id"]),
+        manifest=m,
     )

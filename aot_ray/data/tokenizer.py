@@ -36,3 +36,26 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.BOS if i == 0 else self.alphabet[i - 1] for i in np.asarray(ids).tolist())
+
+
+EOT = "<|endoftext|>"
+
+
+def train_bpe(texts, vocab_size: int, min_frequency: int = 2, show_progress: bool = False):
+    """Byte-level BPE with `tokenizers` (as GPT-2): id 0 is <|endoftext|>, used as BOS and EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    if tok.token_to_id(EOT) != 0:
+        raise AssertionError("<|endoftext|> must be id 0")
+    return tok

@@ -1,11 +1,12 @@
 """Sweep specification: typed schema, YAML loading with path-named errors, and the pure expansion into trials."""
 
 from .expand import content_hash, expand, flatten, trial_to_dict
-from .load import load_sweep, parse_sweep
+from .load import load_sweep, load_sweep_text, parse_sweep
 from .schema import (
     DATASET_KINDS,
     DIRECTIONS,
     DatasetSpec,
+    HFData,
     LinearData,
     ModelSpec,
     OptimSpec,
@@ -13,13 +14,15 @@ from .schema import (
     ResourcesSpec,
     RunSpec,
     SweepSpec,
+    TextData,
+    TokenizerSpec,
     TrainSpec,
     TrialSpec,
     split_sizes,
 )
 
 __all__ = [
-    "DATASET_KINDS", "DIRECTIONS", "DatasetSpec", "LinearData", "ModelSpec", "OptimSpec", "PrimesData",
+    "DATASET_KINDS", "DIRECTIONS", "DatasetSpec", "HFData", "LinearData", "TextData", "TokenizerSpec", "ModelSpec", "OptimSpec", "PrimesData",
     "ResourcesSpec", "RunSpec", "SweepSpec", "TrainSpec", "TrialSpec", "content_hash", "expand", "flatten",
-    "load_sweep", "parse_sweep", "split_sizes", "trial_to_dict",
+    "load_sweep", "load_sweep_text", "parse_sweep", "split_sizes", "trial_to_dict",
 ]

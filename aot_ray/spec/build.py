@@ -71,6 +71,11 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise SpecError(path, f"must be a string, got {describe(value)}")
         return value
+    if origin is tuple:
+        (item, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SpecError(path, f"must be a list, got {describe(value)}")
+        return tuple(coerce(item, v, join(path, i)) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     raise TypeError(f"unsupported annotation {tp!r} at {path}")
@@ -102,6 +107,10 @@ def field_value(cls: type, name: str, value: Any, path: str) -> Any:
     out = coerce(hints[name], value, path)
     check_limits(f, out, path)
     return out
+
+
+def kind_of(cls: type) -> str:
+    return cls.__dataclass_fields__["kind"].default
 
 
 def field_names(cls: type) -> list[str]:

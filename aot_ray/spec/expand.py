@@ -37,6 +37,35 @@ def _identity(section: str, obj: Any) -> dict:
     return d
 
 
+LANG = "{lang}"
+
+
+def lang_fields(data: Any) -> list[str]:
+    """Dotted names of the dataset's string fields that contain `{lang}`."""
+    out = []
+    for f in dataclasses.fields(data):
+        v = getattr(data, f.name)
+        items = v if isinstance(v, tuple) else (v,)
+        for i, item in enumerate(items):
+            if isinstance(item, str) and LANG in item:
+                out.append(f.name if not isinstance(v, tuple) else f"{f.name}[{i}]")
+    return out
+
+
+def fill_lang(data: Any, lang: str | None) -> Any:
+    """The dataset with `{lang}` replaced in its string fields (unchanged when `lang` is None)."""
+    if lang is None:
+        return data
+    changes = {}
+    for f in dataclasses.fields(data):
+        v = getattr(data, f.name)
+        if isinstance(v, str) and LANG in v:
+            changes[f.name] = v.replace(LANG, lang)
+        elif isinstance(v, tuple) and any(isinstance(x, str) and LANG in x for x in v):
+            changes[f.name] = tuple(x.replace(LANG, lang) if isinstance(x, str) else x for x in v)
+    return dataclasses.replace(data, **changes) if changes else data
+
+
 def expand(spec: SweepSpec) -> list[TrialSpec]:
     """All trials of the sweep, forward and backward of a cell adjacent, in a deterministic order."""
     g = spec.grid
@@ -44,12 +73,13 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
     override_names = [name for name, _ in g.overrides]
     override_values = [values for _, values in g.overrides]
     trials: list[TrialSpec] = []
-    for dataset, preset, ctx, *rest in itertools.product(
-        g.dataset, g.model, g.context_length, *override_values, g.seed, g.direction
+    languages = g.language or (None,)
+    for dataset, lang, preset, ctx, *rest in itertools.product(
+        g.dataset, languages, g.model, g.context_length, *override_values, g.seed, g.direction
     ):
         *ovals, seed, direction = rest
         sections = {
-            "data": spec.data[dataset],
+            "data": fill_lang(spec.data[dataset], lang),
             "model": dataclasses.replace(d.model, preset=preset),
             "optim": d.optim,
             "train": d.train,
@@ -60,14 +90,17 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
             sections[section] = dataclasses.replace(sections[section], **{fld: value})
         cell = {s: _identity(s, sections[s]) for s in ("data", "model", "optim", "train")}
         cell["context_length"] = ctx
+        if lang is not None:
+            cell["language"] = lang
         slug = "-".join(
-            [_slug_part(dataset), _slug_part(preset), f"c{ctx}"]
+            [_slug_part(dataset)] + ([_slug_part(lang)] if lang is not None else []) + [_slug_part(preset), f"c{ctx}"]
             + [f"{name.partition('.')[2]}{_slug_part(v)}" for name, v in zip(override_names, ovals)]
         )
         cell_key = f"{slug}-{content_hash(cell)}"
         pair_key = f"{slug}-s{seed}-{content_hash({**cell, 'seed': seed})}"
         trial_id = f"{slug}-s{seed}-{SHORT[direction]}-{content_hash({**cell, 'seed': seed, 'direction': direction})}"
-        axes = (("dataset", dataset), ("model", preset), ("context_length", ctx), *zip(override_names, ovals))
+        axes = (("dataset", dataset), *((("language", lang),) if lang is not None else ()), ("model", preset),
+                ("context_length", ctx), *zip(override_names, ovals))
         trials.append(
             TrialSpec(
                 sweep=spec.name,
@@ -83,6 +116,7 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
                 context_length=ctx,
                 seed=seed,
                 resources=sections["resources"],
+                language=lang,
                 axes=tuple(axes),
             )
         )

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
-from .build import build, describe, field_names, field_value, join
+from .build import build, describe, field_names, field_value, join, kind_of
 from .schema import (
     DATASET_KINDS,
     DIRECTIONS,
@@ -18,6 +18,7 @@ from .schema import (
     OptimSpec,
     ResourcesSpec,
     RunSpec,
+    SYNTHETIC_KINDS,
     SweepSpec,
     TrainSpec,
     split_sizes,
@@ -30,8 +31,35 @@ RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's ki
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
+def load_sweep(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a sweep YAML; errors carry the file name."""
+    return load_sweep_text(path, sets)[0]
+
+
+def apply_sets(raw: Any, sets: list[str] | tuple[str, ...]) -> Any:
+    """Apply `--set dotted.key=yaml_value` overrides to the parsed YAML before validation."""
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SpecError(f"--set {item}", "expected KEY=VALUE, e.g. --set data.local.paths='[\"a/{lang}.txt\"]'")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {key}", f"value is not valid YAML: {value}") from None
+        node = raw
+        *parents, last = key.split(".")
+        for i, part in enumerate(parents):
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}", f"{'.'.join(parents[:i]) or 'the sweep'} is not a mapping")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {key}", f"{'.'.join(parents)} is not a mapping")
+        node[last] = parsed
+    return raw
+
+
+def load_sweep_text(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> tuple[SweepSpec, str]:
+    """(spec, the YAML text that produced it: the file, or the file with `--set` overrides applied)."""
     p = Path(path)
     source = str(path)
     if not p.is_file():
@@ -44,7 +72,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError("", f"{where}invalid YAML: {problem}", source) from None
     try:
-        return parse_sweep(raw)
+        if sets:
+            raw = apply_sets(raw, sets)
+            text = yaml.safe_dump(raw, sort_keys=False)
+        else:
+            text = p.read_text()
+        return parse_sweep(raw), text
     except SpecError as e:
         raise e.with_source(source) from None
 
@@ -95,6 +128,13 @@ def _parse_data(raw: Any) -> dict:
 def _check_dataset(data: Any, path: str) -> None:
     from ..data.synthetic import capacity  # pure arithmetic on the dataset settings
 
+    if data.kind not in SYNTHETIC_KINDS:
+        if data.kind == "text" and not data.paths:
+            raise SpecError(join(path, "paths"), "must list at least one file, glob or URL")
+        if data.tokenizer.vocab_size < 257:
+            raise SpecError(join(path, "tokenizer.vocab_size"),
+                            f"must be at least 257 (256 byte symbols + <|endoftext|>), got {data.tokenizer.vocab_size}")
+        return
     limit = capacity(data)
     if data.n_samples > limit:
         raise SpecError(join(path, "n_samples"), f"{data.n_samples} exceeds the {limit} distinct lines these settings allow")
@@ -152,6 +192,10 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise SpecError(join(path, i), f"must be a non-negative integer, got {describe(v)}")
+        elif key == "language":
+            for i, v in enumerate(values):
+                if not isinstance(v, str) or not v or not set(v) <= NAME_CHARS:
+                    raise SpecError(join(path, i), f"must be a language code such as 'en', got {describe(v)}")
         elif key == "direction":
             for i, v in enumerate(values):
                 if v not in DIRECTIONS:
@@ -163,7 +207,26 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
             raise SpecError(path, "unknown axis (expected dataset, model, context_length, direction, seed, "
                                   "or a dotted field such as optim.lr, train.steps, data.k)")
         named[key] = tuple(values)
+    _check_languages(named.get("language", ()), named["dataset"], data)
     return Grid(**named, overrides=tuple(overrides))
+
+
+def _check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
+    """A `language` axis needs datasets with `{lang}` placeholders, and `{lang}` needs a language axis."""
+    from .expand import lang_fields
+
+    for name in datasets:
+        fields = lang_fields(data[name])
+        if languages and not fields:
+            raise SpecError("grid.language", f"dataset {name!r} has no {{lang}} placeholder to fill (put {{lang}} in "
+                                             f"its paths, name or data_files, or drop it from grid.dataset)")
+        if fields and not languages:
+            raise SpecError(f"data.{name}.{fields[0]}", "uses {lang} but the grid has no language axis")
+        known = getattr(data[name], "languages", ())
+        for i, lang in enumerate(languages):
+            if known and lang not in known:
+                raise SpecError(join("grid.language", i),
+                                f"unknown language {lang!r} for dataset {name!r} (known: {' '.join(known)})")
 
 
 def _override_values(key: str, values: list, path: str, datasets: list) -> list:
@@ -174,7 +237,7 @@ def _override_values(key: str, values: list, path: str, datasets: list) -> list:
         out = list(values)
         for cls in {type(d): None for d in datasets}:  # every dataset kind on the grid must accept the field
             if name not in field_names(cls):
-                raise SpecError(path, f"datasets of kind {cls().kind!r} have no field {name!r}")
+                raise SpecError(path, f"datasets of kind {kind_of(cls)!r} have no field {name!r}")
             out = [field_value(cls, name, v, join(path, i)) for i, v in enumerate(values)]
         return out
     if section not in SECTIONS:
@@ -192,9 +255,12 @@ def _check_trials(spec: SweepSpec) -> None:
     for trial in expand(spec):
         axes = dict(trial.axes)
         ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
-        n_train, n_val = split_sizes(trial.data)
-        per_line = trial.data.line_tokens()
-        for split, lines in (("validation", n_val), ("training", n_train)):
+        if trial.data.kind not in SYNTHETIC_KINDS:
+            lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts
+        else:
+            n_train, n_val = split_sizes(trial.data)
+            per_line = trial.data.line_tokens()
+        for split, lines in (() if not per_line else (("validation", n_val), ("training", n_train))):
             if lines * per_line < trial.context_length:
                 raise SpecError(
                     ctx_path,

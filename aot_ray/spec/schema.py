@@ -51,8 +51,57 @@ class LinearData:
         return self.bits * 2 + 4  # "x : y\n"
 
 
-DatasetSpec = Union[PrimesData, LinearData]
-DATASET_KINDS: dict[str, type] = {"primes": PrimesData, "linear": LinearData}
+@dataclass(frozen=True, kw_only=True)
+class TokenizerSpec:
+    """Byte-level BPE trained per corpus with `tokenizers`; id 0 is <|endoftext|>, used as BOS and EOS."""
+
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = _num(50257, gt=0)
+    sample_bytes: int = _num(100_000_000, gt=0)  # training-split text the BPE is trained on
+    min_frequency: int = _num(2, gt=0)
+    reverse_chars: bool = False  # the paper's control: train on, and tokenize, character-reversed documents
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextData:
+    """Local files, globs or URLs (fsspec) of plain text; .gz/.bz2/.xz are decompressed while streaming.
+    `{lang}` in a path is filled from the sweep's `language` axis."""
+
+    kind: Literal["text"] = "text"
+    paths: tuple[str, ...]
+    doc_sep: Literal["line", "blank_line"] = "blank_line"
+    max_bytes: Optional[int] = _num(None, gt=0)
+    max_documents: Optional[int] = _num(None, gt=0)
+    val_fraction: float = _num(0.05, gt=0, le=0.5)
+    seed: int = _num(0, ge=0)
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    languages: tuple[str, ...] = ()  # the language codes this source accepts (empty: any)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFData:
+    """Any dataset `datasets.load_dataset` can load: a hub name, a local folder, or a builder such as json or
+    parquet with `data_files`. `{lang}` in path, name or data_files is filled from the `language` axis."""
+
+    kind: Literal["hf"] = "hf"
+    path: str
+    name: Optional[str] = None
+    data_files: tuple[str, ...] = ()
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = False
+    revision: Optional[str] = None
+    max_bytes: Optional[int] = _num(None, gt=0)
+    max_documents: Optional[int] = _num(None, gt=0)
+    val_fraction: float = _num(0.05, gt=0, le=0.5)
+    seed: int = _num(0, ge=0)
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    languages: tuple[str, ...] = ()
+
+
+DatasetSpec = Union[PrimesData, LinearData, TextData, HFData]
+DATASET_KINDS: dict[str, type] = {"primes": PrimesData, "linear": LinearData, "text": TextData, "hf": HFData}
+SYNTHETIC_KINDS = ("primes", "linear")
 
 
 def split_sizes(data: DatasetSpec) -> tuple[int, int]:
@@ -150,6 +199,7 @@ class Grid:
     context_length: tuple[int, ...]
     direction: tuple[str, ...] = DIRECTIONS
     seed: tuple[int, ...] = (0,)
+    language: tuple[str, ...] = ()
     overrides: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
 
@@ -180,6 +230,7 @@ class TrialSpec:
     context_length: int
     seed: int
     resources: ResourcesSpec
+    language: Optional[str] = None
     axes: tuple[tuple[str, Any], ...] = ()
 
     @property

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import seeds
-from ..data.prepare import prepare
+from ..data.prepare import Prepared, load
 from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
 from ..models import build_model
 from ..spec.expand import flatten
@@ -83,18 +83,19 @@ def train(
     tracker: Tracker,
     checkpoint: str | Path | None = None,
     *,
-    data_root: str | Path,
+    data: Prepared | str | Path,
     on_report: Report | None = None,
     workdir: str | Path | None = None,
 ) -> TrainResult:
-    """Train one trial; resume from `checkpoint` when given. Validation metrics go to `on_report` with a
+    """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given. Validation metrics go to `on_report` with a
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
     t = trial.train
     if t.threads:
         torch.set_num_threads(t.threads)
     device = pick_device(trial)
     autocast = autocast_for(trial, device)
-    data, _ = prepare(trial.data, data_root)
+    if not isinstance(data, Prepared):
+        data = load(data)
     train_w = Windows(data.train, trial.context_length, trial.stride)
     val_w = Windows(data.val, trial.context_length, trial.context_length)
     order = BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER))

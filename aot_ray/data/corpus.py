@@ -1,0 +1,98 @@
+"""Natural-language corpora: split by document, train a byte-level BPE, tokenize in parallel batches.
+
+Two streaming passes over the source: the first feeds the tokenizer trainer the first `sample_bytes` of
+training documents, the second encodes every document with `encode_batch_fast` (parallel in Rust) and
+appends the ids, each document followed by <|endoftext|> (id 0), to the split's token file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+from ..spec.schema import HFData, TextData
+from .sources import documents, is_validation
+from .tokenizer import train_bpe
+from .tokenfile import TokenWriter
+
+BATCH_DOCS = 2048
+
+
+def _maybe_reverse(doc: str, reverse: bool) -> str:
+    return doc[::-1] if reverse else doc
+
+
+def _tokenizer_sample(data: TextData | HFData, where: str) -> Iterator[str]:
+    size = 0
+    for i, doc in enumerate(documents(data, where)):
+        if is_validation(data.seed, i, data.val_fraction):
+            continue
+        yield _maybe_reverse(doc, data.tokenizer.reverse_chars)
+        size += len(doc.encode("utf-8"))
+        if size >= data.tokenizer.sample_bytes:
+            return
+
+
+def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Write tokenizer.json, train.bin and val.bin under `out`; return the manifest fields."""
+    t0 = time.perf_counter()
+    spec = data.tokenizer
+    tok = train_bpe(_tokenizer_sample(data, where), spec.vocab_size, spec.min_frequency, show_progress=progress)
+    got = tok.get_vocab_size()
+    if got <= 1:
+        raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
+    if got < spec.vocab_size:
+        raise DataError(f"{where}.tokenizer.vocab_size: {spec.vocab_size} is more than this corpus supports "
+                        f"(BPE training ran out of merges at {got} tokens); lower it or add text")
+    tok.save(str(out / "tokenizer.json"))
+    t_tok = time.perf_counter() - t0
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=data.max_bytes, unit="B", unit_scale=True, desc=f"tokenize {where}", leave=False)
+    counts = {"train": 0, "val": 0}
+    size = 0
+    with TokenWriter(out / "train.bin", got) as train_w, TokenWriter(out / "val.bin", got) as val_w:
+        batch: list[str] = []
+        sides: list[bool] = []
+
+        def flush() -> None:
+            encs = tok.encode_batch_fast(batch, add_special_tokens=False)
+            for enc, is_val in zip(encs, sides):
+                (val_w if is_val else train_w).append_document(enc.ids)
+            batch.clear()
+            sides.clear()
+
+        for i, doc in enumerate(documents(data, where)):
+            is_val = is_validation(data.seed, i, data.val_fraction)
+            batch.append(_maybe_reverse(doc, spec.reverse_chars))
+            sides.append(is_val)
+            counts["val" if is_val else "train"] += 1
+            n = len(doc.encode("utf-8"))
+            size += n
+            if bar is not None:
+                bar.update(n)
+            if len(batch) >= BATCH_DOCS:
+                flush()
+        if batch:
+            flush()
+    if bar is not None:
+        bar.close()
+    if counts["train"] == 0:
+        raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
+    if counts["val"] == 0:
+        raise DataError(f"{where}.val_fraction: no document went to validation ({counts['train']} documents); "
+                        f"raise val_fraction or add documents")
+    return {
+        "vocab_size": got,
+        "bos_id": 0,
+        "documents": counts,
+        "tokens": {"train": train_w.count, "val": val_w.count},
+        "dtype": train_w.dtype_name,
+        "bytes": size,
+        "tokenizer_seconds": round(t_tok, 3),
+    }

@@ -1,0 +1,139 @@
+"""Document sources: local or remote text files, and anything `datasets.load_dataset` loads. Streaming, capped.
+
+Documents are yielded in a fixed order, so the split (a hash of seed and document index) and the tokenizer
+sample are reproducible. Problems (a missing file, an unknown dataset or config, a missing text field) raise
+DataError naming the dataset field to fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import DataError
+from ..spec.schema import HFData, TextData
+
+COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+
+
+def _is_url(p: str) -> bool:
+    return "://" in p and not p.startswith("file://")
+
+
+def resolve_paths(data: TextData, where: str) -> list[str]:
+    """Expand globs (local paths); URLs pass through. Every entry must match at least one file."""
+    out: list[str] = []
+    for i, p in enumerate(data.paths):
+        if _is_url(p):
+            out.append(p)
+            continue
+        local = p[len("file://"):] if p.startswith("file://") else p
+        local = os.path.expanduser(local)
+        matches = sorted(glob.glob(local, recursive=True)) if glob.has_magic(local) else [local]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise DataError(f"{where}.paths[{i}]: no such file: {p}")
+        out.extend(matches)
+    return out
+
+
+def file_signature(paths: list[str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of local files, so a changed file gets a new prepared-data hash."""
+    sig = []
+    for p in paths:
+        if _is_url(p):
+            sig.append((p, 0, 0))
+        else:
+            st = os.stat(p)
+            sig.append((os.path.abspath(p), st.st_size, int(st.st_mtime)))
+    return sig
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    import fsspec
+
+    suffix = Path(path.split("?")[0]).suffix
+    # fsspec streams remote files and decompresses on the fly: a .txt.xz is never written out whole
+    return fsspec.open(path, "rt", encoding="utf-8", errors="replace", compression=COMPRESSION.get(suffix)).open()
+
+
+def _text_documents(data: TextData, where: str) -> Iterator[str]:
+    for path in resolve_paths(data, where):
+        try:
+            f = _open_text(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{where}.paths: cannot open {path} ({e})") from None
+        with f:
+            if data.doc_sep == "line":
+                for line in f:
+                    line = line.rstrip("\n")
+                    if line.strip():
+                        yield line
+            else:
+                block: list[str] = []
+                for line in f:
+                    if line.strip():
+                        block.append(line.rstrip("\n"))
+                    elif block:
+                        yield "\n".join(block)
+                        block = []
+                if block:
+                    yield "\n".join(block)
+
+
+def load_hf(data: HFData, where: str):
+    """`datasets.load_dataset` with the dataset's settings; loading errors become one DataError line."""
+    import datasets
+
+    kwargs = {"split": data.split, "streaming": data.streaming}
+    if data.name:
+        kwargs["name"] = data.name
+    if data.data_files:
+        kwargs["data_files"] = list(data.data_files)
+    if data.revision:
+        kwargs["revision"] = data.revision
+    try:
+        return datasets.load_dataset(data.path, **kwargs)
+    except Exception as e:  # datasets raises many types (not found, offline, bad config, bad split)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = f"{data.path!r}" + (f" (config {data.name!r})" if data.name else "")
+        raise DataError(f"{where}: cannot load Hugging Face dataset {what}: {msg}") from None
+
+
+def _hf_documents(data: HFData, where: str) -> Iterator[str]:
+    ds = load_hf(data, where)
+    columns = list(getattr(ds, "column_names", None) or [])
+    if columns and data.text_field not in columns:
+        raise DataError(f"{where}.text_field: {data.text_field!r} is not a column of {data.path!r} "
+                        f"(columns: {', '.join(columns)})")
+    for row in ds:
+        if data.text_field not in row:
+            raise DataError(f"{where}.text_field: {data.text_field!r} is not a field of {data.path!r} "
+                            f"(fields: {', '.join(row)})")
+        text = row[data.text_field]
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
+def documents(data: TextData | HFData, where: str) -> Iterator[str]:
+    """Documents in source order, stopping at max_documents / max_bytes (UTF-8 bytes)."""
+    it = _text_documents(data, where) if isinstance(data, TextData) else _hf_documents(data, where)
+    n = size = 0
+    for doc in it:
+        if data.max_documents is not None and n >= data.max_documents:
+            return
+        if data.max_bytes is not None and size >= data.max_bytes:
+            return
+        n += 1
+        size += len(doc.encode("utf-8"))
+        yield doc
+
+
+def is_validation(seed: int, index: int, fraction: float) -> bool:
+    """Whether document `index` goes to validation: a hash, so the split needs no count and never shifts."""
+    h = int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
