@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "model", "context_length", "seed", "n_params",
+PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "model", "context_length", "seed", "n_params",
                 "L_fw", "L_bw", "delta", "fw_trial", "bw_trial"]
-SUMMARY_COLUMNS = ["cell_key", "dataset", "model", "context_length", "n_seeds", "n_params",
+SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "model", "context_length", "n_seeds", "n_params",
                    "L_fw_mean", "L_bw_mean", "delta_mean", "delta_std", "delta_min", "delta_max"]
 
 
@@ -41,7 +41,7 @@ def read_rows(uri: str, sweep: str) -> list[dict[str, Any]]:
         rows[tid] = {
             "trial_id": tid,
             "run_id": run.info.run_id,
-            **{k: tags.get(k) for k in ("pair_key", "cell_key", "direction", "dataset", "model")},
+            **{k: tags.get(k) for k in ("pair_key", "cell_key", "direction", "dataset", "language", "model")},
             "context_length": int(tags.get("context_length", 0)),
             "seed": int(tags.get("seed", 0)),
             "n_params": int(metrics["n_params"]) if "n_params" in metrics else None,
@@ -70,6 +70,7 @@ def pair_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[st
             "pair_key": key,
             "cell_key": fw["cell_key"],
             "dataset": fw["dataset"],
+            "language": fw.get("language"),
             "model": fw["model"],
             "context_length": fw["context_length"],
             "seed": fw["seed"],
@@ -80,7 +81,8 @@ def pair_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[st
             "fw_trial": fw["trial_id"],
             "bw_trial": bw["trial_id"],
         })
-    pairs.sort(key=lambda p: (p["dataset"], p["model"], p["context_length"], p["cell_key"], p["seed"]))
+    pairs.sort(key=lambda p: (p["dataset"], p.get("language") or "", p["model"], p["context_length"], p["cell_key"],
+                              p["seed"]))
     return pairs, sorted(orphans)
 
 
@@ -95,6 +97,7 @@ def summarize(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "cell_key": key,
             "dataset": ps[0]["dataset"],
+            "language": ps[0].get("language"),
             "model": ps[0]["model"],
             "context_length": ps[0]["context_length"],
             "n_seeds": len(ps),
@@ -106,7 +109,7 @@ def summarize(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "delta_min": min(ds),
             "delta_max": max(ds),
         })
-    out.sort(key=lambda c: (c["dataset"], c["model"], c["context_length"], c["cell_key"]))
+    out.sort(key=lambda c: (c["dataset"], c.get("language") or "", c["model"], c["context_length"], c["cell_key"]))
     return out
 
 
@@ -165,10 +168,12 @@ def render(result: dict[str, Any]) -> str:
     parts = []
     if result["pairs"]:
         parts.append("Arrow of Time per pair (delta = (L_bw - L_fw) / mean; > 0: forward is easier)")
-        parts.append(format_table(result["pairs"], ["dataset", "model", "context_length", "seed", "L_fw", "L_bw", "delta"]))
+        lang = ["language"] if any(p.get("language") for p in result["pairs"]) else []
+        parts.append(format_table(result["pairs"], ["dataset", *lang, "model", "context_length", "seed", "L_fw", "L_bw",
+                                                    "delta"]))
         parts.append("")
         parts.append("Mean over seeds")
-        parts.append(format_table(result["summary"], ["dataset", "model", "context_length", "n_seeds", "L_fw_mean",
+        parts.append(format_table(result["summary"], ["dataset", *lang, "model", "context_length", "n_seeds", "L_fw_mean",
                                                       "L_bw_mean", "delta_mean", "delta_std"]))
     else:
         parts.append("no finished forward/backward pair yet")

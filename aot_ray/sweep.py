@@ -109,7 +109,8 @@ def check_fits(trials: list[TrialSpec], hashes: dict[str, str], manifests: dict[
         tokens = manifests[hashes[t.trial_id]]["tokens"]
         for split, name in (("val", "validation"), ("train", "training")):
             if tokens[split] < t.context_length:
-                raise DataError(f"{where_of(t)}: the {name} split has {tokens[split]} tokens, fewer than "
+                lang = f" ({t.language})" if t.language else ""
+                raise DataError(f"{where_of(t)}{lang}: the {name} split has {tokens[split]} tokens, fewer than "
                                 f"context_length {t.context_length}; add text or raise val_fraction")
 
 

@@ -182,6 +182,8 @@ class TrialTracker:
             tags.update({k: str(getattr(trial, k) if k != "model" else trial.model.preset)
                          for k in TRIAL_TAGS if k != "sweep"})
             tags["sweep"] = ctx.sweep
+            if trial.language is not None:
+                tags["language"] = trial.language
             run = retry(lambda: self.client.create_run(ctx.experiment_id, run_name=trial.trial_id, tags=tags))
             self.run_id = run.info.run_id
 

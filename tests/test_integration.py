@@ -26,17 +26,12 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    ray = pytest.importorskip("ray")
+def ran(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("itest")
     uri = f"sqlite:///{tmp}/mlflow.db"
     spec = parse_sweep(SPEC)
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        first = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
-        second = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
-    finally:
-        ray.shutdown()
+    first = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
+    second = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
     return {"uri": uri, "tmp": tmp, "first": first, "second": second, "spec": spec}
 
 

@@ -24,9 +24,10 @@ def _maybe_reverse(doc: str, reverse: bool) -> str:
     return doc[::-1] if reverse else doc
 
 
-def _tokenizer_sample(data: TextData | HFData, where: str) -> Iterator[str]:
+def _tokenizer_sample(data: TextData | HFData, where: str, seen: list[int]) -> Iterator[str]:
     size = 0
     for i, doc in enumerate(documents(data, where)):
+        seen[0] += 1
         if is_validation(data.seed, i, data.val_fraction):
             continue
         yield _maybe_reverse(doc, data.tokenizer.reverse_chars)
@@ -39,9 +40,10 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
     """Write tokenizer.json, train.bin and val.bin under `out`; return the manifest fields."""
     t0 = time.perf_counter()
     spec = data.tokenizer
-    tok = train_bpe(_tokenizer_sample(data, where), spec.vocab_size, spec.min_frequency, show_progress=progress)
+    seen = [0]  # documents read while sampling: the base alphabet alone cannot tell an empty corpus
+    tok = train_bpe(_tokenizer_sample(data, where, seen), spec.vocab_size, spec.min_frequency, show_progress=progress)
     got = tok.get_vocab_size()
-    if got <= 1:
+    if seen[0] == 0:
         raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
     if got < spec.vocab_size:
         raise DataError(f"{where}.tokenizer.vocab_size: {spec.vocab_size} is more than this corpus supports "

@@ -1,0 +1,53 @@
+"""2 languages x 2 directions x 2 seeds on local text: exactly 2 corpora prepared, then none; language tags."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aot_ray import sweep, tracking
+from aot_ray.spec import load_sweep_text
+
+from corpus_util import docs, write_text
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parent.parent
+
+
+def test_languages_local_prepares_each_corpus_once(tmp_path, ray_local):
+    for lang in ("en", "fr"):
+        write_text(tmp_path / "corpora" / f"{lang}.txt.gz", docs(lang, 400))
+    sets = [
+        f"data.local.paths=['{tmp_path}/corpora/{{lang}}.txt.gz']",
+        "data.local.tokenizer.vocab_size=300", "data.local.val_fraction=0.1",
+        "grid.language=[en, fr]", "grid.seed=[0, 1]", "grid.model=[tiny]", "grid.context_length=[32]",
+        "defaults.train={steps: 6, batch_size: 4, eval_every: 6, checkpoint_every: 6, log_every: 3}",
+        "defaults.optim.warmup_steps=1", "defaults.resources.cpu=1",
+    ]
+    spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", sets)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = str(tmp_path / "results")
+    lines: list[str] = []
+    first = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lines.append)
+    assert len(first.ran) == 8 and not first.failed
+
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "results" / "data").glob("*/manifest.json")]
+    assert len(manifests) == 2
+    assert sorted(Path(m["source"]["paths"][0]).name for m in manifests) == ["en.txt.gz", "fr.txt.gz"]
+    assert sum(built for _, built, _ in first.prepared.values()) == 2
+    assert sum(l.startswith("prepared data.local[") for l in lines) == 2
+
+    second_lines: list[str] = []
+    second = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=second_lines.append)
+    assert sum(built for _, built, _ in second.prepared.values()) == 0
+    assert sum(l.startswith("reused data.local[") for l in second_lines) == 2
+    assert second.ran == [] and len(second.skipped) == 8
+    assert len(list((tmp_path / "results" / "data").glob("*/manifest.json"))) == 2
+
+    c = tracking.client(uri)
+    runs = tracking.trial_runs(uri, spec.name)
+    assert sorted(r.data.tags["language"] for r in runs) == ["en"] * 4 + ["fr"] * 4
+    r = runs[0]
+    per_pos = c.download_artifacts(r.info.run_id, "eval/per_position.json", str(tmp_path / "dl"))
+    assert len(json.loads(Path(per_pos).read_text())["loss"]) == 32
+    assert {p["language"] for p in second.report["pairs"]} == {"en", "fr"} and len(second.report["pairs"]) == 4
