@@ -64,8 +64,12 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
 
         def flush() -> None:
             encs = tok.encode_batch_fast(batch, add_special_tokens=False)
-            for enc, is_val in zip(encs, sides):
-                (val_w if is_val else train_w).append_document(enc.ids)
+            ids: dict[bool, list[int]] = {False: [], True: []}
+            for enc, is_val in zip(encs, sides):  # one array write per split and batch, not per document
+                ids[is_val].extend(enc.ids)
+                ids[is_val].append(0)
+            train_w.append(ids[False])
+            val_w.append(ids[True])
             batch.clear()
             sides.clear()
 

@@ -129,7 +129,8 @@ def documents(data: TextData | HFData, where: str) -> Iterator[str]:
         if data.max_bytes is not None and size >= data.max_bytes:
             return
         n += 1
-        size += len(doc.encode("utf-8"))
+        if data.max_bytes is not None:
+            size += len(doc.encode("utf-8"))
         yield doc
 
 

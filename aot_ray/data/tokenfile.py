@@ -26,9 +26,6 @@ class TokenWriter:
         arr.tofile(self._f)
         self.count += arr.size
 
-    def append_document(self, ids: list[int]) -> None:
-        self.append(ids + [self.eos])
-
     def __enter__(self) -> "TokenWriter":
         return self
 
