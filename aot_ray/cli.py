@@ -151,9 +151,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep, args.sets)
     storage = resolve_storage(args.storage, spec)
-    if "://" in storage:
-        raise AotError(f"--storage {storage}: prepare writes to a local or shared file system path")
-    Path(storage).mkdir(parents=True, exist_ok=True)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
     prepare_local(spec, storage, progress=sys.stderr.isatty())
     return 0
 

@@ -74,6 +74,7 @@ def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
     from .data.prepare import MARKER
+    from .data.remote import is_remote, remote_exists
     from .tune import resources_of
 
     trials = expand(spec)
@@ -89,9 +90,13 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
         })
     data = []
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
-        path = Path(storage) / "data" / f"{d.kind}-{h}"
-        data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": str(path),
-                     "prepared": (path / MARKER).is_file()})
+        path = f"{storage.rstrip('/')}/data/{d.kind}-{h}"
+        try:
+            done_ = remote_exists(path) if is_remote(storage) else (Path(path) / MARKER).is_file()
+        except Exception:  # an unreachable object store: planning still works, status unknown
+            done_ = False
+        data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": path,
+                     "prepared": done_})
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data, "note": note}
 
 
@@ -124,7 +129,7 @@ def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: boo
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
         prepared, built = prepare(d, storage, where, progress=progress)
         manifests[h] = prepared.manifest
-        say(summary_line(where, lang, h, str(prepared.path), built, prepared.manifest))
+        say(summary_line(where, lang, h, prepared.location, built, prepared.manifest))
     check_fits(trials, hashes, manifests)
     return manifests
 

@@ -106,7 +106,7 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     @ray.remote(num_cpus=1)
     def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
         prepared, built = prepare(data, storage, where, progress=progress)
-        return str(prepared.path), built, prepared.manifest
+        return prepared.location, built, prepared.manifest
 
     refs = {h: _prepare.remote(data, where) for h, (where, data) in items.items()}
     out = {}

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DataError
 from ..spec.expand import content_hash
 from ..spec.schema import SYNTHETIC_KINDS, DatasetSpec, TextData
-from . import tokenfile
+from . import remote, tokenfile
 from .synthetic import ALPHABETS, generate
 from .tokenizer import CharTokenizer
 
@@ -34,12 +34,17 @@ MARKER = "_SUCCESS"
 
 @dataclass(frozen=True)
 class Prepared:
-    path: Path
+    path: Path  # the local folder that is memory-mapped
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
     bos_id: int
     manifest: dict
+    uri: str = ""  # where trials find it: the shared storage URI, or the local path
+
+    @property
+    def location(self) -> str:
+        return self.uri or str(self.path)
 
 
 def char_tokenizer(data: DatasetSpec) -> CharTokenizer:
@@ -93,7 +98,16 @@ def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
 
 
 def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: bool = False) -> tuple[Prepared, bool]:
-    """Build (or reuse) the prepared token files of `data` under `root`; returns (prepared, built_now)."""
+    """Build (or reuse) the prepared token files of `data` under `root`; returns (prepared, built_now).
+    A URI root (s3://, gs://, file://) is built in the node-local cache and published there."""
+    if remote.is_remote(root):
+        h = data_hash(data, where)
+        uri = f"{str(root).rstrip('/')}/data/{data.kind}-{h}"
+        if remote.remote_exists(uri):
+            return dataclasses.replace(load(remote.fetch(uri)), uri=uri), False
+        local, _ = prepare(data, remote.cache_root(), where, progress)
+        remote.publish(local.path, uri)
+        return dataclasses.replace(local, uri=uri), True
     h = data_hash(data, where)
     final = Path(root) / "data" / f"{data.kind}-{h}"
     if (final / MARKER).is_file():
@@ -126,6 +140,9 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
 
 
 def load(path: str | Path) -> Prepared:
+    """Memory-map a prepared folder; a URI is fetched into the node-local cache first."""
+    if remote.is_remote(path):
+        return dataclasses.replace(load(remote.fetch(str(path))), uri=str(path))
     path = Path(path)
     if not (path / MARKER).is_file():
         raise DataError(f"{path} is not a prepared dataset (no {MARKER} marker); run `aot-ray prepare` first")
