@@ -51,3 +51,20 @@ def test_languages_local_prepares_each_corpus_once(tmp_path, ray_local):
     per_pos = c.download_artifacts(r.info.run_id, "eval/per_position.json", str(tmp_path / "dl"))
     assert len(json.loads(Path(per_pos).read_text())["loss"]) == 32
     assert {p["language"] for p in second.report["pairs"]} == {"en", "fr"} and len(second.report["pairs"]) == 4
+
+
+def test_corpus_error_in_a_ray_task_is_one_line_before_any_trial(tmp_path, ray_local):
+    from aot_ray.errors import DataError
+
+    write_text(tmp_path / "corpora" / "en.txt", docs("en", 100))
+    spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", [
+        f"data.local.paths=['{tmp_path}/corpora/{{lang}}.txt']", "grid.language=[en]",
+        "data.local.tokenizer.vocab_size=60000",
+    ])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(DataError) as err:
+        sweep.run(spec, text, uri=uri, storage=str(tmp_path / "results"), verbose=0, say=lambda _: None)
+    assert str(err.value).startswith("data.local.tokenizer.vocab_size: 60000 is more than this corpus supports")
+    assert "\n" not in str(err.value)
+    assert tracking.trial_runs(uri, spec.name) == []  # no sweep, no trial was started
+    assert tracking.experiment_id(uri, spec.name, create=False) is None
