@@ -60,10 +60,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
         else:
             train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the trial's own error is the one to report
             tracker.finish("FAILED")
-        finally:
-            raise
+        raise
     tracker.finish("FINISHED")
 
 
