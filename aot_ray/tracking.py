@@ -158,34 +158,83 @@ def finished_trial_ids(uri: str, sweep: str) -> set[str]:
     return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, status="FINISHED")}
 
 
+def find_trial_run(uri: str, exp_id: str, trial_id: str):
+    runs = client(uri).search_runs(
+        [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial_id)}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 class TrialTracker:
-    """The trainer's `Tracker` on an MLflow child run of the sweep's parent run."""
+    """The trainer's `Tracker` on an MLflow child run of the sweep's parent run: one run per trial.
+
+    A resumed trial continues its run (found by the checkpoint's run id, else by its `trial_id` tag) and drops
+    metric points at steps the run already has, so a curve has no duplicate step and, because training is
+    deterministic, no gap. A trial that starts from scratch while a stale unfinished run exists soft-deletes
+    that run (restorable in MLflow) and opens a new one. Writes are buffered; a failed write keeps the buffer.
+    """
 
     def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500) -> None:
         from mlflow.entities import Metric, Param
 
+        # fail fast on each HTTP call and let the buffer carry metrics over an outage, instead of MLflow's
+        # default minutes of retries blocking the training loop
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._Metric, self._Param = Metric, Param
         self.ctx = ctx
+        self.trial = trial
         self.client = client(ctx.uri)
         self.flush_every = flush_every
         self._buffer: list = []
-        existing = retry(lambda: self.client.search_runs(
-            [ctx.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial.trial_id)}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        ))
-        if existing:
-            self.run_id = existing[0].info.run_id
-            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        self._pending_artifacts: list[tuple[Any, str]] = []
+        self._last_step: dict[str, int] = {}
+        self.run_id: str | None = None
+
+    def _create_run(self) -> str:
+        trial = self.trial
+        tags = {ROLE: "trial", "mlflow.parentRunId": self.ctx.parent_run_id}
+        tags.update({k: str(getattr(trial, k) if k != "model" else trial.model.preset)
+                     for k in TRIAL_TAGS if k != "sweep"})
+        tags["sweep"] = self.ctx.sweep
+        if trial.language is not None:
+            tags["language"] = trial.language
+        return retry(lambda: self.client.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags)).info.run_id
+
+    def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
+        existing = None
+        if run_id:
+            try:
+                existing = retry(lambda: self.client.get_run(run_id))
+                if existing.info.lifecycle_stage != "active":
+                    existing = None
+            except Exception:
+                existing = None
+        if existing is None:
+            existing = retry(lambda: find_trial_run(self.ctx.uri, self.ctx.experiment_id, self.trial.trial_id))
+        if existing is not None and resumed_from is None and existing.data.metrics:
+            retry(lambda: self.client.delete_run(existing.info.run_id))  # a stale attempt's curve; restorable
+            existing = None
+        if existing is None:
+            self.run_id = self._create_run()
         else:
-            tags = {ROLE: "trial", "mlflow.parentRunId": ctx.parent_run_id}
-            tags.update({k: str(getattr(trial, k) if k != "model" else trial.model.preset)
-                         for k in TRIAL_TAGS if k != "sweep"})
-            tags["sweep"] = ctx.sweep
-            if trial.language is not None:
-                tags["language"] = trial.language
-            run = retry(lambda: self.client.create_run(ctx.experiment_id, run_name=trial.trial_id, tags=tags))
-            self.run_id = run.info.run_id
+            self.run_id = existing.info.run_id
+            for key in existing.data.metrics:
+                history = retry(lambda: self.client.get_metric_history(self.run_id, key))
+                self._last_step[key] = max((m.step for m in history), default=-1)
+            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        import socket
+
+        attempt = int(existing.data.tags.get("aot.attempt", "0")) + 1 if existing is not None else 1
+        retry(lambda: self.client.log_batch(self.run_id, tags=[
+            self._tag("aot.pid", str(os.getpid())), self._tag("aot.host", socket.gethostname()),
+            self._tag("aot.attempt", str(attempt))]))
+
+    def _tag(self, key: str, value: str):
+        from mlflow.entities import RunTag
+
+        return RunTag(key, value)
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [self._Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -195,25 +244,43 @@ class TrialTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
-        self._buffer.extend(self._Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        for k, v in metrics.items():
+            if step <= self._last_step.get(k, -1):
+                continue  # already in the run from an earlier attempt
+            self._buffer.append(self._Metric(k, float(v), ts, int(step)))
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
-    def flush(self, attempts: int = 4) -> None:
-        while self._buffer:
-            chunk = self._buffer[:1000]
-            try:
+    def flush(self, attempts: int = 2) -> bool:
+        """Write what is buffered; on failure keep it for the next flush. True when nothing is left."""
+        try:
+            while self._buffer:
+                chunk = self._buffer[:1000]
                 retry(lambda: self.client.log_batch(self.run_id, metrics=chunk), attempts=attempts)
-            except Exception as e:
-                warnings.warn(f"MLflow write failed ({str(e).splitlines()[0]}); {len(self._buffer)} metrics kept for the next flush")
-                return
-            del self._buffer[: len(chunk)]
+                del self._buffer[: len(chunk)]
+            while self._pending_artifacts:
+                obj, name = self._pending_artifacts[0]
+                retry(lambda: self.client.log_dict(self.run_id, obj, name), attempts=attempts)
+                self._pending_artifacts.pop(0)
+        except Exception as e:
+            warnings.warn(f"MLflow write failed ({str(e).splitlines()[0]}); {len(self._buffer)} metrics and "
+                          f"{len(self._pending_artifacts)} artifacts kept for the next flush")
+            return False
+        return True
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+        self._pending_artifacts.append((obj, artifact_file))
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.flush(attempts=8)
-        if self._buffer:
-            raise TrackingError(f"{len(self._buffer)} metrics of run {self.run_id} could not be written to {self.ctx.uri}")
+    def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
+        """Flush everything (waiting out an outage for up to `patience_s`), then close the run."""
+        deadline = time.monotonic() + patience_s
+        delay = 1.0
+        while not self.flush():
+            if time.monotonic() > deadline:
+                raise TrackingError(f"{len(self._buffer)} metrics of run {self.run_id} could not be written to "
+                                    f"{self.ctx.uri} within {patience_s:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        if error:
+            retry(lambda: self.client.set_tag(self.run_id, "aot.error", error[:5000]))
         retry(lambda: self.client.set_terminated(self.run_id, status=status))

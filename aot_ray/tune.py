@@ -59,9 +59,10 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
                 train(trial, tracker, resume_from, data=data[trial.trial_id], on_report=report)
         else:
             train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):  # the trial's own error is the one to report
-            tracker.finish("FAILED")
+            if tracker.run_id is not None:
+                tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
         raise
     tracker.finish("FINISHED")
 

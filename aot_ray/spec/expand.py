@@ -16,7 +16,7 @@ from typing import Any
 
 from .schema import SweepSpec, TrialSpec
 
-NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "threads", "device"}}
+NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device"}}
 SHORT = {"forward": "fw", "backward": "bw"}
 
 

@@ -156,6 +156,8 @@ class TrainSpec:
     eval_batch_size: int = _num(64, gt=0)
     log_every: int = _num(10, gt=0)
     checkpoint_every: int = _num(100, ge=0)
+    keep_checkpoints: int = _num(2, gt=0)
+    debug_nan_at_step: Optional[int] = _num(None, gt=0)  # fault injection for testing a pipeline
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: Optional[int] = _num(None, gt=0)

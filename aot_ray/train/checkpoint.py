@@ -6,13 +6,15 @@ of one; `state.pt` holds tensors and RNG states, `meta.json` the human-readable 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import uuid
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ def write(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path
     tmp.mkdir()
     try:
         torch.save(state, tmp / STATE)
+        meta = {**meta, "sha256": _digest(tmp / STATE)}  # lets a reader tell a truncated or corrupt file
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -53,9 +56,46 @@ def write(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path
     return final
 
 
+class CorruptCheckpoint(RuntimeError):
+    pass
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path)
-    meta = json.loads((path / META).read_text())
-    # weights_only=False: the state holds optimizer/scheduler dicts and RNG tuples written by this code
-    state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+    try:
+        meta = json.loads((path / META).read_text())
+        if "sha256" in meta and _digest(path / STATE) != meta["sha256"]:
+            raise CorruptCheckpoint(f"{path / STATE} does not match its checksum")
+        # weights_only=False: the state holds optimizer/scheduler dicts and RNG tuples written by this code
+        state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+    except CorruptCheckpoint:
+        raise
+    except Exception as e:  # missing files, truncated JSON or pickle
+        raise CorruptCheckpoint(f"{path}: {type(e).__name__}: {e}") from None
     return state, meta
+
+
+def read_first_valid(paths: Iterable[str | Path]) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
+    """The newest readable checkpoint of `paths` (newest first); a bad one is skipped with a warning."""
+    for p in paths:
+        try:
+            state, meta = read(p)
+            return state, meta, Path(p)
+        except CorruptCheckpoint as e:
+            warnings.warn(f"skipping unreadable checkpoint ({e}); falling back to the previous one")
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` step-* checkpoints of a local folder."""
+    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)

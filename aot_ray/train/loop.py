@@ -37,6 +37,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names batch size, context and model."""
+
+
 @dataclass
 class TrainResult:
     trial_id: str
@@ -81,13 +85,14 @@ def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimize
 def train(
     trial: TrialSpec,
     tracker: Tracker,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | list[str | Path] | None = None,
     *,
     data: Prepared | str | Path,
     on_report: Report | None = None,
     workdir: str | Path | None = None,
 ) -> TrainResult:
-    """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given. Validation metrics go to `on_report` with a
+    """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
+    (a folder, or candidate folders newest first: an unreadable one falls back to the next). Validation metrics go to `on_report` with a
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
     t = trial.train
     if t.threads:
@@ -112,14 +117,19 @@ def train(
     torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
 
     step = 0
-    if checkpoint is not None:
-        state, meta = ckpt.read(checkpoint)
+    candidates = [] if checkpoint is None else checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    found = ckpt.read_first_valid(candidates)
+    if found is not None:
+        state, meta, _ = found
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         step = int(meta["step"])
+        tracker.begin(step, meta.get("run_id"))
+        tracker.log_metrics({"resumed_from_step": step}, step=step)
     else:
+        tracker.begin(None)
         tracker.log_params({**flatten(trial), "n_params": n_params, "vocab_size": data.vocab_size})
         tracker.log_metrics({"n_params": n_params}, step=0)
 
@@ -142,10 +152,18 @@ def train(
                 x, y = with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
                 x = torch.from_numpy(x).to(device, non_blocking=True)
                 y = torch.from_numpy(y).to(device, non_blocking=True)
-                with autocast():
-                    logits = model(input_ids=x).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                (loss / t.grad_accum).backward()
+                try:
+                    with autocast():
+                        logits = model(input_ids=x).logits
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                    (loss / t.grad_accum).backward()
+                except torch.OutOfMemoryError:
+                    raise OutOfMemory(
+                        f"{device.type} out of memory at step {step + 1} of trial {trial.trial_id}: micro-batch "
+                        f"{micro} x context {trial.context_length} on model {trial.model.preset}; lower "
+                        f"train.batch_size and raise train.grad_accum (same effective batch)") from None
+                if t.debug_nan_at_step is not None and step + 1 >= t.debug_nan_at_step:
+                    loss = loss * float("nan")
                 loss_sum += loss.detach()
                 loss_count += 1
             if trial.optim.grad_clip > 0:
@@ -158,9 +176,12 @@ def train(
             if step % t.log_every == 0 or step == t.steps:
                 last_train = loss_sum.item() / loss_count
                 loss_sum.zero_()
+                first = step - loss_count // t.grad_accum + 1
                 loss_count = 0
                 if not math.isfinite(last_train):
-                    raise TrainingDiverged(f"training loss became {last_train} at step {step} of trial {trial.trial_id}")
+                    # checked where the loss is read anyway (every log_every steps), not with a sync per step
+                    where = f"step {step}" if first == step else f"steps {first}-{step}"
+                    raise TrainingDiverged(f"training loss became {last_train} at {where} of trial {trial.trial_id}")
                 tracker.log_metrics({"train_loss": last_train, "lr": sched.get_last_lr()[0]}, step=step)
             train_seconds += time.perf_counter() - t0  # steps and their logging; validation is not training
 
@@ -193,6 +214,8 @@ def train(
                     }
                     where = (scratch if on_report is not None else local_dir) / f"step-{step:08d}"
                     path = ckpt.write(where, state, meta)
+                    if on_report is None:
+                        ckpt.prune(local_dir, t.keep_checkpoints)
                 if on_report is not None:
                     on_report(metrics, path)
                 if path is not None and on_report is not None:

@@ -8,6 +8,10 @@ from typing import Any, Protocol
 class Tracker(Protocol):
     run_id: str | None
 
+    def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
+        """Called once the trainer knows whether it resumes (from step `resumed_from`, logged to `run_id`)."""
+        ...
+
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
@@ -22,6 +26,9 @@ class MemoryTracker:
         self.params: dict[str, Any] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: dict[str, Any] = {}
+
+    def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
+        self.resumed_from = resumed_from
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.params.update(params)
