@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
     p.add_argument("--max-concurrent-trials", type=int, help="override run.max_concurrent_trials")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--restart-errored", action="store_true",
+                       help="when resuming, start errored trials from scratch instead of from their checkpoints")
+    again.add_argument("--fresh", action="store_true",
+                       help="start a new sweep: a new parent run and Tune state (earlier runs stay in MLflow)")
+
+    p = sub.add_parser("status", help="list the sweep's trials with state, step, last validation loss and error")
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
+    _sets(p)
 
     p = sub.add_parser("report", help="pair forward/backward runs from MLflow and print the AoT table")
     p.add_argument("sweep", help="sweep YAML, or a sweep name")
@@ -100,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
     out = run(spec, text, uri=uri, storage=storage, address=args.address, num_cpus=args.num_cpus,
               num_gpus=args.num_gpus, max_concurrent_trials=args.max_concurrent_trials,
-              verbose=0 if args.quiet else 1)
+              restart_errored=args.restart_errored, fresh=args.fresh, verbose=0 if args.quiet else 1)
     print()
     print(render(out.report))
     for f in out.report["files"]:
@@ -145,6 +156,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .aggregate import format_table
+    from .spec import load_sweep
+    from .sweep import status
+    from .tracking import resolve_uri
+
+    spec = load_sweep(args.sweep, args.sets)
+    rows = status(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri))
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("trial_id", "state", "step", "val_loss", "error")} for r in rows], indent=2))
+        return 0
+    print(format_table(rows, ["trial_id", "state", "step", "val_loss", "error"]))
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("TERMINATED", "RUNNING", "ERROR", "PENDING")}
+    print("\n" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from .spec import load_sweep
     from .sweep import prepare_local, resolve_storage
@@ -160,7 +188,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare}[args.command](args)
+        return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare, "status": _status}[args.command](args)
     except AotError as e:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .errors import AotError, DataError, TrackingError
 from .models import count_params, resolve_shape
-from .spec import SweepSpec, TrialSpec, expand
+from .spec import SweepSpec, TrialSpec, content_hash, expand
 
 Say = Callable[[str], None]
 
@@ -134,6 +134,36 @@ def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: boo
     return manifests
 
 
+MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR", "RUNNING": "RUNNING",
+                   "SCHEDULED": "PENDING"}
+
+
+def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
+    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error."""
+    from .tracking import client, trial_runs
+
+    runs: dict[str, Any] = {}
+    if done_trials(uri, spec.name)[1] is None and not (
+            uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()):
+        for r in trial_runs(uri, spec.name):  # newest first
+            runs.setdefault(r.data.tags.get("trial_id"), r)
+    c = client(uri) if runs else None
+    rows = []
+    for t in expand(spec):
+        r = runs.get(t.trial_id)
+        row = {"trial_id": t.trial_id, "state": "PENDING", "step": 0, "val_loss": None, "error": None,
+               "direction": t.direction, "pair_key": t.pair_key}
+        if r is not None:
+            row["state"] = MLFLOW_TO_STATE.get(r.info.status, r.info.status)
+            steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
+            val = sorted(c.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)
+            row["step"] = max(steps, default=0)
+            row["val_loss"] = val[-1].value if val else None
+            row["error"] = r.data.tags.get("aot.error")
+        rows.append(row)
+    return rows
+
+
 @dataclass
 class RunOutcome:
     ran: list[Any]
@@ -156,9 +186,13 @@ def run(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     max_concurrent_trials: int | None = None,
+    restart_errored: bool = False,
+    fresh: bool = False,
     verbose: int = 1,
     say: Say = print,
 ) -> RunOutcome:
+    """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`); `fresh` starts a
+    new parent run and Tune state, leaving the earlier ones untouched."""
     from . import aggregate, tracking
     from .tune import prepare_on_ray, ray_session, run_trials
 
@@ -180,18 +214,22 @@ def run(
             say(summary_line(where, lang, h, path, built, manifest))
         check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
 
-        ctx = tracking.start_sweep(uri, spec.name, spec_text)
-        done = tracking.finished_trial_ids(uri, spec.name)
+        ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
+        done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
         pending = [t for t in trials if t.trial_id not in done]
         skipped = [t.trial_id for t in trials if t.trial_id in done]
+        experiment = f"{spec.name}-{ctx.parent_run_id[:8]}-{content_hash(sorted(t.trial_id for t in trials))}"
         if skipped:
-            say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow; running {len(pending)}")
+            say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
         outcomes = []
         status = "FINISHED"
         try:
-            if pending:
-                data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in pending}
-                outcomes = run_trials(pending, ctx, data=data, storage=storage, run=run_spec, verbose=verbose)
+            data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
+            outcomes, restored = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
+                                            run=run_spec, restart_errored=restart_errored, verbose=verbose)
+            if restored:
+                say(f"resumed Tune state {storage.rstrip('/')}/{experiment}")
+            outcomes = [o for o in outcomes if o.trial_id not in done or not o.ok]
             if any(not o.ok for o in outcomes):
                 status = "FAILED"
         except BaseException:

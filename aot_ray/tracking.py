@@ -116,11 +116,11 @@ def find_parent(uri: str, exp_id: str, sweep: str):
     return runs[0] if runs else None
 
 
-def start_sweep(uri: str, sweep: str, spec_text: str) -> SweepContext:
-    """Get or create the sweep's experiment and parent run; record the sweep YAML on it."""
+def start_sweep(uri: str, sweep: str, spec_text: str, fresh: bool = False) -> SweepContext:
+    """Get or create the sweep's experiment and parent run (a new one with `fresh`); record the sweep YAML."""
     exp_id = experiment_id(uri, sweep, create=True)
     c = client(uri)
-    parent = find_parent(uri, exp_id, sweep)
+    parent = None if fresh else find_parent(uri, exp_id, sweep)
     if parent is None:
         run = c.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep})
         run_id = run.info.run_id
@@ -135,12 +135,18 @@ def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, status=status)
 
 
-def trial_runs(uri: str, sweep: str, status: str | None = None) -> list:
-    """All child runs of a sweep (optionally only those with a given status), newest first."""
+def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None) -> list:
+    """Child runs of the sweep's current parent run (or of `parent_run_id`), optionally by status, newest first."""
     exp_id = experiment_id(uri, sweep, create=False)
     if exp_id is None:
         return []
-    filt = f"tags.`{ROLE}` = 'trial' and tags.sweep = '{_quote(sweep)}'"
+    if parent_run_id is None:
+        parent = find_parent(uri, exp_id, sweep)
+        if parent is None:
+            return []
+        parent_run_id = parent.info.run_id
+    filt = (f"tags.`{ROLE}` = 'trial' and tags.sweep = '{_quote(sweep)}' "
+            f"and tags.`mlflow.parentRunId` = '{parent_run_id}'")
     if status:
         filt += f" and attributes.status = '{status}'"
     c = client(uri)
@@ -154,13 +160,14 @@ def trial_runs(uri: str, sweep: str, status: str | None = None) -> list:
             return out
 
 
-def finished_trial_ids(uri: str, sweep: str) -> set[str]:
-    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, status="FINISHED")}
+def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None) -> set[str]:
+    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)}
 
 
-def find_trial_run(uri: str, exp_id: str, trial_id: str):
+def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str):
     runs = client(uri).search_runs(
-        [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial_id)}'",
+        [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial_id)}' "
+                                f"and tags.`mlflow.parentRunId` = '{parent_run_id}'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
@@ -212,7 +219,8 @@ class TrialTracker:
             except Exception:
                 existing = None
         if existing is None:
-            existing = retry(lambda: find_trial_run(self.ctx.uri, self.ctx.experiment_id, self.trial.trial_id))
+            existing = retry(lambda: find_trial_run(self.ctx.uri, self.ctx.experiment_id, self.trial.trial_id,
+                                                    self.ctx.parent_run_id))
         if existing is not None and resumed_from is None and existing.data.metrics:
             retry(lambda: self.client.delete_run(existing.info.run_id))  # a stale attempt's curve; restorable
             existing = None

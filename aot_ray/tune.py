@@ -56,7 +56,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_from:
-                train(trial, tracker, resume_from, data=data[trial.trial_id], on_report=report)
+                # older persisted checkpoints are the fallback if the latest turns out unreadable
+                train(trial, tracker, [resume_from, *_older_checkpoints(checkpoint)], data=data[trial.trial_id],
+                      on_report=report)
         else:
             train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
     except BaseException as e:
@@ -65,6 +67,14 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
                 tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
         raise
     tracker.finish("FINISHED")
+
+
+def _older_checkpoints(latest: Any) -> list[str]:
+    """Sibling checkpoint folders of the latest one, newest first (local storage only)."""
+    path = Path(latest.path)
+    if "://" in str(latest.path) or not path.parent.is_dir():
+        return []
+    return [str(p) for p in sorted(path.parent.glob("checkpoint_*"), reverse=True) if p != path]
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
@@ -121,45 +131,58 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
 
 
 def run_trials(
-    trials: list[TrialSpec],
+    launch: list[TrialSpec],
+    every: list[TrialSpec],
     ctx: SweepContext,
     *,
     data: dict[str, str],
     storage: str,
+    experiment: str,
     run: RunSpec,
+    restart_errored: bool = False,
     verbose: int = 1,
-) -> list[TrialOutcome]:
-    """Run `trials` (each reading the prepared folder `data[trial_id]`) as one Tune experiment under `storage`."""
+) -> tuple[list[TrialOutcome], bool]:
+    """Run the sweep's Tune experiment `storage/experiment`: restore it when its state exists (finished
+    trials stay finished; unfinished and errored ones continue from their checkpoints, or errored ones start
+    over with `restart_errored`), else launch `launch`. Returns (outcomes, restored)."""
     from ray import tune
 
-    by_id = {t.trial_id: t for t in trials}
+    by_id = {t.trial_id: t for t in every}
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data)
     trainable = tune.with_resources(trainable, resources=lambda config: resources_of(by_id[config["trial_id"]]))
-    name_of = lambda t: t.config["trial_id"]  # noqa: E731
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial_id": tune.grid_search(list(by_id))},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=run.max_concurrent_trials,
-            reuse_actors=True,  # saves the torch/transformers import per trial
-            trial_name_creator=name_of,
-            trial_dirname_creator=name_of,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{ctx.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=run.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=verbose,
-        ),
-    )
+    path = f"{storage.rstrip('/')}/{experiment}"
+    restored = tune.Tuner.can_restore(path)
+    if restored:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=not restart_errored,
+                                   restart_errored=restart_errored)
+    elif not launch:
+        return [], False
+    else:
+        name_of = lambda t: t.config["trial_id"]  # noqa: E731
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search([t.trial_id for t in launch])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=run.max_concurrent_trials,
+                reuse_actors=True,  # saves the torch/transformers import per trial
+                trial_name_creator=name_of,
+                trial_dirname_creator=name_of,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=run.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in launch)),
+                verbose=verbose,
+            ),
+        )
     grid = tuner.fit()
     outcomes = []
     for result in grid:
-        trial_id = result.config["trial_id"]
         err = None
         if result.error is not None:
-            err = str(result.error).strip().splitlines()[-1] if str(result.error).strip() else type(result.error).__name__
+            text = str(result.error).strip()
+            err = text.splitlines()[-1] if text else type(result.error).__name__
         loss = (result.metrics or {}).get("val_loss")
-        outcomes.append(TrialOutcome(trial_id, result.error is None, err, loss))
-    return outcomes
+        outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
+    return outcomes, restored
