@@ -198,6 +198,7 @@ class TrialTracker:
         self._pending_artifacts: list[tuple[Any, str]] = []
         self._last_step: dict[str, int] = {}
         self.run_id: str | None = None
+        self.extra_tags: dict[str, str] = {}  # per attempt, e.g. the Ray node the trial runs on
 
     def _create_run(self) -> str:
         trial = self.trial
@@ -237,7 +238,7 @@ class TrialTracker:
         attempt = int(existing.data.tags.get("aot.attempt", "0")) + 1 if existing is not None else 1
         retry(lambda: self.client.log_batch(self.run_id, tags=[
             self._tag("aot.pid", str(os.getpid())), self._tag("aot.host", socket.gethostname()),
-            self._tag("aot.attempt", str(attempt))]))
+            self._tag("aot.attempt", str(attempt)), *(self._tag(k, v) for k, v in self.extra_tags.items())]))
 
     def _tag(self, key: str, value: str):
         from mlflow.entities import RunTag

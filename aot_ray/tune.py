@@ -47,6 +47,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     trial = trials[config["trial_id"]]
     torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
     tracker = TrialTracker(ctx, trial)
+    import ray
+
+    tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None

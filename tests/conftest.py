@@ -9,9 +9,9 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray for all integration tests, with an explicit CPU count; stopped at the end."""
+    """A local Ray for one test module, with an explicit CPU count; stopped after the module."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray

@@ -1,0 +1,111 @@
+"""Exact resume against a real MLflow store: N steps == k steps + crash + resume; one run, no duplicate step."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from aot_ray import tracking
+from aot_ray.data.prepare import prepare
+from aot_ray.spec import expand, parse_sweep
+from aot_ray.train import train
+from aot_ray.train import checkpoint as ckpt
+
+SPEC = {
+    "name": "resume",
+    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "val_fraction": 0.25}},
+    "defaults": {
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine_restarts", "restarts": 2, "restart_decay": 0.85},
+        "model": {"dropout": 0.1},  # exercises the RNG state
+        "train": {"steps": 40, "batch_size": 8, "eval_every": 5, "log_every": 5, "checkpoint_every": 10,
+                  "eval_windows": 16, "threads": 1},
+    },
+    "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [32], "direction": ["backward"]},
+}
+
+
+class Crash(Exception):
+    pass
+
+
+def persist_into(folder, crash_at=None):
+    """An on_report like Tune's: copy each checkpoint folder away; optionally crash after a report."""
+    saved = []
+
+    def on_report(metrics, path):
+        if path is not None:
+            dest = folder / f"checkpoint_{len(saved):06d}"
+            shutil.copytree(path, dest)
+            saved.append(dest)
+        if crash_at is not None and metrics["step"] == crash_at:
+            raise Crash
+
+    return on_report, saved
+
+
+def model_state(path):
+    state, meta = ckpt.read(path)
+    return state["model"], meta
+
+
+def test_k_steps_crash_resume_equals_n_steps(tmp_path):
+    (trial,) = expand(parse_sweep(SPEC))
+    data = prepare(trial.data, tmp_path / "store")[0]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    ctx_a = tracking.start_sweep(uri, "straight", "x")
+    report_a, saved_a = persist_into(tmp_path / "a")
+    tr = tracking.TrialTracker(ctx_a, trial)
+    straight = train(trial, tr, data=data, on_report=report_a)
+    tr.finish()
+
+    ctx_b = tracking.start_sweep(uri, "resumed", "x")
+    report_b, saved_b = persist_into(tmp_path / "b", crash_at=15)  # metrics up to 15 logged, checkpoint at 10
+    tr1 = tracking.TrialTracker(ctx_b, trial)
+    with pytest.raises(Crash):
+        train(trial, tr1, data=data, on_report=report_b)
+    report_c, saved_c = persist_into(tmp_path / "c")
+    tr2 = tracking.TrialTracker(ctx_b, trial)
+    resumed = train(trial, tr2, [saved_b[-1]], data=data, on_report=report_c)
+    tr2.finish()
+
+    assert resumed.steps == straight.steps == 40
+    assert abs(resumed.val_loss - straight.val_loss) < 1e-6
+    sa, _ = model_state(saved_a[-1])
+    sc, meta = model_state(saved_c[-1])
+    for k in sa:
+        torch.testing.assert_close(sa[k], sc[k], rtol=0, atol=1e-6)
+    assert meta["run_id"] == tr1.run_id == tr2.run_id
+
+    c = tracking.client(uri)
+    runs = tracking.trial_runs(uri, "resumed")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key, every in (("train_loss", 5), ("val_loss", 5)):
+        steps = [m.step for m in c.get_metric_history(tr2.run_id, key)]
+        assert sorted(steps) == list(range(every, 41, every)), (key, steps)  # no gap, no duplicate
+    straight_curve = [m.value for m in sorted(c.get_metric_history(tr.run_id, "val_loss"), key=lambda m: m.step)]
+    resumed_curve = [m.value for m in sorted(c.get_metric_history(tr2.run_id, "val_loss"), key=lambda m: m.step)]
+    assert resumed_curve == pytest.approx(straight_curve, abs=1e-6)
+    assert [m.value for m in c.get_metric_history(tr2.run_id, "resumed_from_step")] == [10.0]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    (trial,) = expand(parse_sweep(SPEC))
+    data = prepare(trial.data, tmp_path / "store")[0]
+    from aot_ray.train import MemoryTracker
+
+    straight = train(trial, MemoryTracker(), data=data, workdir=tmp_path / "a")
+    train(trial, MemoryTracker(), data=data, workdir=tmp_path / "b")
+    kept = sorted((tmp_path / "b").glob("step-*"))
+    assert [p.name for p in kept] == ["step-00000030", "step-00000040"]  # keep_checkpoints: 2
+    latest, previous = kept[-1], kept[-2]
+    with open(latest / "state.pt", "r+b") as f:
+        f.truncate(1000)  # a partial write
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = MemoryTracker()
+        resumed = train(trial, tracker, [latest, previous], data=data, workdir=tmp_path / "c")
+    assert any("falling back to the previous one" in str(w.message) for w in caught)
+    assert tracker.resumed_from == 30
+    assert abs(resumed.val_loss - straight.val_loss) < 1e-6
