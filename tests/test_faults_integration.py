@@ -86,6 +86,7 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
 
     f = tmp_path / "nan.yaml"
     f.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()  # drop what Tune printed during the run
     assert main(["status", str(f), "--json", "--tracking-uri", uri]) == 0
     import json
 
