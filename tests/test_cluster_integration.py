@@ -1,0 +1,53 @@
+"""Losing the node that runs a trial (2 worker nodes simulated on one machine): the trial is rescheduled on the
+other node and resumes from its checkpoint."""
+
+import threading
+
+import pytest
+import yaml
+
+from aot_ray import sweep, tracking
+from aot_ray.spec import parse_sweep
+
+from test_faults_integration import kill_when, spec_dict
+
+pytestmark = pytest.mark.integration
+
+
+def test_trial_survives_the_loss_of_its_node(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0,  # trials can only run on the workers
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+    })
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address)
+    raw = spec_dict("nodeloss", steps=300, direction=["forward"])
+    raw["run"]["max_failures"] = 3
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    removed = {}
+
+    def remove_its_node(run):
+        node = next(n for n in workers if n.node_id == run.data.tags["aot.node"])
+        removed["node_id"] = node.node_id
+        cluster.remove_node(node, allow_graceful=False)
+
+    try:
+        t = threading.Thread(target=kill_when, args=(uri, "nodeloss", 100, remove_its_node), daemon=True)
+        t.start()
+        out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                        say=lambda _: None)
+        t.join(5)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed and not out.failed
+    (run,) = tracking.trial_runs(uri, "nodeloss")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["aot.node"] != removed["node_id"]  # the last attempt ran on the surviving node
+    c = tracking.client(uri)
+    resumed = [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")]
+    assert resumed and resumed[0] >= 100
+    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_loss")) == list(range(25, 301, 25))

@@ -1,0 +1,69 @@
+"""The driver process killed mid-sweep, then `aot-ray run` again: finished trials are not re-run, the rest
+resume, and MLflow holds exactly one run per trial plus the parent."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from aot_ray import tracking
+
+from test_faults_integration import spec_dict
+
+pytestmark = pytest.mark.integration
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    raw = spec_dict("driverkill", steps=250, seed=[0, 1])  # 2 seeds x 2 directions = 4 trials
+    raw["run"]["max_concurrent_trials"] = 1
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "aot_ray.cli", "run", str(sweep_file), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "r"), "--num-cpus", "2", "--quiet"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    c = tracking.client(uri)
+    deadline = time.time() + 240
+    victim = None
+    while time.time() < deadline and victim is None:
+        time.sleep(0.3)
+        try:
+            runs = tracking.trial_runs(uri, "driverkill")
+        except Exception:
+            continue
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        for r in runs:
+            steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")]
+            if finished and r.info.status == "RUNNING" and steps and max(steps) >= 50:
+                victim = r
+    assert victim is not None, (tmp_path / "first.log").read_text()[-3000:]
+    done_before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "driverkill")
+                   if r.info.status == "FINISHED"}
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything in its session
+    first.wait(30)
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed Tune state" in second.stdout
+
+    exp = c.get_experiment_by_name("driverkill")
+    runs = c.search_runs([exp.experiment_id])  # active runs only
+    assert sum(r.data.tags.get("aot.role") == "sweep" for r in runs) == 1
+    trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
+    assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
+    assert len({r.data.tags["trial_id"] for r in trials}) == 4
+    for r in trials:
+        tid = r.data.tags["trial_id"]
+        if tid in done_before:
+            assert r.info.run_id == done_before[tid] and r.data.tags["aot.attempt"] == "1"  # not re-run
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
+        assert steps == list(range(5, 251, 5)), tid
+    interrupted = c.get_run(victim.info.run_id)
+    resumed = [m.value for m in c.get_metric_history(victim.info.run_id, "resumed_from_step")]
+    assert interrupted.info.status == "FINISHED" and resumed and resumed[0] >= 50
