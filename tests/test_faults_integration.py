@@ -99,3 +99,29 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
         else:
             assert r["step"] == 40 and r["val_loss"] > 0 and r["error"] is None
     assert len(states) == 4
+
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "nan")}
+    again = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                      say=lambda _: None, restart_errored=True)
+    assert sorted(o.trial_id for o in again.failed) == sorted(o.trial_id for o in out.failed)
+    after = {r.data.tags["trial_id"]: r for r in tracking.trial_runs(uri, "nan")}
+    assert len(after) == 4
+    c = tracking.client(uri)
+    for tid, run in after.items():
+        if "step12" in tid:  # started from scratch: a new run replaces the stale one, no resume
+            assert run.info.run_id != before[tid]
+            assert c.get_metric_history(run.info.run_id, "resumed_from_step") == []
+        else:  # finished trials were not touched
+            assert run.info.run_id == before[tid] and run.data.tags["aot.attempt"] == "1"
+
+    fresh = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                      say=lambda _: None, fresh=True)
+    assert len(fresh.ran) == 4 and fresh.skipped == []
+    exp = c.get_experiment_by_name("nan")
+    parents = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("aot.role") == "sweep"]
+    assert len(parents) == 2
+    old_parent = c.get_run(next(iter(before.values()))).data.tags["mlflow.parentRunId"]
+    new_parent = tracking.find_parent(uri, exp.experiment_id, "nan").info.run_id
+    assert old_parent != new_parent and {p.info.run_id for p in parents} == {old_parent, new_parent}
+    assert len(tracking.trial_runs(uri, "nan", parent_run_id=old_parent)) == 4  # kept as they were
+    assert len(tracking.trial_runs(uri, "nan")) == 4  # the new sweep's own runs

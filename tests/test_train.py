@@ -87,3 +87,24 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     b = train(acc, MemoryTracker(), data=prepare(big.data, tmp_path)[0])
     assert a.tokens == b.tokens
     assert abs(a.val_loss - b.val_loss) < 1e-5
+
+
+def test_out_of_memory_names_batch_context_and_model(tmp_path, monkeypatch):
+    import pytest
+
+    from aot_ray.train import loop
+
+    class Exhausted(torch.nn.Module):
+        def __init__(self, real):
+            super().__init__()
+            self.real = real
+
+        def forward(self, input_ids):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    real_build = loop.build_model
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: Exhausted(real_build(*a, **k)))
+    fw = trials()[0]
+    with pytest.raises(loop.OutOfMemory, match=r"out of memory at step 1 of trial .*: micro-batch 8 x context 32 "
+                                               r"on model tiny; lower train.batch_size and raise train.grad_accum"):
+        train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path)[0])
