@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
     p.add_argument("--max-concurrent-trials", type=int, help="override run.max_concurrent_trials")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage path (and SQLite file) is on a file system every node mounts")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--restart-errored", action="store_true",
                        help="when resuming, start errored trials from scratch instead of from their checkpoints")
@@ -81,16 +83,21 @@ def _plan(args: argparse.Namespace) -> int:
     from .aggregate import format_table
 
     rows = [{**r, "resources": ",".join(f"{k}={v:g}" for k, v in r["resources"].items()),
+             "gpu_h": f"{r['gpu_hours']:.2f}" if r["gpu_hours"] else "",
              "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
     print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
-                              "tokens", "resources", "status"]))
+                              "tokens", "resources", "status"] + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else [])))
     n = len(rows)
     done = sum(r["status"] == "done" for r in rows)
     todo = [r for r in result["trials"] if r["status"] != "done"]
     flops = sum(r["flops"] for r in todo)
     tokens = sum(r["tokens"] for r in todo)
+    gpu_hours = sum(r["gpu_hours"] or 0 for r in todo)
     print(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
           f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
+    if gpu_hours:
+        print(f"estimated {gpu_hours:,.1f} GPU-hours at {spec.run.gpu_tflops:g} sustained TFLOP/s per GPU "
+              f"(run.gpu_tflops)")
     for d in result["datasets"]:
         label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
         print(f"dataset {label}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
@@ -111,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
     out = run(spec, text, uri=uri, storage=storage, address=args.address, num_cpus=args.num_cpus,
               num_gpus=args.num_gpus, max_concurrent_trials=args.max_concurrent_trials,
-              restart_errored=args.restart_errored, fresh=args.fresh, verbose=0 if args.quiet else 1)
+              restart_errored=args.restart_errored, fresh=args.fresh, shared_storage=args.shared_storage,
+              verbose=0 if args.quiet else 1)
     print()
     print(render(out.report))
     for f in out.report["files"]:

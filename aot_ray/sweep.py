@@ -27,13 +27,18 @@ def where_of(trial: TrialSpec) -> str:
     return f"data.{trial.dataset}"
 
 
-def trial_cost(trial: TrialSpec) -> dict[str, int]:
+def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
+    """Parameters, training tokens, 6*N*D FLOPs and, for GPU trials, GPU-hours at `gpu_tflops` per GPU."""
     from .data.prepare import vocab_size_of
 
     vocab = vocab_size_of(trial.data)
     n = count_params(resolve_shape(trial.model), vocab, trial.context_length, trial.model.tie_embeddings)
     tokens = trial.train.steps * trial.train.batch_size * trial.train.grad_accum * trial.context_length
-    return {"n_params": n, "tokens": tokens, "flops": 6 * n * tokens}
+    flops = 6 * n * tokens
+    gpus = trial.resources.gpu
+    # a fractional GPU is shared: the trial gets about that fraction of its throughput, for as many GPU-hours
+    gpu_hours = flops / (gpu_tflops * 1e12) / 3600 if gpus else None
+    return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours}
 
 
 def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
@@ -86,7 +91,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
             "dataset": t.dataset, "language": t.language, "model": t.model.preset,
             "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
-            "resources": resources_of(t), **trial_cost(t), "status": "done" if t.trial_id in done else "pending",
+            "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
         })
     data = []
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
@@ -188,13 +193,14 @@ def run(
     max_concurrent_trials: int | None = None,
     restart_errored: bool = False,
     fresh: bool = False,
+    shared_storage: bool = False,
     verbose: int = 1,
     say: Say = print,
 ) -> RunOutcome:
     """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`); `fresh` starts a
     new parent run and Tune state, leaving the earlier ones untouched."""
     from . import aggregate, tracking
-    from .tune import prepare_on_ray, ray_session, run_trials
+    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
     if "://" not in storage:
@@ -207,6 +213,7 @@ def run(
     datasets = distinct_datasets(trials, hashes)
     run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
     with ray_session(address, num_cpus, num_gpus):
+        check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
         prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
                                   progress=verbose > 0 and sys.stderr.isatty())
         for h, (path, built, manifest) in prepared.items():

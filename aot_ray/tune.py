@@ -34,7 +34,28 @@ def resources_of(trial: TrialSpec) -> dict[str, float]:
     out = {"cpu": trial.resources.cpu}
     if trial.resources.gpu:
         out["gpu"] = trial.resources.gpu
+    out.update(trial.resources.custom)
     return out
+
+
+def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
+    """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
+    import ray
+
+    from .errors import AotError
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        if "://" not in storage and not shared_storage:
+            raise AotError(
+                f"storage {storage} is a local path and the cluster has {len(nodes)} nodes: trials on other nodes "
+                f"could not read its prepared data or checkpoints; use s3://... or gs://..., or a shared file system "
+                f"path with --shared-storage")
+        if uri.startswith("sqlite:") and not shared_storage:
+            raise AotError(
+                f"tracking URI {uri} is a local SQLite file and the cluster has {len(nodes)} nodes; start an MLflow "
+                f"server on the head and pass --tracking-uri http://HEAD:5000")
+    return len(nodes)
 
 
 def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str]) -> None:

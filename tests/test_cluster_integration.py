@@ -35,10 +35,16 @@ def test_trial_survives_the_loss_of_its_node(tmp_path):
         cluster.remove_node(node, allow_graceful=False)
 
     try:
+        from aot_ray.errors import AotError
+
+        with pytest.raises(AotError, match=r"is a local path and the cluster has 3 nodes"):
+            sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                      say=lambda _: None)
         t = threading.Thread(target=kill_when, args=(uri, "nodeloss", 100, remove_its_node), daemon=True)
         t.start()
+        # one machine: the "nodes" share its disk, which is what --shared-storage asserts
         out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
-                        say=lambda _: None)
+                        say=lambda _: None, shared_storage=True)
         t.join(5)
     finally:
         ray.shutdown()
@@ -51,3 +57,35 @@ def test_trial_survives_the_loss_of_its_node(tmp_path):
     resumed = [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert resumed and resumed[0] >= 100
     assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_loss")) == list(range(25, 301, 25))
+
+
+def test_gpu_fractions_and_custom_resources_place_trials(tmp_path):
+    """Nodes declaring a fake GPU or a custom resource: trials land only where their request fits, and two
+    half-GPU trials share the one GPU node at the same time (training falls back to CPU: torch sees no CUDA)."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
+    mem_node = cluster.add_node(num_cpus=2, resources={"bigmem": 2})
+    cluster.add_node(num_cpus=2)  # a plain node that neither kind of trial may use
+    ray.init(address=cluster.address)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        gpu = spec_dict("gpu", steps=150)
+        gpu["defaults"]["resources"] = {"cpu": 1, "gpu": 0.5}
+        mem = spec_dict("mem", steps=40)
+        mem["defaults"]["resources"] = {"cpu": 1, "custom": {"bigmem": 1}}
+        for raw in (gpu, mem):
+            out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                            say=lambda _: None, shared_storage=True)
+            assert len(out.ran) == 2 and not out.failed
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    gpu_runs = tracking.trial_runs(uri, "gpu")
+    assert {r.data.tags["aot.node"] for r in gpu_runs} == {gpu_node.node_id}
+    (a, b) = sorted(gpu_runs, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # both halves of the GPU were in use at once
+    assert {r.data.tags["aot.node"] for r in tracking.trial_runs(uri, "mem")} == {mem_node.node_id}
+    assert all(r.data.params["train.device"] == "auto" for r in gpu_runs)

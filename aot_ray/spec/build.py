@@ -71,6 +71,16 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise SpecError(path, f"must be a string, got {describe(value)}")
         return value
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise SpecError(path, f"must be a mapping, got {describe(value)}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise SpecError(path, f"keys must be strings, got {describe(k)}")
+            out[k] = coerce(item, v, join(path, k))
+        return out
     if origin is tuple:
         (item, _) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -165,10 +165,12 @@ class TrainSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ResourcesSpec:
-    """What one trial asks Ray for; fractional `gpu` packs several small models on one GPU."""
+    """What one trial asks Ray for; fractional `gpu` packs several small models on one GPU, and `custom`
+    resources (declared by node types, e.g. {"a100": 1}) pin trials to the nodes that have them."""
 
     cpu: float = _num(1.0, gt=0)
     gpu: float = _num(0.0, ge=0)
+    custom: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +189,8 @@ class RunSpec:
     max_failures: int = _num(0, ge=0)
     storage: Optional[str] = None
     tracking_uri: Optional[str] = None
+    shared_storage: bool = False  # a local storage path that every node mounts (NFS): allowed on several nodes
+    gpu_tflops: float = _num(250.0, gt=0)  # assumed sustained bf16 TFLOP/s per GPU, for plan's GPU-hour estimate
 
 
 # ---------------------------------------------------------------- sweep / grid / trial
