@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--fresh", action="store_true",
                        help="start a new sweep: a new parent run and Tune state (earlier runs stay in MLflow)")
 
+    p = sub.add_parser("submit", help="run a sweep on a Ray cluster made with `ray up CLUSTER.yaml`, detached")
+    p.add_argument("cluster", help="cluster YAML (cluster/aws.yaml, gcp.yaml, onprem.yaml)")
+    p.add_argument("sweep", help="sweep YAML, inside this project")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, help="options for `aot-ray run` on the head, after --")
+
     p = sub.add_parser("status", help="list the sweep's trials with state, step, last validation loss and error")
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -164,6 +169,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from .submit import submit
+
+    rest = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    submit(args.cluster, args.sweep, rest)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from .aggregate import format_table
     from .spec import load_sweep
@@ -196,7 +209,8 @@ def _prepare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare, "status": _status}[args.command](args)
+        return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare, "status": _status,
+                "submit": _submit}[args.command](args)
     except AotError as e:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2
