@@ -64,7 +64,7 @@ MALFORMED = [
     (("data",), {}, "data: must be a non-empty mapping"),
     (("name",), "has space", "name: must be a non-empty string"),
     (("name",), KeyError, "name: is required"),
-    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, grid, run)"),
+    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
 ]
 
@@ -152,3 +152,21 @@ def test_expand_snapshot():
 def test_repo_sweeps_are_valid():
     for f in sorted((HERE.parent / "sweeps").glob("*.yaml")):
         assert expand(load_sweep(f)), f
+
+
+def test_per_model_settings_follow_the_preset():
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["model"] = ["tiny", "mini"]
+    raw["per_model"] = {"mini": {"resources": {"gpu": 0.5}, "train": {"batch_size": 8}}}
+    trials = expand(parse_sweep(raw))
+    for t in trials:
+        if t.model.preset == "mini":
+            assert t.resources.gpu == 0.5 and t.train.batch_size == 8
+        else:
+            assert t.resources.gpu == 0.0 and t.train.batch_size == 32
+    raw["per_model"] = {"huge": {}}
+    with pytest.raises(SpecError, match=r"^per_model.huge: unknown model preset 'huge'"):
+        parse_sweep(raw)
+    raw["per_model"] = {"mini": {"train": {"batch_size": -1}}}
+    with pytest.raises(SpecError, match=r"^per_model.mini.train.batch_size: must be a positive integer, got -1"):
+        parse_sweep(raw)

@@ -85,6 +85,8 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
             "train": d.train,
             "resources": d.resources,
         }
+        for section, fields in spec.per_model.get(preset, {}).items():  # the grid's own axes still win
+            sections[section] = dataclasses.replace(sections[section], **fields)
         for name, value in zip(override_names, ovals):
             section, _, fld = name.partition(".")
             sections[section] = dataclasses.replace(sections[section], **{fld: value})

@@ -24,7 +24,7 @@ from .schema import (
     split_sizes,
 )
 
-TOP_KEYS = ("name", "description", "data", "defaults", "grid", "run")
+TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run")
 SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": TrainSpec, "resources": ResourcesSpec}
 # fields that have a named axis of their own, or that identify a dataset's type
 RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
@@ -102,7 +102,9 @@ def parse_sweep(raw: Any) -> SweepSpec:
     _check_model(defaults.model, "defaults.model")
     grid = _parse_grid(raw["grid"], data)
     run = build(RunSpec, raw.get("run") or {}, "run")
-    spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run)
+    per_model = _parse_per_model(raw.get("per_model") or {})
+    spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
+                     per_model=per_model)
     _check_trials(spec)
     return spec
 
@@ -209,6 +211,33 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
         named[key] = tuple(values)
     _check_languages(named.get("language", ()), named["dataset"], data)
     return Grid(**named, overrides=tuple(overrides))
+
+
+def _parse_per_model(raw: Any) -> dict:
+    from ..models import PRESETS
+
+    if not isinstance(raw, dict):
+        raise SpecError("per_model", f"must be a mapping of preset -> settings, got {describe(raw)}")
+    out: dict = {}
+    for preset, sections in raw.items():
+        path = join("per_model", str(preset))
+        if preset not in PRESETS:
+            raise SpecError(path, f"unknown model preset {describe(preset)} (known: {', '.join(PRESETS)})")
+        if not isinstance(sections, dict):
+            raise SpecError(path, f"must be a mapping of section -> fields, got {describe(sections)}")
+        out[preset] = {}
+        for section, fields in sections.items():
+            spath = join(path, str(section))
+            if section not in SECTIONS:
+                raise SpecError(spath, f"unknown section (expected one of: {', '.join(SECTIONS)})")
+            if not isinstance(fields, dict):
+                raise SpecError(spath, f"must be a mapping of field -> value, got {describe(fields)}")
+            cls = SECTIONS[section]
+            for name, value in fields.items():
+                if name not in field_names(cls) or f"{section}.{name}" in RESERVED:
+                    raise SpecError(join(spath, str(name)), f"{section} has no settable field {name!r}")
+                out[preset].setdefault(section, {})[name] = field_value(cls, name, value, join(spath, str(name)))
+    return out
 
 
 def _check_languages(languages: tuple, datasets: tuple, data: dict) -> None:

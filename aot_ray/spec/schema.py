@@ -217,6 +217,8 @@ class SweepSpec:
     defaults: Defaults = field(default_factory=Defaults)
     grid: Grid
     run: RunSpec = field(default_factory=RunSpec)
+    # preset -> section -> field -> value: settings that follow the model size (GPU share, batch size, lr)
+    per_model: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
