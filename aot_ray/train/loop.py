@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import seeds
@@ -28,7 +29,7 @@ from ..spec.schema import TrialSpec
 from . import checkpoint as ckpt
 from .evaluate import evaluate
 from .schedule import make_scheduler
-from .tracker import Tracker
+from .tracker import MemoryTracker, Tracker
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -71,6 +72,13 @@ def autocast_for(trial: TrialSpec, device: torch.device) -> Callable[[], context
     return contextlib.nullcontext
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
     # weight decay on matrices only (not biases, layer norms), as in nanoGPT
     params = [p for p in model.parameters() if p.requires_grad]
@@ -92,12 +100,23 @@ def train(
     workdir: str | Path | None = None,
 ) -> TrainResult:
     """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
-    (a folder, or candidate folders newest first: an unreadable one falls back to the next). Validation metrics go to `on_report` with a
+    (a folder, or candidate folders newest first: an unreadable one falls back to the next).
+
+    Under an initialised torch.distributed process group the model is wrapped in DDP and each worker takes its
+    slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
+    rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
     t = trial.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    rank, n_workers = world()
+    if t.batch_size % n_workers:
+        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by {n_workers} data-parallel workers")
+    if rank != 0:
+        tracker = MemoryTracker()  # one writer per trial: rank 0
     device = pick_device(trial)
+    if device.type == "cuda" and n_workers > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     autocast = autocast_for(trial, device)
     if not isinstance(data, Prepared):
         data = load(data)
@@ -112,6 +131,11 @@ def train(
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
     model = build_model(trial.model, data.vocab_size, trial.context_length, data.bos_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    net = model
+    if n_workers > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = _optimizer(model, trial)
     sched = make_scheduler(opt, trial.optim, t.steps)
     torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
@@ -135,6 +159,7 @@ def train(
 
     start_step = step
     micro = t.batch_size
+    share = micro // n_workers
     tokens_per_step = micro * t.grad_accum * trial.context_length
     local_dir = Path(workdir) if workdir else None
     scratch = Path(tempfile.mkdtemp(prefix="aot-ckpt-"))
@@ -148,15 +173,18 @@ def train(
         while step < t.steps:
             t0 = time.perf_counter()
             for m in range(t.grad_accum):
-                idx = order.indices((step * t.grad_accum + m) * micro, micro)
+                idx = order.indices((step * t.grad_accum + m) * micro, micro)[rank * share : (rank + 1) * share]
                 x, y = with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
                 x = torch.from_numpy(x).to(device, non_blocking=True)
                 y = torch.from_numpy(y).to(device, non_blocking=True)
+                # gradients are averaged across workers once per optimizer step, not per micro-batch
+                sync = net.no_sync() if n_workers > 1 and m < t.grad_accum - 1 else contextlib.nullcontext()
                 try:
-                    with autocast():
-                        logits = model(input_ids=x).logits
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                    (loss / t.grad_accum).backward()
+                    with sync:
+                        with autocast():
+                            logits = net(input_ids=x).logits
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                        (loss / t.grad_accum).backward()
                 except torch.OutOfMemoryError:
                     raise OutOfMemory(
                         f"{device.type} out of memory at step {step + 1} of trial {trial.trial_id}: micro-batch "
@@ -174,6 +202,9 @@ def train(
             step += 1
 
             if step % t.log_every == 0 or step == t.steps:
+                if n_workers > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= n_workers
                 last_train = loss_sum.item() / loss_count
                 loss_sum.zero_()
                 first = step - loss_count // t.grad_accum + 1
@@ -197,7 +228,7 @@ def train(
                 tracker.flush()
                 due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
                 path = None
-                if due and (on_report is not None or local_dir is not None):
+                if rank == 0 and due and (on_report is not None or local_dir is not None):
                     state = {
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
