@@ -87,7 +87,11 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     from .aggregate import format_table
 
-    rows = [{**r, "resources": ",".join(f"{k}={v:g}" for k, v in r["resources"].items()),
+    def asks(res: dict[str, float]) -> str:
+        each = ",".join(f"{k}={v:g}" for k, v in res.items() if k != "workers")
+        return f"{res['workers']:g}x({each})" if "workers" in res else each  # per data-parallel worker
+
+    rows = [{**r, "resources": asks(r["resources"]),
              "gpu_h": f"{r['gpu_hours']:.2f}" if r["gpu_hours"] else "",
              "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
     print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",

@@ -200,7 +200,7 @@ def run(
     """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`); `fresh` starts a
     new parent run and Tune state, leaving the earlier ones untouched."""
     from . import aggregate, tracking
-    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
+    from .tune import check_cluster, check_data_parallel_fits, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
     if "://" not in storage:
@@ -212,8 +212,10 @@ def run(
     hashes = data_hashes(trials)  # also fails fast on missing local files
     datasets = distinct_datasets(trials, hashes)
     run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
-    with ray_session(address, num_cpus, num_gpus):
+    data_parallel = any(t.resources.workers > 1 for t in trials)
+    with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
         check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
+        check_data_parallel_fits(trials, fixed, say)
         prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
                                   progress=verbose > 0 and sys.stderr.isatty())
         for h, (path, built, manifest) in prepared.items():

@@ -8,6 +8,7 @@ adapts it to `tune.report` / `tune.get_checkpoint`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -31,11 +32,32 @@ class TrialOutcome:
 
 
 def resources_of(trial: TrialSpec) -> dict[str, float]:
-    out = {"cpu": trial.resources.cpu}
-    if trial.resources.gpu:
-        out["gpu"] = trial.resources.gpu
-    out.update(trial.resources.custom)
+    """What the trial asks for in all: per worker, times `workers` for a data-parallel trial (shown by `plan`)."""
+    r = trial.resources
+    out: dict[str, float] = {"workers": r.workers} if r.workers > 1 else {}
+    out["cpu"] = r.cpu
+    if r.gpu:
+        out["gpu"] = r.gpu
+    out.update(r.custom)
     return out
+
+
+DRIVER_MEMORY = 256 * 2**20  # bytes: a Tune function process that imports ray.train, not torch
+
+
+def tune_resources(trial: TrialSpec) -> dict[str, float]:
+    """What the Tune trial itself holds. A data-parallel trial's Tune function only waits on its Ray Train run,
+    whose workers hold the real resources. Tune refuses an empty request and any CPU share would keep the
+    workers of a cluster-sized trial from ever fitting, so it asks for the memory its process uses instead."""
+    if trial.resources.workers > 1:
+        return {"memory": DRIVER_MEMORY}
+    return {k: v for k, v in resources_of(trial).items() if k != "workers"}
+
+
+def worker_resources(trial: TrialSpec) -> dict[str, float]:
+    """Ray Train's `resources_per_worker` for a data-parallel trial."""
+    r = trial.resources
+    return {"CPU": r.cpu, **({"GPU": r.gpu} if r.gpu else {}), **r.custom}
 
 
 def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
@@ -58,7 +80,30 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
     return len(nodes)
 
 
-def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str]) -> None:
+def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = print) -> None:
+    """A data-parallel trial's workers must fit the cluster at once. On a Ray this process started, nothing can
+    grow it: refuse; on a cluster, say so (an autoscaler may add nodes, else the trial waits)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for trial in trials:
+        if trial.resources.workers == 1:
+            continue
+        need = {k: v * trial.resources.workers for k, v in worker_resources(trial).items()}
+        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        if not short:
+            continue
+        what = ", ".join(f"{v:g} {k} (has {have.get(k, 0):g})" for k, v in short.items())
+        msg = f"trial {trial.trial_id} needs {trial.resources.workers} workers: {what}"
+        if fixed:
+            raise AotError(f"{msg}; lower resources.workers or per-worker resources, or pass --num-cpus/--num-gpus "
+                           f"or --address of a larger cluster")
+        say(f"warning: {msg}; it waits until the autoscaler adds nodes")
+    return None
+
+
+def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str],
+               dp_root: str = "") -> None:
     import torch
     from ray import tune
 
@@ -66,6 +111,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     from .train import train
 
     trial = trials[config["trial_id"]]
+    if trial.resources.workers > 1:
+        _run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
+        return
     torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
     tracker = TrialTracker(ctx, trial)
     import ray
@@ -93,6 +141,86 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     tracker.finish("FINISHED")
 
 
+def _dp_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial: torch.distributed is set up by TorchTrainer, so `train`
+    shards the batch and wraps the model in DDP; rank 0 logs to MLflow and writes the checkpoints."""
+    import ray
+    import ray.train
+    import torch
+
+    from .tracking import TrialTracker
+    from .train import MemoryTracker, train
+
+    trial: TrialSpec = config["trial"]
+    # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
+    # named by file path, so LoggingConfig does not reach it); progress is in MLflow and Tune's table
+    logging.getLogger().setLevel(logging.WARNING)
+    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
+    rank = ray.train.get_context().get_world_rank()
+    tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else MemoryTracker()
+    if rank == 0:
+        tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
+        tracker.extra_tags["aot.workers"] = str(trial.resources.workers)
+
+    def report(metrics: dict[str, Any], path: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
+
+    try:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_from:
+                train(trial, tracker, [resume_from], data=config["data"], on_report=report)
+        else:
+            train(trial, tracker, None, data=config["data"], on_report=report)
+    except BaseException as e:
+        if rank == 0:
+            with contextlib.suppress(Exception):
+                if tracker.run_id is not None:
+                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
+        raise
+    if rank == 0:
+        tracker.finish("FINISHED")
+
+
+def _run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str) -> None:
+    """A data-parallel trial: a Ray Train run named after the trial under `dp_root`, its metrics forwarded to
+    Tune. A retry of the Tune trial (or a resumed sweep) starts a run of the same name, which Ray Train resumes
+    from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        _dp_worker,
+        train_loop_config={"trial": trial, "ctx": ctx, "data": data},
+        torch_config=TorchConfig(backend="nccl" if trial.resources.gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=trial.resources.workers, use_gpu=bool(trial.resources.gpu),
+            resources_per_worker=worker_resources(trial)),
+        run_config=ray.train.RunConfig(
+            name=trial.trial_id,
+            storage_path=dp_root,
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trial.train.keep_checkpoints),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not a line per report per worker
+        ),
+    )
+    trainer.fit()
+
+
+def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
+    """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(dp_root) if "://" in dp_root else (pyarrow.fs.LocalFileSystem(), dp_root)
+    for tid in trial_ids:
+        path = f"{root.rstrip('/')}/{tid}"
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(path)
+
+
 def _older_checkpoints(latest: Any) -> list[str]:
     """Sibling checkpoint folders of the latest one, newest first (local storage only)."""
     path = Path(latest.path)
@@ -101,13 +229,15 @@ def _older_checkpoints(latest: Any) -> list[str]:
     return [str(p) for p in sorted(path.parent.glob("checkpoint_*"), reverse=True) if p != path]
 
 
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
-    """Connect to `address` or start a local Ray; False when Ray was already initialised by the caller."""
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False) -> bool:
+    """Connect to `address` or start a local Ray; False when Ray was already initialised by the caller.
+    A local Ray gets its dashboard (on 127.0.0.1) only with `dashboard`: Ray Train's placement-group cleaner
+    asks the state API behind it whether a data-parallel run's controller is still alive."""
     import ray
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
+    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING"}
     if address:
         kwargs["address"] = address
     else:
@@ -118,13 +248,15 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) ->
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
-    """Ray for the duration of a sweep: connect or start, and shut down only what this call started."""
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+                dashboard: bool = False) -> Iterator[bool]:
+    """Ray for the duration of a sweep: connect or start, and shut down only what this call started.
+    Yields whether this call started a Ray of its own (no autoscaler can add nodes to it)."""
     import ray
 
-    started = init_ray(address, num_cpus, num_gpus)
+    started = init_ray(address, num_cpus, num_gpus, dashboard)
     try:
-        yield
+        yield started and not address
     finally:
         if started:
             ray.shutdown()
@@ -172,13 +304,19 @@ def run_trials(
     from ray import tune
 
     by_id = {t.trial_id: t for t in every}
-    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data)
-    trainable = tune.with_resources(trainable, resources=lambda config: resources_of(by_id[config["trial_id"]]))
     path = f"{storage.rstrip('/')}/{experiment}"
+    dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
+    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root)
+    trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))
     restored = tune.Tuner.can_restore(path)
     if restored:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=not restart_errored,
                                    restart_errored=restart_errored)
+        if restart_errored and any(t.resources.workers > 1 for t in every):
+            # a restored result may lack its config; its folder is named by trial id (trial_dirname_creator)
+            errored = [(r.config or {}).get("trial_id") or Path(r.path).name
+                       for r in tuner.get_results() if r.error is not None]
+            drop_data_parallel_runs(dp_root, [t for t in errored if t in by_id and by_id[t].resources.workers > 1])
     elif not launch:
         return [], False
     else:

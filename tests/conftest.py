@@ -9,10 +9,20 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import pytest
 
 
+def _local_ray(dashboard: bool):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=dashboard, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray for one test module, with an explicit CPU count; stopped after the module."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
+    yield from _local_ray(dashboard=False)
+
+
+@pytest.fixture(scope="module")
+def ray_dashboard():
+    """ray_local with its dashboard: Ray Train's placement-group cleaner asks the state API behind it."""
+    yield from _local_ray(dashboard=True)

@@ -59,3 +59,15 @@ def test_unreachable_tracking_server_fails_before_anything_starts(capsys, tmp_pa
     err = capsys.readouterr().err
     assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in err
     assert not (tmp_path / "s").exists()  # nothing half-started
+
+
+def test_plan_shows_data_parallel_workers(capsys, tmp_path):
+    args = ["plan", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", str(tmp_path),
+            "--tracking-uri", f"sqlite:///{tmp_path}/none.db", "--set", "defaults.resources.workers=4"]
+    assert main([*args, "--json"]) == 0
+    trials = json.loads(capsys.readouterr().out)
+    assert {json.dumps(t["resources"], sort_keys=True) for t in trials} == {'{"cpu": 1.0, "workers": 4}'}
+    assert main(args) == 0
+    assert " 4x(cpu=1) " in capsys.readouterr().out
+    assert main([*args[:-1], "defaults.resources.workers=3"]) == 2  # 32 is not divisible by 3
+    assert "defaults.resources.workers: 3 data-parallel workers cannot split train.batch_size 32" in capsys.readouterr().err

@@ -66,4 +66,4 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         assert steps == list(range(5, 251, 5)), tid
     interrupted = c.get_run(victim.info.run_id)
     resumed = [m.value for m in c.get_metric_history(victim.info.run_id, "resumed_from_step")]
-    assert interrupted.info.status == "FINISHED" and resumed and resumed[0] >= 50
+    assert interrupted.info.status == "FINISHED" and resumed and resumed[0] >= 50 - 25 and resumed[0] % 25 == 0

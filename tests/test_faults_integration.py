@@ -67,7 +67,9 @@ def test_sigkilled_trial_resumes_from_checkpoint(tmp_path, ray_local):
     (run,) = tracking.trial_runs(uri, "sigkill")
     assert run.info.status == "FINISHED" and int(run.data.tags["aot.attempt"]) == 2
     resumed = [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")]
-    assert resumed and resumed[0] >= 100  # from its checkpoint, not from step 0
+    # from a checkpoint, not from step 0; MLflow sees val_loss at a step just before that step's checkpoint is
+    # persisted, so the kill can land one checkpoint earlier
+    assert resumed and resumed[0] >= 100 - 25 and resumed[0] % 25 == 0
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(5, 301, 5))  # one continuous curve: no gap, no duplicate
 

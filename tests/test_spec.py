@@ -66,6 +66,9 @@ MALFORMED = [
     (("name",), KeyError, "name: is required"),
     (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
+    (("defaults", "resources", "workers"), 0, "defaults.resources.workers: must be at least 1, got 0"),
+    (("defaults", "resources", "workers"), 5, "defaults.resources.workers: 5 data-parallel workers cannot split "
+                                              "train.batch_size 32 evenly"),
 ]
 
 
@@ -169,4 +172,20 @@ def test_per_model_settings_follow_the_preset():
         parse_sweep(raw)
     raw["per_model"] = {"mini": {"train": {"batch_size": -1}}}
     with pytest.raises(SpecError, match=r"^per_model.mini.train.batch_size: must be a positive integer, got -1"):
+        parse_sweep(raw)
+
+
+def test_data_parallel_trials_take_whole_gpus():
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["model"] = ["tiny", "mini"]
+    raw["per_model"] = {"mini": {"resources": {"workers": 4, "gpu": 1}}}
+    trials = expand(parse_sweep(raw))
+    assert {(t.model.preset, t.resources.workers) for t in trials} == {("tiny", 1), ("mini", 4)}
+    raw["per_model"]["mini"]["resources"]["gpu"] = 0.5
+    with pytest.raises(SpecError, match=r"^per_model.mini.resources.gpu: a data-parallel trial \(4 workers\) takes "
+                                        r"one whole GPU per worker"):
+        parse_sweep(raw)
+    raw["per_model"] = {}
+    raw["grid"]["resources.workers"] = [1, 3]
+    with pytest.raises(SpecError, match=r"^grid.resources.workers: 3 data-parallel workers cannot split"):
         parse_sweep(raw)

@@ -300,5 +300,29 @@ def _check_trials(spec: SweepSpec) -> None:
         if trial.optim.warmup_steps >= trial.train.steps:
             where = "grid.optim.warmup_steps" if "optim.warmup_steps" in axes else "defaults.optim.warmup_steps"
             raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
+        _check_workers(spec, trial)
         if any(k.startswith("model.") for k in axes):
             _check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
+
+
+def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
+    """Where a trial's `resources.<name>` was set: a grid axis, per_model, or defaults."""
+    if f"resources.{name}" in dict(trial.axes):
+        return f"grid.resources.{name}"
+    if name in spec.per_model.get(trial.model.preset, {}).get("resources", {}):
+        return f"per_model.{trial.model.preset}.resources.{name}"
+    return f"defaults.resources.{name}"
+
+
+def _check_workers(spec: SweepSpec, trial: Any) -> None:
+    workers, gpu = trial.resources.workers, trial.resources.gpu
+    if workers == 1:
+        return
+    if trial.train.batch_size % workers:
+        raise SpecError(_resources_path(spec, trial, "workers"),
+                        f"{workers} data-parallel workers cannot split train.batch_size {trial.train.batch_size} "
+                        f"evenly (it is the global batch); pick a divisor of it")
+    if gpu not in (0, 1):
+        raise SpecError(_resources_path(spec, trial, "gpu"),
+                        f"a data-parallel trial ({workers} workers) takes one whole GPU per worker (NCCL cannot "
+                        f"share one), got {gpu:g}; use gpu: 1, or workers: 1 to share a GPU")

@@ -166,10 +166,15 @@ class TrainSpec:
 @dataclass(frozen=True, kw_only=True)
 class ResourcesSpec:
     """What one trial asks Ray for; fractional `gpu` packs several small models on one GPU, and `custom`
-    resources (declared by node types, e.g. {"a100": 1}) pin trials to the nodes that have them."""
+    resources (declared by node types, e.g. {"a100": 1}) pin trials to the nodes that have them.
+
+    `workers` > 1 runs the trial data parallel (Ray Train's TorchTrainer inside the Tune trial, DDP over NCCL on
+    GPUs, gloo on CPUs); `cpu`, `gpu` and `custom` are then what each worker asks for, and `train.batch_size`
+    stays the global batch, so the worker count does not change the result."""
 
     cpu: float = _num(1.0, gt=0)
     gpu: float = _num(0.0, ge=0)
+    workers: int = _num(1, ge=1)
     custom: dict[str, float] = field(default_factory=dict)
 
 
