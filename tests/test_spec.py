@@ -56,6 +56,7 @@ MALFORMED = [
     (("defaults", "train", "steps"), 1.5, "defaults.train.steps: must be an integer, got 1.5"),
     (("defaults", "model", "tie_embeddings"), "yes", "defaults.model.tie_embeddings: must be true or false, got 'yes'"),
     (("defaults", "model", "n_head"), 5, "defaults.model: n_embd 64 is not divisible by n_head 5"),
+    (("grid", "model"), ["tiny", "lstm-tiny", "gru-nope"], "grid.model[2]: unknown model preset 'gru-nope'"),
     (("data", "p", "kind"), "fasta", "data.p.kind: must be one of primes, linear, text, hf; got 'fasta'"),
     (("data", "p", "digits"), 0, "data.p.digits: must be a positive integer, got 0"),
     (("data", "p", "n_samples"), 10**6, "data.p.n_samples: 1000000 exceeds the 300 distinct lines"),
@@ -188,4 +189,13 @@ def test_data_parallel_trials_take_whole_gpus():
     raw["per_model"] = {}
     raw["grid"]["resources.workers"] = [1, 3]
     with pytest.raises(SpecError, match=r"^grid.resources.workers: 3 data-parallel workers cannot split"):
+        parse_sweep(raw)
+
+
+def test_attention_overrides_do_not_fit_a_recurrent_preset_of_the_grid():
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["model"] = ["tiny", "lstm-tiny", "gru-tiny"]
+    assert {t.model.preset for t in expand(parse_sweep(raw))} == {"tiny", "lstm-tiny", "gru-tiny"}
+    raw["defaults"]["model"] = {"n_head": 2}
+    with pytest.raises(SpecError, match=r"^grid.model\[1\]: n_head does not apply to LSTM preset 'lstm-tiny'"):
         parse_sweep(raw)

@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from aot_ray.spec import expand, parse_sweep
@@ -24,13 +25,18 @@ SPEC = {
 }
 
 
-def trials(**train):
-    raw = {**SPEC, "defaults": {**SPEC["defaults"], "train": {**SPEC["defaults"]["train"], **train}}}
+def trials(model="tiny", **train):
+    raw = {**SPEC, "defaults": {**SPEC["defaults"], "train": {**SPEC["defaults"]["train"], **train}},
+           "grid": {**SPEC["grid"], "model": [model]}}
     return expand(parse_sweep(raw))
 
 
-def test_pulse_loss_goes_down(tmp_path):
-    fw = trials()[0]
+ARCHS = pytest.mark.parametrize("model", ["tiny", "lstm-tiny", "gru-tiny"])
+
+
+@ARCHS
+def test_pulse_loss_goes_down(tmp_path, model):
+    fw = trials(model)[0]
     tracker = MemoryTracker()
     result = train(fw, tracker, data=prepare(fw.data, tmp_path)[0])
     losses = [v for _, v in tracker.metrics["train_loss"]]
@@ -43,8 +49,9 @@ def test_pulse_loss_goes_down(tmp_path):
     assert np.isclose(result.per_window.mean(), result.val_loss)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    fw = trials()[0]
+@ARCHS
+def test_resume_equals_uninterrupted(tmp_path, model):
+    fw = trials(model)[0]
     straight = train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "a")
     train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "b")  # keeps step-10..40
     # a fresh trainer resumes from run b's step-20 checkpoint and trains the remaining 20 steps

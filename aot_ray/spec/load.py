@@ -303,6 +303,8 @@ def _check_trials(spec: SweepSpec) -> None:
         _check_workers(spec, trial)
         if any(k.startswith("model.") for k in axes):
             _check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
+        else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
+            _check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
 
 
 def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:

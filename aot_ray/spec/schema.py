@@ -115,9 +115,9 @@ def split_sizes(data: DatasetSpec) -> tuple[int, int]:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """A GPT-2 style decoder: a named preset, optionally overridden field by field."""
+    """A named preset (the architecture comes with it: GPT-2 decoder, LSTM or GRU), optionally overridden field by
+    field; `n_head` applies to GPT presets only."""
 
-    arch: Literal["gpt2"] = "gpt2"
     preset: str = "tiny"
     n_layer: Optional[int] = _num(None, gt=0)
     n_head: Optional[int] = _num(None, gt=0)
