@@ -66,11 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
     _sets(p)
 
-    p = sub.add_parser("report", help="pair forward/backward runs from MLflow and print the AoT table")
+    p = sub.add_parser("report", help="the AoT report from MLflow: pairs with intervals, seed means, trends, "
+                                      "sign tests, plots, report.md (also attached to the sweep's parent run)")
     p.add_argument("sweep", help="sweep YAML, or a sweep name")
     _common(p)
-    p.add_argument("--out", help="folder for aot_pairs.csv and aot_summary.csv (default: <storage>/reports/<sweep>)")
-    p.add_argument("--json", action="store_true", help="print pairs and summary as JSON")
+    p.add_argument("--out", help="folder for the CSVs, plots and report.md (default: <storage>/reports/<sweep>)")
+    p.add_argument("--json", action="store_true", help="print the tables as JSON")
+    p.add_argument("--watch", type=float, nargs="?", const=60.0, metavar="SECONDS",
+                   help="re-render every SECONDS (default 60) while the sweep runs; ends after the sweep does")
+    p.add_argument("--conf", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="error rate of the sequential sign test (default 0.05)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     _sets(p)
     return ap
 
@@ -142,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .aggregate import render, report
+    from .aggregate import render, report, watch
     from .tracking import check_reachable, resolve_uri
 
     path = Path(args.sweep)
@@ -159,13 +166,21 @@ def _report(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise AotError(f"no MLflow database at {uri[len('sqlite:///'):]}; run the sweep first or pass --tracking-uri")
     check_reachable(uri)
+    for flag in ("conf", "alpha"):
+        if not 0 < getattr(args, flag) < 1:
+            raise AotError(f"--{flag} must be between 0 and 1, got {getattr(args, flag)}")
     out_dir = Path(args.out) if args.out else (Path(storage) / "reports" / name if "://" not in storage else None)
-    result = report(uri, name, out_dir)
-    if not result["rows"]:
+    options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots}
+    if args.watch is not None:
+        watch(uri, name, out_dir, args.watch, **options)
+        return 0
+    result = report(uri, name, out_dir, **options)
+    if not result["rows"] and not result["running"]:
         raise AotError(f"no finished runs for sweep {name!r} in {uri}")
     if args.json:
-        print(json.dumps({"pairs": result["pairs"], "summary": result["summary"], "orphans": result["orphans"]},
-                         indent=2, default=str))
+        keep = ("pairs", "summary", "trends", "token_trends", "signs", "sequence_rows", "orphans")
+        print(json.dumps({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
+                          if k != "orphans" else result[k] for k in keep}, indent=2, default=str))
     else:
         print(render(result))
         for f in result["files"]:

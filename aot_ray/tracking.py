@@ -7,6 +7,7 @@ write keeps them in the buffer for the next flush instead of dropping them.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.error
@@ -208,6 +209,11 @@ class TrialTracker:
         tags["sweep"] = self.ctx.sweep
         if trial.language is not None:
             tags["language"] = trial.language
+        from .models import arch_of
+
+        tags["arch"] = arch_of(trial.model.preset)
+        # the grid axes of this trial (dotted overrides such as data.k included): what the report trends over
+        tags["aot.axes"] = json.dumps(dict(trial.axes), sort_keys=True, default=str)
         return retry(lambda: self.client.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags)).info.run_id
 
     def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:

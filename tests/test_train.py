@@ -45,6 +45,9 @@ def test_pulse_loss_goes_down(tmp_path, model):
     assert [s for s, _ in tracker.metrics["val_loss"]] == [20, 40]
     assert tracker.params["direction"] == "forward" and tracker.params["n_params"] == result.n_params
     assert len(tracker.artifacts["eval/per_window.json"]["loss"]) == len(result.per_window)
+    assert tracker.artifacts["eval/windows/step-00000040.json"]["loss"] == result.per_window.tolist()
+    assert sorted(k for k in tracker.artifacts if k.startswith("eval/windows/")) == [
+        "eval/windows/step-00000020.json", "eval/windows/step-00000040.json"]
     assert len(tracker.artifacts["eval/per_position.json"]["loss"]) == 32
     assert np.isclose(result.per_window.mean(), result.val_loss)
 

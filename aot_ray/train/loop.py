@@ -225,6 +225,9 @@ def train(
                     "train_loss": last_train,
                 }
                 tracker.log_metrics({"val_loss": last_eval.loss, "tokens": step * tokens_per_step}, step=step)
+                # per-window losses at every evaluation: the report pairs them for intervals and the sign test
+                tracker.log_dict({"step": step, "loss": last_eval.per_window.tolist()},
+                                 f"eval/windows/step-{step:08d}.json")
                 tracker.flush()
                 due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
                 path = None

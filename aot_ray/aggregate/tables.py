@@ -1,0 +1,229 @@
+"""Pure layer of the report: tidy trial records -> forward/backward pairs with intervals -> cells (seed means) ->
+trends, sign tests, per-position gaps and sequential sign states. No I/O; every function takes plain data.
+
+delta = (L_bw - L_fw) / (0.5 (L_bw + L_fw)), losses in nats/token on the same validation windows; delta > 0 means
+the forward direction is easier.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from .. import stats
+
+delta = stats.delta
+
+PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "arch", "model", "context_length", "seed", "n_params",
+                "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial"]
+SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_length", "n_seeds", "n_params",
+                   "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "delta_std", "delta_min",
+                   "delta_max"]
+TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value"]
+SIGN_COLUMNS = ["group", "positive", "negative", "p_value"]
+SEQUENCE_COLUMNS = ["pair_key", "look", "step", "delta", "lo", "hi", "sign", "established_at"]
+DESCRIBE = ("dataset", "language", "arch", "model", "context_length")  # what names a cell, with the axes
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def pair_rows(rows: list[dict[str, Any]], windows: dict[str, np.ndarray] | None = None, *, n_boot: int = 2000,
+              conf: float = 0.95) -> tuple[list[dict[str, Any]], list[str]]:
+    """(complete pairs, trial ids whose partner is missing). With per-window losses of both sides (`windows`,
+    by trial id) a pair gets a paired bootstrap interval on delta over its validation windows."""
+    windows = windows or {}
+    by_pair: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r.get("val_loss") is None or not math.isfinite(r["val_loss"]) or r.get("finished") is False:
+            continue
+        by_pair[r["pair_key"]][r["direction"]] = r
+    pairs, orphans = [], []
+    for key, sides in by_pair.items():
+        if set(sides) != {"forward", "backward"}:
+            orphans.extend(s["trial_id"] for s in sides.values())
+            continue
+        fw, bw = sides["forward"], sides["backward"]
+        p = {
+            "pair_key": key,
+            **{k: fw.get(k) for k in ("cell_key", "dataset", "language", "arch", "model", "context_length", "seed",
+                                      "n_params", "tokens")},
+            "axes": dict(fw.get("axes") or {}),
+            "L_fw": fw["val_loss"],
+            "L_bw": bw["val_loss"],
+            "delta": delta(fw["val_loss"], bw["val_loss"]),
+            "delta_lo": float("nan"),
+            "delta_hi": float("nan"),
+            "n_windows": 0,
+            "fw_trial": fw["trial_id"],
+            "bw_trial": bw["trial_id"],
+        }
+        a, b = windows.get(fw["trial_id"]), windows.get(bw["trial_id"])
+        if a is not None and b is not None and a.shape == b.shape and len(a):
+            ci = stats.paired_bootstrap(a, b, n_boot=n_boot, conf=conf, seed=len(pairs))
+            p.update(delta=ci.estimate, delta_lo=ci.lo, delta_hi=ci.hi, n_windows=ci.n)
+        pairs.append(p)
+    pairs.sort(key=_order)
+    return pairs, sorted(orphans)
+
+
+def _order(r: dict[str, Any]) -> tuple:
+    return (r["dataset"], r.get("language") or "", r.get("arch") or "", r.get("n_params") or 0, r["model"],
+            r["context_length"], sorted((k, _sortable(v)) for k, v in (r.get("axes") or {}).items()), r["cell_key"],
+            r.get("seed", 0))
+
+
+def _sortable(v: Any) -> tuple:
+    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, Any]]:
+    """Mean over seeds per cell. The interval is a t interval over seeds; with one seed it is that pair's
+    bootstrap interval over windows."""
+    cells: dict[str, list[dict]] = defaultdict(list)
+    for p in pairs:
+        cells[p["cell_key"]].append(p)
+    out = []
+    for key, ps in cells.items():
+        ds = [p["delta"] for p in ps]
+        ci = stats.mean_interval(ds, conf)
+        lo, hi = (ci.lo, ci.hi) if len(ps) > 1 else (ps[0]["delta_lo"], ps[0]["delta_hi"])
+        out.append({
+            "cell_key": key,
+            **{k: ps[0].get(k) for k in ("dataset", "language", "arch", "model", "context_length", "n_params",
+                                         "tokens")},
+            "axes": ps[0].get("axes") or {},
+            "n_seeds": len(ps),
+            "L_fw_mean": statistics.fmean(p["L_fw"] for p in ps),
+            "L_bw_mean": statistics.fmean(p["L_bw"] for p in ps),
+            "delta_mean": ci.estimate,
+            "delta_lo": lo,
+            "delta_hi": hi,
+            "delta_std": statistics.stdev(ds) if len(ds) > 1 else float("nan"),
+            "delta_min": min(ds),
+            "delta_max": max(ds),
+        })
+    out.sort(key=_order)
+    return out
+
+
+def _is_replicate(axis: str) -> bool:
+    return axis == "seed" or axis.endswith(".seed")  # another draw of the same condition, not a condition
+
+
+def trend_axes(cells: list[dict[str, Any]]) -> list[str]:
+    """Numeric axes that vary across cells: n_params (model size), context_length, and dotted overrides."""
+    names = ["n_params", "context_length"] + sorted({k for c in cells for k in c["axes"] if "." in k})
+    out = []
+    for name in names:
+        if _is_replicate(name):
+            continue
+        values = {_x(c, name) for c in cells}
+        if len(values) > 1 and all(_finite(v) for v in values):
+            out.append(name)
+    return out
+
+
+def _x(cell: dict[str, Any], axis: str) -> Any:
+    return cell["axes"].get(axis) if "." in axis else cell.get(axis)
+
+
+def _group_key(cell: dict[str, Any], axis: str) -> tuple:
+    skip = {axis, "model"} if axis == "n_params" else {axis}
+    fixed = [(k, cell.get(k)) for k in DESCRIBE if k not in skip and cell.get(k) is not None]
+    fixed += sorted((k, v) for k, v in cell["axes"].items()
+                    if k not in skip and k not in ("model", "context_length", "dataset", "language")
+                    and not _is_replicate(k))
+    return tuple(fixed)
+
+
+def trends(cells: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, Any]]:
+    """delta (cell means) against each varying numeric axis, within groups where everything else is equal; in
+    log10 when the axis is positive (the slope is then per 10x), else linear. Replicate axes (`data.seed`)
+    give several points per x."""
+    out = []
+    for axis in trend_axes(cells):
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for c in cells:
+            groups[_group_key(c, axis)].append(c)
+        for key, cs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            xs = [_x(c, axis) for c in cs]
+            if len(set(xs)) < 2:
+                continue
+            log = all(x > 0 for x in xs)
+            t = stats.fit_trend(xs, [c["delta_mean"] for c in cs], conf=conf, log_x=log)
+            out.append({"x": axis, "scale": "log10" if log else "linear",
+                        "group": " ".join(f"{k}={v}" for k, v in key), "n": t.n, "slope": t.slope,
+                        "slope_lo": t.slope_lo, "slope_hi": t.slope_hi, "intercept": t.intercept, "r2": t.r2,
+                        "p_value": t.p_value, "points": sorted(zip(xs, (c["delta_mean"] for c in cs)))})
+    return out
+
+
+def token_trends(curves: dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]], int]],
+                 conf: float = 0.95) -> list[dict[str, Any]]:
+    """delta along training, per pair: {pair_key: (fw curve, bw curve, tokens per step)} -> a fit of delta
+    against log10 tokens over the evaluations both sides have. Points along one run are not independent, so
+    the interval is descriptive."""
+    out = []
+    for key, (fw, bw, per_step) in sorted(curves.items()):
+        b = dict(bw)
+        pts = [(s * per_step, delta(v, b[s])) for s, v in fw if s in b and s > 0]
+        if len({x for x, _ in pts}) < 2:
+            continue
+        t = stats.fit_trend([x for x, _ in pts], [y for _, y in pts], conf=conf)
+        out.append({"x": "tokens", "scale": "log10", "group": f"pair={key}", "n": t.n, "slope": t.slope,
+                    "slope_lo": t.slope_lo, "slope_hi": t.slope_hi, "intercept": t.intercept, "r2": t.r2,
+                    "p_value": t.p_value, "points": pts})
+    return out
+
+
+def sign_tests(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per language (or per dataset when there is no language axis): how many pairs have delta > 0 and < 0,
+    and the exact binomial p-value of that split."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p in pairs:
+        groups[p.get("language") or p["dataset"]].append(p["delta"])
+    out = []
+    for g, ds in sorted(groups.items()):
+        t = stats.sign_test(ds)
+        out.append({"group": g, "positive": t.positive, "negative": t.negative, "p_value": t.p_value})
+    return out
+
+
+def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """cell_key -> mean over seeds of (backward - forward) loss at each position, i.e. after the same number of
+    context tokens."""
+    acc: dict[str, list[np.ndarray]] = defaultdict(list)
+    for p in pairs:
+        a, b = positions.get(p["fw_trial"]), positions.get(p["bw_trial"])
+        if a is not None and b is not None and a.shape == b.shape:
+            acc[p["cell_key"]].append(b - a)
+    return {k: np.mean(v, axis=0) for k, v in acc.items()}
+
+
+def sign_sequences(histories: dict[str, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]],
+                   alpha: float = 0.05) -> dict[str, list[stats.SignState]]:
+    """pair_key -> the sequential sign test over the evaluations both directions have reached so far."""
+    out = {}
+    for key, (fw, bw) in sorted(histories.items()):
+        steps = sorted(s for s in fw if s in bw and fw[s].shape == bw[s].shape)
+        if steps:
+            out[key] = stats.sign_sequence(((s, fw[s], bw[s]) for s in steps), alpha)
+    return out
+
+
+def flat(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for CSV: the axes dict spread into columns, helper fields dropped."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        r.pop("points", None)
+        for k, v in (r.pop("axes", None) or {}).items():
+            r.setdefault(k, v)
+        out.append(r)
+    return out

@@ -1,0 +1,177 @@
+"""Statistics of the Arrow-of-Time gap (pure numpy/scipy, no I/O).
+
+- `paired_bootstrap`: delta of a forward/backward pair on the same validation windows, with a percentile interval
+  from resampling windows (the same indices on both sides, so the pairing is kept).
+- `mean_interval`: a Student-t interval for a mean (the spread of delta over seeds).
+- `fit_trend`: delta against log10 of a size-like axis (parameters, context, tokens, k), ordinary or weighted
+  least squares, with a t interval on the slope: "how much delta changes per 10x".
+- `sign_test`: an exact two-sided binomial test on the signs of deltas (per language, over cells and seeds).
+- `sign_sequence`: an anytime-valid sequential test for the sign of delta while a pair trains. At the k-th
+  evaluation it builds a t interval for the mean paired per-window difference at level 1 - alpha_k with
+  alpha_k = alpha * 6 / (pi^2 k^2); the alpha_k sum to alpha, so by the union bound the chance of ever
+  declaring a sign that is wrong (or any sign when the true gap is zero) stays below alpha, however many times
+  one looks and however the looks depend on each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import stats as st
+
+
+def delta(l_fw: float | np.ndarray, l_bw: float | np.ndarray) -> float | np.ndarray:
+    """(L_bw - L_fw) / (0.5 (L_bw + L_fw)): > 0 when the forward direction is easier."""
+    return (l_bw - l_fw) / (0.5 * (l_bw + l_fw))
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    lo: float
+    hi: float
+    n: int  # observations behind it (windows, seeds)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+
+def paired_bootstrap(fw: Sequence[float] | np.ndarray, bw: Sequence[float] | np.ndarray, *, n_boot: int = 2000,
+                     conf: float = 0.95, seed: int = 0) -> Interval:
+    """delta from per-window losses of the two directions (window i of one is window i of the other)."""
+    a, b = np.asarray(fw, dtype=float), np.asarray(bw, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired per-window losses must be two 1-d arrays of one length, got {a.shape} and {b.shape}")
+    est = float(delta(a.mean(), b.mean()))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // len(a))  # bounded memory for long window lists
+    for i in range(0, n_boot, chunk):
+        idx = rng.integers(0, len(a), size=(min(chunk, n_boot - i), len(a)))
+        boots[i : i + len(idx)] = delta(a[idx].mean(axis=1), b[idx].mean(axis=1))
+    lo, hi = np.quantile(boots, [(1 - conf) / 2, (1 + conf) / 2])
+    return Interval(est, float(lo), float(hi), len(a))
+
+
+def mean_interval(values: Iterable[float], conf: float = 0.95) -> Interval:
+    """Mean with a Student-t interval; with one value the interval is undefined (nan)."""
+    v = np.asarray(list(values), dtype=float)
+    m = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2:
+        return Interval(m, float("nan"), float("nan"), len(v))
+    half = st.t.ppf((1 + conf) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return Interval(m, m - half, m + half, len(v))
+
+
+@dataclass(frozen=True)
+class Trend:
+    """delta = intercept + slope * log10(x); the slope is the change of delta per 10x of x."""
+
+    slope: float
+    slope_lo: float
+    slope_hi: float
+    intercept: float
+    r2: float
+    p_value: float  # two-sided, slope == 0
+    n: int
+
+
+def fit_trend(x: Sequence[float], y: Sequence[float], weights: Sequence[float] | None = None,
+              conf: float = 0.95, log_x: bool = True) -> Trend:
+    """Least squares of y on log10(x) (or x). With `weights` (e.g. 1/se^2 of each point) it is weighted; the
+    interval is a t interval with n - 2 degrees of freedom from the residual scatter (nan below 3 points)."""
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError("a trend needs at least 2 points with x and y")
+    if log_x:
+        if (xs <= 0).any():
+            raise ValueError("log-space trends need x > 0")
+        xs = np.log10(xs)
+    if np.ptp(xs) == 0:
+        raise ValueError("a trend needs at least 2 distinct x values")
+    w = np.ones_like(xs) if weights is None else np.asarray(weights, dtype=float)
+    sw = np.sqrt(w)
+    X = np.column_stack([np.ones_like(xs), xs]) * sw[:, None]
+    coef, *_ = np.linalg.lstsq(X, ys * sw, rcond=None)
+    intercept, slope = float(coef[0]), float(coef[1])
+    resid = (ys - intercept - slope * xs) * sw
+    ybar = np.average(ys, weights=w)
+    ss_tot = float((w * (ys - ybar) ** 2).sum())
+    r2 = 1 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    n = len(xs)
+    if n < 3:
+        return Trend(slope, float("nan"), float("nan"), intercept, r2, float("nan"), n)
+    sigma2 = float((resid**2).sum()) / (n - 2)
+    cov = sigma2 * np.linalg.inv(X.T @ X)
+    se = math.sqrt(cov[1, 1])
+    if se == 0:
+        return Trend(slope, slope, slope, intercept, r2, 0.0, n)
+    half = st.t.ppf((1 + conf) / 2, n - 2) * se
+    p = float(2 * st.t.sf(abs(slope) / se, n - 2))
+    return Trend(slope, slope - half, slope + half, intercept, r2, p, n)
+
+
+@dataclass(frozen=True)
+class SignTest:
+    positive: int
+    negative: int
+    p_value: float  # two-sided exact binomial, H0: either sign equally likely
+
+
+def sign_test(deltas: Iterable[float]) -> SignTest:
+    """Exact binomial test on the signs (zeros and nan dropped)."""
+    d = [x for x in deltas if x == x and x != 0]
+    pos = sum(x > 0 for x in d)
+    neg = len(d) - pos
+    p = float(st.binomtest(pos, len(d), 0.5).pvalue) if d else 1.0
+    return SignTest(pos, neg, p)
+
+
+def spend(alpha: float, look: int) -> float:
+    """The share of alpha spent at look 1, 2, ...: alpha * 6 / (pi^2 k^2), summing to alpha."""
+    return alpha * 6 / (math.pi**2 * look**2)
+
+
+@dataclass(frozen=True)
+class SignState:
+    look: int
+    step: int
+    delta: float
+    lo: float  # interval on delta at level 1 - spend(alpha, look)
+    hi: float
+    sign: int  # +1 / -1 when this look establishes a sign, else 0
+    established_at: int | None  # first step of the current run of looks with this same sign; None when sign is 0
+
+
+def sign_look(fw: np.ndarray, bw: np.ndarray, look: int, alpha: float) -> tuple[float, float, float, int]:
+    """(delta, lo, hi, sign) at one look: a t interval for the mean paired difference, scaled to delta."""
+    a, b = np.asarray(fw, dtype=float), np.asarray(bw, dtype=float)
+    d = b - a
+    scale = 0.5 * (a.mean() + b.mean())  # the same positive denominator as delta: it cannot change the sign
+    m = float(d.mean())
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
+    half = st.t.ppf(1 - spend(alpha, look) / 2, max(1, len(d) - 1)) * sd / math.sqrt(len(d))
+    lo, hi = (m - half) / scale, (m + half) / scale
+    sign = 1 if lo > 0 else -1 if hi < 0 else 0
+    return m / scale, lo, hi, sign
+
+
+def sign_sequence(looks: Iterable[tuple[int, np.ndarray, np.ndarray]], alpha: float = 0.05) -> list[SignState]:
+    """Run the sequential sign test over evaluations (step, forward per-window losses, backward per-window losses)
+    taken in step order. The gap itself moves while the models train (it can change sign), so each look states
+    the sign of the gap at that step; `established_at` says since which look that sign has held."""
+    out: list[SignState] = []
+    since: int | None = None
+    for k, (step, fw, bw) in enumerate(looks, start=1):
+        dl, lo, hi, sign = sign_look(fw, bw, k, alpha)
+        if not sign:
+            since = None
+        elif not out or out[-1].sign != sign:
+            since = step
+        out.append(SignState(k, step, dl, lo, hi, sign, since))
+    return out

@@ -1,0 +1,61 @@
+"""sweeps/linear-tiny.yaml end to end: Ray Tune trains 8 trials, and the report's delta-vs-k trend is the fit of
+the deltas of those runs; its files are attached to the sweep's parent run and the sequential sign test is logged
+on the trial runs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aot_ray import sweep, tracking
+from aot_ray.cli import main
+from aot_ray.spec import load_sweep_text
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parent.parent
+
+
+def test_linear_tiny_end_to_end_trend_and_artifacts(tmp_path, ray_local, capsys):
+    spec, text = load_sweep_text(ROOT / "sweeps" / "linear-tiny.yaml")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = sweep.run(spec, text, uri=uri, storage=str(tmp_path / "r"), verbose=0, say=lambda _: None)
+    assert len(out.ran) == 8 and not out.failed
+
+    # independently of the report: delta per k from the runs' final validation losses, and its least squares line
+    c = tracking.client(uri)
+    loss: dict[tuple[int, str], float] = {}
+    for run in tracking.trial_runs(uri, "linear-tiny"):
+        k = int(run.data.params["data.k"])
+        loss[(k, run.data.tags["direction"])] = run.data.metrics["final_val_loss"]
+    ks = sorted({k for k, _ in loss})
+    assert ks == [0, 3, 6, 12]
+    deltas = [(loss[k, "backward"] - loss[k, "forward"]) / (0.5 * (loss[k, "backward"] + loss[k, "forward"]))
+              for k in ks]
+    slope, intercept = np.polyfit(ks, deltas, 1)
+
+    (trend,) = [t for t in out.report["trends"] if t["x"] == "data.k"]
+    assert trend["scale"] == "linear" and trend["n"] == 4  # k = 0 is on the axis: not a log scale
+    assert trend["slope"] == pytest.approx(slope, rel=1e-6, abs=1e-9)
+    assert trend["intercept"] == pytest.approx(intercept, rel=1e-6, abs=1e-9)
+    assert trend["slope_lo"] <= trend["slope"] <= trend["slope_hi"]
+    for p in out.report["pairs"]:  # each pair has a bootstrap interval over its 100 validation windows
+        assert p["n_windows"] == 100 and p["delta_lo"] <= p["delta"] <= p["delta_hi"]
+
+    parent = tracking.find_parent(uri, tracking.experiment_id(uri, "linear-tiny", create=False), "linear-tiny")
+    attached = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/aot_trends.csv", "report/aot_pairs.csv", "report/aot_sequential.csv",
+            "report/delta_vs_data_k.png", "report/delta_vs_data_k.svg", "report/curves_1.png"} <= attached
+    md = (tmp_path / "r" / "reports" / "linear-tiny" / "report.md").read_text()
+    assert "data.k" in md and "## Early sign detection" in md
+
+    run = tracking.trial_runs(uri, "linear-tiny")[0]
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "aot_sign")] == [100, 200, 300, 400]
+
+    # `aot-ray report` again: the same trend, and no sign looks logged twice
+    capsys.readouterr()
+    assert main(["report", "linear-tiny", "--tracking-uri", uri, "--out", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out
+    assert "Trends" in printed and "data.k" in printed
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "aot_sign")] == [100, 200, 300, 400]
+    assert (tmp_path / "again" / "aot_trends.csv").read_text() == \
+        (tmp_path / "r" / "reports" / "linear-tiny" / "aot_trends.csv").read_text()
