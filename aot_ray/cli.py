@@ -117,6 +117,14 @@ def _plan(args: argparse.Namespace) -> int:
     for d in result["datasets"]:
         label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
         print(f"dataset {label}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
+    ls = result["lr_search"]
+    if ls:
+        found = ", ".join(f"{p}={lr:.3g}" if lr is not None else f"{p}=pending" for p, lr in ls["found"].items())
+        print(f"lr search first: {ls['trials_per_model']} Optuna trials per model over lr in "
+              f"[{ls['range'][0]:g}, {ls['range'][1]:g}], {'+'.join(ls['directions'])}, "
+              f"{ls['tokens'] / 1e6:.1f}M tokens in all; learning rates: {found}"
+              + ("" if all(v is not None for v in ls["found"].values())
+                 else " (trial ids above use defaults.optim.lr until the search has run)"))
     if result["note"]:
         print(result["note"])
     return 0

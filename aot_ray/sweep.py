@@ -3,6 +3,7 @@ once, and run (tracking check, data preparation as Ray tasks, Tune, then the AoT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 from .errors import AotError, DataError, TrackingError
 from .models import count_params, resolve_shape
-from .spec import SweepSpec, TrialSpec, content_hash, expand
+from .spec import SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
 
 Say = Callable[[str], None]
 
@@ -82,6 +83,16 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     from .data.remote import is_remote, remote_exists
     from .tune import resources_of
 
+    lr_found: dict[str, float] = {}
+    searched = spec  # the spec with its search settings, for the lr-search line
+    if spec.lr_search is not None and note_free(uri):
+        from .spec import with_learning_rates
+        from .tracking import searched_lrs
+
+        with contextlib.suppress(Exception):  # planning works offline
+            lr_found = searched_lrs(uri, spec.name)
+        if set(spec.grid.model) <= set(lr_found):
+            spec = with_learning_rates(spec, lr_found)
     trials = expand(spec)
     hashes = data_hashes(trials)
     done, note = done_trials(uri, spec.name)
@@ -102,7 +113,47 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             done_ = False
         data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": path,
                      "prepared": done_})
-    return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data, "note": note}
+    lr_search = None
+    if searched.lr_search is not None:
+        ls = searched.lr_search
+        probe_cost = sum(trial_cost(t, spec.run.gpu_tflops)["tokens"] for p in spec.grid.model
+                         for t in lr_search_trials(searched, p, ls.low))
+        lr_search = {"trials_per_model": ls.trials, "range": [ls.low, ls.high], "directions": list(ls.directions),
+                     "tokens": probe_cost * ls.trials, "found": {p: lr_found.get(p) for p in spec.grid.model}}
+    return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
+            "note": note, "lr_search": lr_search}
+
+
+def note_free(uri: str) -> bool:
+    """Whether the tracking store exists to be read (planning never creates one)."""
+    return not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file())
+
+
+def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: str, run_spec: Any, verbose: int,
+                           say: Say) -> SweepSpec:
+    """The sweep with each preset's learning rate from its Optuna search: a search already recorded on the parent
+    run is reused, so a resumed sweep keeps its trial ids."""
+    from . import tracking
+    from .data.prepare import data_hash
+    from .spec import lr_search_trials, with_learning_rates
+    from .tune import search_lr
+
+    lrs = tracking.searched_lrs(ctx.uri, spec.name, ctx.parent_run_id)
+    ls = spec.lr_search
+    for preset in spec.grid.model:
+        if preset in lrs:
+            say(f"lr for {preset}: {lrs[preset]:.3g} (searched earlier, kept)")
+            continue
+        probe = lr_search_trials(spec, preset, ls.low)[0]
+        data = prepared[data_hash(probe.data, where_of(probe))][0]
+        lr, loss = search_lr(spec, preset, ctx, data=data, storage=storage,
+                             experiment=f"{spec.name}-{ctx.parent_run_id[:8]}-lr-{preset}", run=run_spec,
+                             verbose=verbose)
+        tracking.record_lr(ctx, preset, lr, loss, ls.trials)
+        lrs[preset] = lr
+        say(f"lr for {preset}: {lr:.3g} (best of {ls.trials} Optuna trials over [{ls.low:g}, {ls.high:g}], "
+            f"{'+'.join(ls.directions)} val loss {loss:.4f})")
+    return with_learning_rates(spec, lrs)
 
 
 def summary_line(where: str, lang: str | None, h: str, path: str, built: bool, m: dict) -> str:
@@ -200,7 +251,8 @@ def run(
     """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`); `fresh` starts a
     new parent run and Tune state, leaving the earlier ones untouched."""
     from . import aggregate, tracking
-    from .tune import check_cluster, check_data_parallel_fits, prepare_on_ray, ray_session, run_trials
+    from .data_parallel import check_data_parallel_fits
+    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
     if "://" not in storage:
@@ -224,6 +276,10 @@ def run(
         check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
 
         ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
+        if spec.lr_search is not None:
+            spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
+            trials = expand(spec)  # the searched learning rates are part of the trials' identity
+            hashes = data_hashes(trials)
         done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
         pending = [t for t in trials if t.trial_id not in done]
         skipped = [t.trial_id for t in trials if t.trial_id in done]

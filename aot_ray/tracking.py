@@ -132,6 +132,29 @@ def start_sweep(uri: str, sweep: str, spec_text: str, fresh: bool = False) -> Sw
     return SweepContext(uri=uri, experiment_id=exp_id, parent_run_id=run_id, sweep=sweep)
 
 
+LR_TAG = "aot.lr."  # + model preset: the learning rate the sweep's search chose, on the parent run
+
+
+def searched_lrs(uri: str, sweep: str, parent_run_id: str | None = None) -> dict[str, float]:
+    """preset -> learning rate chosen by the sweep's lr search (empty without a parent run or a search)."""
+    exp_id = experiment_id(uri, sweep, create=False)
+    if exp_id is None:
+        return {}
+    parent = client(uri).get_run(parent_run_id) if parent_run_id else find_parent(uri, exp_id, sweep)
+    if parent is None:
+        return {}
+    return {k[len(LR_TAG):]: float(v) for k, v in parent.data.tags.items() if k.startswith(LR_TAG)}
+
+
+def record_lr(ctx: SweepContext, preset: str, lr: float, loss: float, trials: int) -> None:
+    """Keep a search's result on the parent run, so a resumed sweep reuses it (and its trial ids)."""
+    from mlflow.entities import Metric, RunTag
+
+    c = client(ctx.uri)
+    retry(lambda: c.log_batch(ctx.parent_run_id, tags=[RunTag(LR_TAG + preset, repr(lr))], metrics=[
+        Metric(f"lr_search.{preset}.best_val_loss", loss, int(time.time() * 1000), trials)]))
+
+
 def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, status=status)
 
@@ -165,9 +188,9 @@ def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None) -
     return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)}
 
 
-def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str):
+def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str, role: str = "trial"):
     runs = client(uri).search_runs(
-        [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{_quote(trial_id)}' "
+        [exp_id], filter_string=f"tags.`{ROLE}` = '{role}' and tags.trial_id = '{_quote(trial_id)}' "
                                 f"and tags.`mlflow.parentRunId` = '{parent_run_id}'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
@@ -183,7 +206,7 @@ class TrialTracker:
     that run (restorable in MLflow) and opens a new one. Writes are buffered; a failed write keeps the buffer.
     """
 
-    def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500) -> None:
+    def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500, role: str = "trial") -> None:
         from mlflow.entities import Metric, Param
 
         # fail fast on each HTTP call and let the buffer carry metrics over an outage, instead of MLflow's
@@ -200,10 +223,11 @@ class TrialTracker:
         self._last_step: dict[str, int] = {}
         self.run_id: str | None = None
         self.extra_tags: dict[str, str] = {}  # per attempt, e.g. the Ray node the trial runs on
+        self.role = role  # "trial", or "lr-search" for the learning-rate phase (never paired by the report)
 
     def _create_run(self) -> str:
         trial = self.trial
-        tags = {ROLE: "trial", "mlflow.parentRunId": self.ctx.parent_run_id}
+        tags = {ROLE: self.role, "mlflow.parentRunId": self.ctx.parent_run_id}
         tags.update({k: str(getattr(trial, k) if k != "model" else trial.model.preset)
                      for k in TRIAL_TAGS if k != "sweep"})
         tags["sweep"] = self.ctx.sweep
@@ -227,7 +251,7 @@ class TrialTracker:
                 existing = None
         if existing is None:
             existing = retry(lambda: find_trial_run(self.ctx.uri, self.ctx.experiment_id, self.trial.trial_id,
-                                                    self.ctx.parent_run_id))
+                                                    self.ctx.parent_run_id, self.role))
         if existing is not None and resumed_from is None and existing.data.metrics:
             retry(lambda: self.client.delete_run(existing.info.run_id))  # a stale attempt's curve; restorable
             existing = None

@@ -1,4 +1,5 @@
-"""The only module that drives Ray Tune: one Tune trial per expanded trial, resources from the spec.
+"""The only module that drives Ray Tune: one Tune trial per expanded trial, resources from the spec, and the
+Optuna learning-rate search (`search_lr`, Tune's OptunaSearch) that can precede the grid.
 
 The expanded trials travel once through the object store (`tune.with_parameters`); each Tune trial's config
 holds only its trial id, so Tune's tables and folders are named by it. The trainer stays Ray-free: `_trainable`
@@ -8,13 +9,12 @@ adapts it to `tune.report` / `tune.get_checkpoint`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError
 from .spec.schema import RunSpec, TrialSpec
 from .tracking import SweepContext
@@ -54,12 +54,6 @@ def tune_resources(trial: TrialSpec) -> dict[str, float]:
     return {k: v for k, v in resources_of(trial).items() if k != "workers"}
 
 
-def worker_resources(trial: TrialSpec) -> dict[str, float]:
-    """Ray Train's `resources_per_worker` for a data-parallel trial."""
-    r = trial.resources
-    return {"CPU": r.cpu, **({"GPU": r.gpu} if r.gpu else {}), **r.custom}
-
-
 def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
     """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
     import ray
@@ -80,28 +74,6 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
     return len(nodes)
 
 
-def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = print) -> None:
-    """A data-parallel trial's workers must fit the cluster at once. On a Ray this process started, nothing can
-    grow it: refuse; on a cluster, say so (an autoscaler may add nodes, else the trial waits)."""
-    import ray
-
-    have = ray.cluster_resources()
-    for trial in trials:
-        if trial.resources.workers == 1:
-            continue
-        need = {k: v * trial.resources.workers for k, v in worker_resources(trial).items()}
-        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-        if not short:
-            continue
-        what = ", ".join(f"{v:g} {k} (has {have.get(k, 0):g})" for k, v in short.items())
-        msg = f"trial {trial.trial_id} needs {trial.resources.workers} workers: {what}"
-        if fixed:
-            raise AotError(f"{msg}; lower resources.workers or per-worker resources, or pass --num-cpus/--num-gpus "
-                           f"or --address of a larger cluster")
-        say(f"warning: {msg}; it waits until the autoscaler adds nodes")
-    return None
-
-
 def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str],
                dp_root: str = "") -> None:
     import torch
@@ -112,7 +84,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
 
     trial = trials[config["trial_id"]]
     if trial.resources.workers > 1:
-        _run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
+        run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
         return
     torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
     tracker = TrialTracker(ctx, trial)
@@ -141,84 +113,74 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     tracker.finish("FINISHED")
 
 
-def _dp_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker of a data-parallel trial: torch.distributed is set up by TorchTrainer, so `train`
-    shards the batch and wraps the model in DDP; rank 0 logs to MLflow and writes the checkpoints."""
-    import ray
-    import ray.train
+def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
+    """One Optuna candidate: short runs at config["lr"] in each searched direction (one MLflow run each, role
+    lr-search); the objective is their mean final validation loss."""
     import torch
+    from ray import tune
 
+    from .spec import lr_search_trials
     from .tracking import TrialTracker
-    from .train import MemoryTracker, train
+    from .train import train
 
-    trial: TrialSpec = config["trial"]
-    # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
-    # named by file path, so LoggingConfig does not reach it); progress is in MLflow and Tune's table
-    logging.getLogger().setLevel(logging.WARNING)
-    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
-    rank = ray.train.get_context().get_world_rank()
-    tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else MemoryTracker()
-    if rank == 0:
-        tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
-        tracker.extra_tags["aot.workers"] = str(trial.resources.workers)
-
-    def report(metrics: dict[str, Any], path: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
-        ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
-
-    try:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as resume_from:
-                train(trial, tracker, [resume_from], data=config["data"], on_report=report)
-        else:
-            train(trial, tracker, None, data=config["data"], on_report=report)
-    except BaseException as e:
-        if rank == 0:
+    losses = []
+    for trial in lr_search_trials(spec, preset, config["lr"]):
+        torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
+        tracker = TrialTracker(ctx, trial, role="lr-search")
+        tracker.extra_tags["aot.lr_search"] = preset
+        try:
+            losses.append(train(trial, tracker, None, data=data).val_loss)
+        except BaseException as e:
             with contextlib.suppress(Exception):
                 if tracker.run_id is not None:
                     tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
-        raise
-    if rank == 0:
+            raise
         tracker.finish("FINISHED")
+    tune.report({"val_loss": sum(losses) / len(losses), "lr": config["lr"]})
 
 
-def _run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str) -> None:
-    """A data-parallel trial: a Ray Train run named after the trial under `dp_root`, its metrics forwarded to
-    Tune. A retry of the Tune trial (or a resumed sweep) starts a run of the same name, which Ray Train resumes
-    from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: str, experiment: str,
+              run: RunSpec, verbose: int = 1) -> tuple[float, float]:
+    """Ray Tune with Optuna's TPE sampler over log-uniform lr for one preset; returns (best lr, its loss)."""
+    from ray import tune
 
-    trainer = TorchTrainer(
-        _dp_worker,
-        train_loop_config={"trial": trial, "ctx": ctx, "data": data},
-        torch_config=TorchConfig(backend="nccl" if trial.resources.gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=trial.resources.workers, use_gpu=bool(trial.resources.gpu),
-            resources_per_worker=worker_resources(trial)),
-        run_config=ray.train.RunConfig(
-            name=trial.trial_id,
-            storage_path=dp_root,
-            failure_config=ray.train.FailureConfig(max_failures=0),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trial.train.keep_checkpoints),
-            callbacks=[TuneReportCallback()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not a line per report per worker
+    from .spec import lr_search_trials
+
+    ls = spec.lr_search
+    probe = lr_search_trials(spec, preset, ls.low)[0]
+    trainable = tune.with_parameters(_lr_trainable, spec=spec, preset=preset, ctx=ctx, data=data)
+    trainable = tune.with_resources(trainable, tune_resources(probe))
+    path = f"{storage.rstrip('/')}/{experiment}"
+    if tune.Tuner.can_restore(path):  # an interrupted search continues, with its sampler's state
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_search(trainable, ls, run, experiment, storage, verbose)
+    grid = tuner.fit()
+    ok = [r for r in grid if r.error is None and r.metrics and r.metrics.get("val_loss") is not None]
+    if not ok:
+        errors = "; ".join(str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None)
+        raise AotError(f"the learning-rate search for {preset} had no successful trial ({errors or 'no results'})")
+    best = min(ok, key=lambda r: r.metrics["val_loss"])
+    return float(best.config["lr"]), float(best.metrics["val_loss"])
+
+
+def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: str, verbose: int) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    return tune.Tuner(
+        trainable,
+        param_space={"lr": tune.loguniform(ls.low, ls.high)},
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(metric="val_loss", mode="min", sampler=optuna.samplers.TPESampler(seed=ls.seed)),
+            num_samples=ls.trials,
+            max_concurrent_trials=run.max_concurrent_trials,
+            reuse_actors=True,
         ),
+        run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=verbose,
+                                  failure_config=tune.FailureConfig(max_failures=run.max_failures)),
     )
-    trainer.fit()
-
-
-def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
-    """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(dp_root) if "://" in dp_root else (pyarrow.fs.LocalFileSystem(), dp_root)
-    for tid in trial_ids:
-        path = f"{root.rstrip('/')}/{tid}"
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            fs.delete_dir(path)
 
 
 def _older_checkpoints(latest: Any) -> list[str]:

@@ -65,7 +65,7 @@ MALFORMED = [
     (("data",), {}, "data: must be a non-empty mapping"),
     (("name",), "has space", "name: must be a non-empty string"),
     (("name",), KeyError, "name: is required"),
-    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run)"),
+    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run, lr_search)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
     (("defaults", "resources", "workers"), 0, "defaults.resources.workers: must be at least 1, got 0"),
     (("defaults", "resources", "workers"), 5, "defaults.resources.workers: 5 data-parallel workers cannot split "
@@ -199,3 +199,52 @@ def test_attention_overrides_do_not_fit_a_recurrent_preset_of_the_grid():
     raw["defaults"]["model"] = {"n_head": 2}
     with pytest.raises(SpecError, match=r"^grid.model\[1\]: n_head does not apply to LSTM preset 'lstm-tiny'"):
         parse_sweep(raw)
+
+
+LR = {"trials": 4, "low": 1e-4, "high": 1e-2, "steps": 6, "directions": ["forward", "backward"]}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"high": 1e-5}, "lr_search.high: must be greater than lr_search.low (0.0001), got 1e-05"),
+    ({"trials": 1}, "lr_search.trials: must be at least 2, got 1"),
+    ({"directions": ["sideways"]}, "lr_search.directions[0]: must be one of forward, backward"),
+    ({"steps": 2}, "lr_search.steps: must be more than optim.warmup_steps (2) of model tiny, got 2"),
+    ({"sampler": "grid"}, "lr_search.sampler: unknown key"),
+])
+def test_lr_search_is_validated(change, message):
+    raw = copy.deepcopy(GOOD)
+    raw["lr_search"] = {**LR, **change}
+    with pytest.raises(SpecError) as err:
+        parse_sweep(raw)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_lr_search_conflicts_with_a_learning_rate_set_elsewhere():
+    raw = copy.deepcopy(GOOD)
+    raw["lr_search"] = LR
+    raw["grid"]["optim.lr"] = [1e-3, 1e-2]
+    with pytest.raises(SpecError, match=r"^lr_search: the grid already has an optim.lr axis"):
+        parse_sweep(raw)
+    del raw["grid"]["optim.lr"]
+    raw["per_model"] = {"tiny": {"optim": {"lr": 1e-3}}}
+    with pytest.raises(SpecError, match=r"^per_model.tiny.optim.lr: lr_search sets the learning rate"):
+        parse_sweep(raw)
+
+
+def test_lr_search_trials_and_the_searched_grid():
+    from aot_ray.spec import lr_search_trials, with_learning_rates
+
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["model"] = ["tiny", "mini"]
+    raw["lr_search"] = LR
+    spec = parse_sweep(raw)
+    probe = lr_search_trials(spec, "mini", 3e-3)
+    assert [t.direction for t in probe] == ["forward", "backward"]
+    assert {(t.dataset, t.model.preset, t.context_length, t.seed, t.optim.lr, t.train.steps) for t in probe} == {
+        ("p", "mini", 16, 0, 3e-3, 6)}  # the grid's first dataset, context and seed; the search's steps
+    assert probe[0].trial_id != lr_search_trials(spec, "mini", 4e-3)[0].trial_id
+    before = expand(spec)
+    after = expand(with_learning_rates(spec, {"tiny": 2e-3, "mini": 5e-4}))
+    assert len(after) == len(before) and {t.trial_id for t in after}.isdisjoint({t.trial_id for t in before})
+    for t in after:  # both directions of a preset get its learning rate; nothing else changes
+        assert t.optim.lr == {"tiny": 2e-3, "mini": 5e-4}[t.model.preset] and t.train.steps == 10

@@ -1,6 +1,6 @@
 """Sweep specification: typed schema, YAML loading with path-named errors, and the pure expansion into trials."""
 
-from .expand import content_hash, expand, flatten, trial_to_dict
+from .expand import content_hash, expand, flatten, lr_search_trials, trial_to_dict, with_learning_rates
 from .load import load_sweep, load_sweep_text, parse_sweep
 from .schema import (
     DATASET_KINDS,
@@ -8,6 +8,7 @@ from .schema import (
     DatasetSpec,
     HFData,
     LinearData,
+    LrSearchSpec,
     ModelSpec,
     OptimSpec,
     PrimesData,
@@ -24,5 +25,6 @@ from .schema import (
 __all__ = [
     "DATASET_KINDS", "DIRECTIONS", "DatasetSpec", "HFData", "LinearData", "TextData", "TokenizerSpec", "ModelSpec", "OptimSpec", "PrimesData",
     "ResourcesSpec", "RunSpec", "SweepSpec", "TrainSpec", "TrialSpec", "content_hash", "expand", "flatten",
-    "load_sweep", "load_sweep_text", "parse_sweep", "split_sizes", "trial_to_dict",
+    "load_sweep", "load_sweep_text", "parse_sweep", "split_sizes", "trial_to_dict", "LrSearchSpec",
+    "lr_search_trials", "with_learning_rates",
 ]

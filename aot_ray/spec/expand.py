@@ -142,3 +142,31 @@ def flatten(trial: TrialSpec) -> dict[str, Any]:
         elif key != "axes":
             out[key] = value
     return out
+
+
+def lr_search_trials(spec: SweepSpec, preset: str, lr: float) -> list[TrialSpec]:
+    """The short runs of one learning-rate candidate for one model preset: the grid's first dataset, language,
+    context length, override values and seed, in each of `lr_search.directions`, for `lr_search.steps` steps."""
+    ls = spec.lr_search
+    assert ls is not None
+    g = spec.grid
+    first = lambda values: values[:1]  # noqa: E731
+    grid = dataclasses.replace(
+        g, dataset=first(g.dataset), language=first(g.language), model=(preset,),
+        context_length=first(g.context_length), seed=first(g.seed), direction=tuple(ls.directions),
+        overrides=tuple((k, first(v)) for k, v in g.overrides) + (("optim.lr", (lr,)),))
+    defaults = spec.defaults
+    if ls.steps is not None:
+        defaults = dataclasses.replace(defaults, train=dataclasses.replace(defaults.train, steps=ls.steps))
+    per_model = {p: {s: {k: v for k, v in f.items() if not (p == preset and s == "train" and k == "steps"
+                                                             and ls.steps is not None)}
+                     for s, f in sections.items()} for p, sections in spec.per_model.items()}
+    return expand(dataclasses.replace(spec, grid=grid, defaults=defaults, per_model=per_model, lr_search=None))
+
+
+def with_learning_rates(spec: SweepSpec, lrs: dict[str, float]) -> SweepSpec:
+    """The sweep with each searched preset's learning rate set (as per_model optim.lr), the search done."""
+    per_model = {p: {s: dict(f) for s, f in sections.items()} for p, sections in spec.per_model.items()}
+    for preset, lr in lrs.items():
+        per_model.setdefault(preset, {}).setdefault("optim", {})["lr"] = lr
+    return dataclasses.replace(spec, per_model=per_model, lr_search=None)

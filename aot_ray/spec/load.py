@@ -10,6 +10,7 @@ import yaml
 from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
 from .schema import (
+    LrSearchSpec,
     DATASET_KINDS,
     DIRECTIONS,
     Defaults,
@@ -24,7 +25,7 @@ from .schema import (
     split_sizes,
 )
 
-TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run")
+TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search")
 SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": TrainSpec, "resources": ResourcesSpec}
 # fields that have a named axis of their own, or that identify a dataset's type
 RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
@@ -103,10 +104,33 @@ def parse_sweep(raw: Any) -> SweepSpec:
     grid = _parse_grid(raw["grid"], data)
     run = build(RunSpec, raw.get("run") or {}, "run")
     per_model = _parse_per_model(raw.get("per_model") or {})
+    lr_search = None if raw.get("lr_search") is None else build(LrSearchSpec, raw["lr_search"], "lr_search")
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
-                     per_model=per_model)
+                     per_model=per_model, lr_search=lr_search)
     _check_trials(spec)
+    if lr_search is not None:
+        _check_lr_search(spec)
     return spec
+
+
+def _check_lr_search(spec: SweepSpec) -> None:
+    from .expand import lr_search_trials
+
+    ls = spec.lr_search
+    if ls.high <= ls.low:
+        raise SpecError("lr_search.high", f"must be greater than lr_search.low ({ls.low:g}), got {ls.high:g}")
+    if not ls.directions or len(set(ls.directions)) != len(ls.directions):
+        raise SpecError("lr_search.directions", "must list forward and/or backward, each once")
+    if any(k == "optim.lr" for k, _ in spec.grid.overrides):
+        raise SpecError("lr_search", "the grid already has an optim.lr axis; drop one of them")
+    for preset, sections in spec.per_model.items():
+        if "lr" in sections.get("optim", {}):
+            raise SpecError(f"per_model.{preset}.optim.lr", "lr_search sets the learning rate; drop one of them")
+    for preset in spec.grid.model:
+        trial = lr_search_trials(spec, preset, ls.low)[0]
+        if trial.optim.warmup_steps >= trial.train.steps:
+            raise SpecError("lr_search.steps", f"must be more than optim.warmup_steps ({trial.optim.warmup_steps}) "
+                                               f"of model {preset}, got {trial.train.steps}")
 
 
 def _parse_data(raw: Any) -> dict:

@@ -215,6 +215,21 @@ class Grid:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LrSearchSpec:
+    """An optional first phase: per model preset, Optuna (through Ray Tune's OptunaSearch) searches the learning
+    rate on the grid's first dataset, language, context length and seed, `trials` short runs of `steps` steps
+    with lr log-uniform in [low, high]; the objective is the mean final validation loss over `directions`. The best
+    lr then replaces optim.lr for every trial of that preset, in both directions, so the comparison stays fair."""
+
+    trials: int = _num(8, ge=2)
+    low: float = _num(1e-4, gt=0)
+    high: float = _num(1e-2, gt=0)
+    steps: Optional[int] = _num(None, gt=0)
+    directions: tuple[Direction, ...] = ("forward",)
+    seed: int = _num(0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepSpec:
     name: str
     description: str = ""
@@ -224,6 +239,7 @@ class SweepSpec:
     run: RunSpec = field(default_factory=RunSpec)
     # preset -> section -> field -> value: settings that follow the model size (GPU share, batch size, lr)
     per_model: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    lr_search: Optional[LrSearchSpec] = None
 
 
 @dataclass(frozen=True, kw_only=True)

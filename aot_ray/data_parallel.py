@@ -1,0 +1,122 @@
+"""Data-parallel trials (resources.workers > 1): a Ray Train `TorchTrainer` inside the Tune trial, DDP over NCCL
+on GPUs or gloo on CPUs. The Tune side (`tune._trainable`) calls `run_data_parallel`; its metrics reach Tune through
+Ray Train's `TuneReportCallback`. Rank 0 writes the trial's MLflow run and its checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import AotError
+from .spec.schema import TrialSpec
+from .tracking import SweepContext
+
+
+def worker_resources(trial: TrialSpec) -> dict[str, float]:
+    """Ray Train's `resources_per_worker` for a data-parallel trial."""
+    r = trial.resources
+    return {"CPU": r.cpu, **({"GPU": r.gpu} if r.gpu else {}), **r.custom}
+
+
+def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = print) -> None:
+    """A data-parallel trial's workers must fit the cluster at once. On a Ray this process started, nothing can
+    grow it: refuse; on a cluster, say so (an autoscaler may add nodes, else the trial waits)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for trial in trials:
+        if trial.resources.workers == 1:
+            continue
+        need = {k: v * trial.resources.workers for k, v in worker_resources(trial).items()}
+        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        if not short:
+            continue
+        what = ", ".join(f"{v:g} {k} (has {have.get(k, 0):g})" for k, v in short.items())
+        msg = f"trial {trial.trial_id} needs {trial.resources.workers} workers: {what}"
+        if fixed:
+            raise AotError(f"{msg}; lower resources.workers or per-worker resources, or pass --num-cpus/--num-gpus "
+                           f"or --address of a larger cluster")
+        say(f"warning: {msg}; it waits until the autoscaler adds nodes")
+    return None
+
+
+def _dp_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial: torch.distributed is set up by TorchTrainer, so `train`
+    shards the batch and wraps the model in DDP; rank 0 logs to MLflow and writes the checkpoints."""
+    import ray
+    import ray.train
+    import torch
+
+    from .tracking import TrialTracker
+    from .train import MemoryTracker, train
+
+    trial: TrialSpec = config["trial"]
+    # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
+    # named by file path, so LoggingConfig does not reach it); progress is in MLflow and Tune's table
+    logging.getLogger().setLevel(logging.WARNING)
+    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
+    rank = ray.train.get_context().get_world_rank()
+    tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else MemoryTracker()
+    if rank == 0:
+        tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
+        tracker.extra_tags["aot.workers"] = str(trial.resources.workers)
+
+    def report(metrics: dict[str, Any], path: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
+
+    try:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_from:
+                train(trial, tracker, [resume_from], data=config["data"], on_report=report)
+        else:
+            train(trial, tracker, None, data=config["data"], on_report=report)
+    except BaseException as e:
+        if rank == 0:
+            with contextlib.suppress(Exception):
+                if tracker.run_id is not None:
+                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
+        raise
+    if rank == 0:
+        tracker.finish("FINISHED")
+
+
+def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str) -> None:
+    """A data-parallel trial: a Ray Train run named after the trial under `dp_root`, its metrics forwarded to
+    Tune. A retry of the Tune trial (or a resumed sweep) starts a run of the same name, which Ray Train resumes
+    from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        _dp_worker,
+        train_loop_config={"trial": trial, "ctx": ctx, "data": data},
+        torch_config=TorchConfig(backend="nccl" if trial.resources.gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=trial.resources.workers, use_gpu=bool(trial.resources.gpu),
+            resources_per_worker=worker_resources(trial)),
+        run_config=ray.train.RunConfig(
+            name=trial.trial_id,
+            storage_path=dp_root,
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trial.train.keep_checkpoints),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not a line per report per worker
+        ),
+    )
+    trainer.fit()
+
+
+def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
+    """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(dp_root) if "://" in dp_root else (pyarrow.fs.LocalFileSystem(), dp_root)
+    for tid in trial_ids:
+        path = f"{root.rstrip('/')}/{tid}"
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(path)
