@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -248,6 +249,41 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
+def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.05) -> Any:
+    """A Tune callback that refreshes the sequential sign test (metrics aot_sign*, on the trial runs) while the
+    sweep runs, at most every `every_s` seconds, and once more at the end; a failure only warns."""
+    import warnings
+
+    from ray.tune import Callback
+
+    from .aggregate.read import Reader
+    from .aggregate.write import update_signs
+
+    class SignCallback(Callback):
+        def __init__(self) -> None:
+            self.last = 0.0
+            self.reader: Reader | None = None
+
+        def _update(self) -> None:
+            try:
+                self.reader = self.reader or Reader(uri, sweep)
+                update_signs(self.reader, alpha)
+            except Exception as e:  # tracking hiccups must not stop the sweep
+                warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            self.last = time.monotonic()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if time.monotonic() - self.last >= every_s:
+                self._update()
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self._update()
+            if self.reader is not None:
+                self.reader.close()
+
+    return SignCallback()
+
+
 def run_trials(
     launch: list[TrialSpec],
     every: list[TrialSpec],
@@ -298,6 +334,7 @@ def run_trials(
                 failure_config=tune.FailureConfig(max_failures=run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in launch)),
                 verbose=verbose,
+                callbacks=[sign_callback(ctx.uri, ctx.sweep)],
             ),
         )
     grid = tuner.fit()

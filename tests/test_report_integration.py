@@ -59,3 +59,44 @@ def test_linear_tiny_end_to_end_trend_and_artifacts(tmp_path, ray_local, capsys)
     assert [m.step for m in c.get_metric_history(run.info.run_id, "aot_sign")] == [100, 200, 300, 400]
     assert (tmp_path / "again" / "aot_trends.csv").read_text() == \
         (tmp_path / "r" / "reports" / "linear-tiny" / "aot_trends.csv").read_text()
+
+
+def test_running_pairs_get_the_sign_test_logged_as_they_evaluate(tmp_path):
+    """What the sweep's Tune callback does between reports: both sides of a pair still RUNNING, evaluations
+    arriving; each update logs only the new looks."""
+    from aot_ray.aggregate.read import Reader
+    from aot_ray.aggregate.write import update_signs
+    from aot_ray.spec import expand, parse_sweep
+    from aot_ray.tracking import TrialTracker, start_sweep
+
+    raw = {"name": "live", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+           "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 30}},
+           "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32]}}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx = start_sweep(uri, "live", "name: live")
+    fw_trial, bw_trial = expand(parse_sweep(raw))
+    trackers = {t.direction: TrialTracker(ctx, t) for t in (fw_trial, bw_trial)}
+    for t in trackers.values():
+        t.begin(None)
+    rng = np.random.default_rng(0)
+    base = 1 + 0.1 * rng.standard_normal(300)
+
+    def evaluate(step, gap):
+        for direction, tr in trackers.items():
+            loss = base + (gap + 0.02 * rng.standard_normal(300) if direction == "backward" else 0)
+            tr.log_metrics({"val_loss": float(loss.mean())}, step=step)
+            tr.log_dict({"step": step, "loss": loss.tolist()}, f"eval/windows/step-{step:08d}.json")
+            tr.flush()
+
+    reader = Reader(uri, "live")
+    c = tracking.client(uri)
+    evaluate(10, 0.0)
+    assert update_signs(reader) == 2  # one look, on both runs
+    evaluate(20, 0.05)
+    assert update_signs(reader) == 2  # only the new look
+    assert update_signs(reader) == 0
+    for tr in trackers.values():
+        signs = sorted((m.step, m.value) for m in c.get_metric_history(tr.run_id, "aot_sign"))
+        assert signs == [(10, 0.0), (20, 1.0)]  # no gap yet, then a forward arrow established
+        assert c.get_run(tr.run_id).info.status == "RUNNING"
+    reader.close()

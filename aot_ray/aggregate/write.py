@@ -61,6 +61,18 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     }
 
 
+def update_signs(reader: Reader, alpha: float = 0.05) -> int:
+    """Only the sequential sign test, on every pair with evaluations on both sides (running ones included), logged
+    on the trial runs: what a running sweep refreshes between reports. Returns how many new looks were logged."""
+    sides: dict[str, dict[str, dict]] = {}
+    for r in reader.records(include_running=True):
+        sides.setdefault(r["pair_key"], {})[r["direction"]] = r
+    sides = {k: s for k, s in sides.items() if set(s) == {"forward", "backward"}}
+    histories = {k: (reader.window_history(s["forward"]), reader.window_history(s["backward"]))
+                 for k, s in sides.items()}
+    return log_sign_metrics(reader, {"sequences": tables.sign_sequences(histories, alpha), "sides": sides})
+
+
 def log_sign_metrics(reader: Reader, result: dict[str, Any]) -> int:
     """The sequential sign test's state at each look, on both trial runs of the pair (steps already logged are
     skipped, so `--watch` adds only new looks). Returns how many looks were logged."""
