@@ -59,7 +59,11 @@ def test_one_parent_two_children_with_tags_and_metrics(ran):
         train = c.get_metric_history(r.info.run_id, "train_loss")
         assert [m.step for m in train] == [5, 10, 15, 20]
         arts = {a.path for a in c.list_artifacts(r.info.run_id, "eval")}
-        assert arts == {"eval/per_window.json", "eval/per_position.json"}
+        assert arts == {"eval/per_window.json", "eval/per_position.json", "eval/windows"}
+        windows = {a.path for a in c.list_artifacts(r.info.run_id, "eval/windows")}
+        assert windows == {"eval/windows/step-00000010.json", "eval/windows/step-00000020.json"}
+        assert json.loads(r.data.tags["aot.axes"]) == {"dataset": "lin", "model": "tiny", "context_length": 16}
+        assert r.data.tags["arch"] == "gpt2"
     reports = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/aot_pairs.csv", "report/aot_summary.csv"} <= reports
 

@@ -79,7 +79,10 @@ def test_training_survives_an_mlflow_outage(tmp_path):
         assert sorted(m.step for m in c.get_metric_history(tracker.run_id, "train_loss")) == list(range(5, 61, 5))
         assert sorted(m.step for m in c.get_metric_history(tracker.run_id, "val_loss")) == list(range(10, 61, 10))
         assert {a.path for a in c.list_artifacts(tracker.run_id, "eval")} == {"eval/per_window.json",
-                                                                             "eval/per_position.json"}
+                                                                             "eval/per_position.json", "eval/windows"}
+        # the evaluations during the outage were kept and written once the server was back
+        assert {a.path for a in c.list_artifacts(tracker.run_id, "eval/windows")} == {
+            f"eval/windows/step-{s:08d}.json" for s in range(10, 61, 10)}
         assert c.get_run(tracker.run_id).info.status == "FINISHED"
     finally:
         stop_server(server)
