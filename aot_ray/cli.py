@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
     p.add_argument("--max-concurrent-trials", type=int, help="override run.max_concurrent_trials")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.add_argument("--stop-on-sign", action="store_true",
+                   help="stop each forward/backward pair once the sequential test has established the sign of its "
+                        "gap (run.stop_on_sign in the YAML sets the level and when; this flag adds the defaults)")
     p.add_argument("--shared-storage", action="store_true",
                    help="the local --storage path (and SQLite file) is on a file system every node mounts")
     again = p.add_mutually_exclusive_group()
@@ -114,6 +117,10 @@ def _plan(args: argparse.Namespace) -> int:
     if gpu_hours:
         print(f"estimated {gpu_hours:,.1f} GPU-hours at {spec.run.gpu_tflops:g} sustained TFLOP/s per GPU "
               f"(run.gpu_tflops)")
+    st = spec.run.stop_on_sign
+    if st is not None:
+        print(f"stop on sign: a pair stops once its sign holds for {st.looks} evaluation(s) at alpha {st.alpha:g}, "
+              f"from {st.after:.0%} of its steps on; the cost above is the most it can take")
     for d in result["datasets"]:
         label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
         print(f"dataset {label}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
@@ -143,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     out = run(spec, text, uri=uri, storage=storage, address=args.address, num_cpus=args.num_cpus,
               num_gpus=args.num_gpus, max_concurrent_trials=args.max_concurrent_trials,
               restart_errored=args.restart_errored, fresh=args.fresh, shared_storage=args.shared_storage,
-              verbose=0 if args.quiet else 1)
+              stop_on_sign=args.stop_on_sign, verbose=0 if args.quiet else 1)
     print()
     print(render(out.report))
     for f in out.report["files"]:

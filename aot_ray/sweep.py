@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .errors import AotError, DataError, TrackingError
 from .models import count_params, resolve_shape
-from .spec import SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
+from .spec import SignStopSpec, SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
 
 Say = Callable[[str], None]
 
@@ -245,6 +245,7 @@ def run(
     restart_errored: bool = False,
     fresh: bool = False,
     shared_storage: bool = False,
+    stop_on_sign: bool = False,
     verbose: int = 1,
     say: Say = print,
 ) -> RunOutcome:
@@ -264,6 +265,8 @@ def run(
     hashes = data_hashes(trials)  # also fails fast on missing local files
     datasets = distinct_datasets(trials, hashes)
     run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
+    if stop_on_sign and run_spec.stop_on_sign is None:
+        run_spec = replace(run_spec, stop_on_sign=SignStopSpec())
     data_parallel = any(t.resources.workers > 1 for t in trials)
     with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
         check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
@@ -280,6 +283,7 @@ def run(
             spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
             trials = expand(spec)  # the searched learning rates are part of the trials' identity
             hashes = data_hashes(trials)
+        ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
         done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
         pending = [t for t in trials if t.trial_id not in done]
         skipped = [t.trial_id for t in trials if t.trial_id in done]

@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import TrackingError
 
 ROLE = "aot.role"
+STOP_AT = "aot.stop_at"  # on both runs of a pair: the evaluation step at which its sign was established
 TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
 T = TypeVar("T")
 
@@ -97,6 +98,7 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     sweep: str
+    stop_on_sign: bool = False  # trials look for the driver's stop request (tag STOP_AT) at each evaluation
 
 
 def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
@@ -309,6 +311,17 @@ class TrialTracker:
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self._pending_artifacts.append((obj, artifact_file))
+
+    def stop_requested(self) -> int | None:
+        """The step at which the sweep's sequential sign test settled this trial's pair (tag STOP_AT, set by the
+        driver), or None; only asked for when the sweep stops on sign. A failed read is a None: keep training."""
+        if not self.ctx.stop_on_sign or self.run_id is None:
+            return None
+        try:
+            value = self.client.get_run(self.run_id).data.tags.get(STOP_AT)
+            return int(value) if value is not None else None
+        except Exception:
+            return None
 
     def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
         """Flush everything (waiting out an outage for up to `patience_s`), then close the run."""

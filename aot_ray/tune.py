@@ -249,9 +249,10 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
-def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.05) -> Any:
+def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.05, stop: Any | None = None) -> Any:
     """A Tune callback that refreshes the sequential sign test (metrics aot_sign*, on the trial runs) while the
-    sweep runs, at most every `every_s` seconds, and once more at the end; a failure only warns."""
+    sweep runs, at most every `every_s` seconds, and once more at the end; with `stop` (a SignStopSpec) it also
+    asks settled pairs to stop (the trainers see the request at their next evaluation). A failure only warns."""
     import warnings
 
     from ray.tune import Callback
@@ -267,7 +268,7 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.
         def _update(self) -> None:
             try:
                 self.reader = self.reader or Reader(uri, sweep)
-                update_signs(self.reader, alpha)
+                update_signs(self.reader, alpha, stop)
             except Exception as e:  # tracking hiccups must not stop the sweep
                 warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             self.last = time.monotonic()
@@ -282,6 +283,11 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.
                 self.reader.close()
 
     return SignCallback()
+
+
+def _sign_settings(run: RunSpec) -> tuple[float, Any]:
+    """(alpha, stop rule) of the sweep's sequential sign test."""
+    return (run.stop_on_sign.alpha if run.stop_on_sign else 0.05), run.stop_on_sign
 
 
 def run_trials(
@@ -307,9 +313,14 @@ def run_trials(
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root)
     trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))
     restored = tune.Tuner.can_restore(path)
+    callbacks = [sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, *_sign_settings(run))]
     if restored:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=not restart_errored,
                                    restart_errored=restart_errored)
+        # a restored Tuner keeps the callbacks it was created with; this run's sign settings (--stop-on-sign
+        # given on resume, say) must apply, and Tuner.restore has no argument for them
+        with contextlib.suppress(AttributeError):
+            tuner._local_tuner.get_run_config().callbacks = callbacks
         if restart_errored and any(t.resources.workers > 1 for t in every):
             # a restored result may lack its config; its folder is named by trial id (trial_dirname_creator)
             errored = [(r.config or {}).get("trial_id") or Path(r.path).name
@@ -334,7 +345,7 @@ def run_trials(
                 failure_config=tune.FailureConfig(max_failures=run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in launch)),
                 verbose=verbose,
-                callbacks=[sign_callback(ctx.uri, ctx.sweep)],
+                callbacks=callbacks,
             ),
         )
     grid = tuner.fit()

@@ -152,3 +152,93 @@ def test_sequences_and_position_gaps_and_written_report(tmp_path):
     text = render(result)
     assert "Trends" in text and "1 of 1 pairs have an established sign" in text
     assert markdown(result, "sizes", []).startswith("# Arrow of Time report: sizes")
+
+
+# ---------------------------------------------------------------- stopping a pair once its sign is settled
+
+
+def states(*signs, every=100):
+    from aot_ray.stats import SignState
+
+    return [SignState(k, k * every, 0.0, 0.0, 0.0, s, None) for k, s in enumerate(signs, start=1)]
+
+
+def test_stop_step_needs_consecutive_looks_of_one_sign_after_the_minimum_step():
+    assert tables.stop_step(states(0, 1, 1, 1), looks=2, min_step=0) == 300
+    assert tables.stop_step(states(0, 1, 1, 1), looks=1, min_step=0) == 200
+    assert tables.stop_step(states(1, -1, 1, 0), looks=2, min_step=0) is None  # the sign never held twice
+    assert tables.stop_step(states(-1, -1, -1, -1), looks=2, min_step=350) == 400  # not before 350
+    assert tables.stop_step(states(1, 1, 0, 0), looks=2, min_step=250) is None  # settled too early, then lost
+    assert tables.stop_step([], looks=1, min_step=0) is None
+
+
+class FakeClient:
+    def __init__(self):
+        self.tags = {}
+
+    def set_tag(self, run_id, key, value):
+        self.tags[(run_id, key)] = value
+
+
+class FakeReader:
+    """What the report reads of a pair: per-evaluation window losses and curves, by trial id."""
+
+    def __init__(self, windows, curves):
+        self.windows_, self.curves = windows, curves
+        self.client = FakeClient()
+
+    def window_history(self, rec):
+        return self.windows_[rec["trial_id"]]
+
+    def curve(self, rec, metric="val_loss"):
+        return self.curves[rec["trial_id"], metric]
+
+
+def test_request_stops_tags_both_runs_once_and_completes_a_half_written_request():
+    from aot_ray.aggregate.write import request_stops
+    from aot_ray.spec import SignStopSpec
+
+    def side(d, finished=False, stop_at=None):
+        return {"run_id": f"r-{d}", "trial_id": d, "finished": finished, "steps": 1000, "stop_at": stop_at}
+
+    reader = FakeReader({}, {})
+    seq = {"p": states(0, 1, 1, 1)}
+    sides = {"p": {"forward": side("fw"), "backward": side("bw")}}
+    assert request_stops(reader, seq, sides, SignStopSpec(after=0.25, looks=2)) == {"p": 300}
+    assert reader.client.tags == {("r-fw", "aot.stop_at"): "300", ("r-bw", "aot.stop_at"): "300"}
+    assert request_stops(reader, seq, sides, SignStopSpec(after=0.25, looks=2)) == {}  # already asked
+    # min_step = 0.5 * 1000: the sign held at 200..400 is not enough
+    fresh = {"p": {"forward": side("fw"), "backward": side("bw")}}
+    assert request_stops(FakeReader({}, {}), seq, fresh, SignStopSpec(after=0.5, looks=2)) == {}
+    # a pair whose runs both finished is left alone; a request written on one side only is completed
+    done = {"p": {"forward": side("fw", True), "backward": side("bw", True)}}
+    assert request_stops(FakeReader({}, {}), seq, done, SignStopSpec(after=0, looks=1)) == {}
+    half = {"p": {"forward": side("fw", stop_at=200), "backward": side("bw")}}
+    r = FakeReader({}, {})
+    assert request_stops(r, seq, half, SignStopSpec()) == {"p": 200}
+    assert r.client.tags == {("r-bw", "aot.stop_at"): "200"}
+
+
+def test_a_stopped_pair_is_compared_at_its_stop_step_not_at_its_final_losses():
+    """Forward stopped at step 300, backward ran on to 400 before it saw the request: the pair's delta and
+    interval come from both sides' evaluation at 300 (the step the sign test settled), not from 300 vs 400."""
+    from aot_ray.aggregate.write import at_stop_steps
+
+    rng = np.random.default_rng(1)
+    base = 2 + 0.1 * rng.standard_normal(200)
+    hist = {"fw": {s: base - s / 1e4 for s in (100, 200, 300)},
+            "bw": {s: base + 0.05 - s / 1e4 for s in (100, 200, 300, 400)}}
+    curves = {(t, m): [(s, float(w.mean()) if m == "val_loss" else s * 10.0) for s, w in h.items()]
+              for t, h in hist.items() for m in ("val_loss", "tokens")}
+    recs = [trial("fw", "p", "c", "forward", float(hist["fw"][300].mean()), stop_at=300, tokens=3000),
+            trial("bw", "p", "c", "backward", float(hist["bw"][400].mean()), stop_at=300, tokens=4000),
+            trial("x-fw", "q", "c2", "forward", 1.0), trial("x-bw", "q", "c2", "backward", 1.1)]
+    windows = {"fw": hist["fw"][300], "bw": hist["bw"][400]}
+    assert at_stop_steps(FakeReader(hist, curves), recs, windows) == {"p": 300}
+    pairs, _ = tables.pair_rows(recs, windows)
+    (p,) = [p for p in pairs if p["pair_key"] == "p"]
+    want = delta(float(hist["fw"][300].mean()), float(hist["bw"][300].mean()))
+    assert p["delta"] == pytest.approx(want) and p["stopped_at"] == 300 and p["tokens"] == 3000
+    assert p["delta_lo"] < want < p["delta_hi"] and p["n_windows"] == 200
+    (q,) = [p for p in pairs if p["pair_key"] == "q"]
+    assert q["stopped_at"] is None and q["delta"] == pytest.approx(delta(1.0, 1.1))

@@ -24,16 +24,17 @@ SPEC = {
 }
 
 
-def _worker(rank: int, world: int, tmp: str) -> None:
+def _worker(rank: int, world: int, tmp: str, stop_at: int | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     try:
         (trial,) = expand(parse_sweep(SPEC))
         data = prepare(trial.data, Path(tmp) / "store")[0]
         tracker = MemoryTracker()
+        tracker.stop_at = stop_at if rank == 0 else None  # only rank 0 has the real tracker
         result = train(trial, tracker, data=data, workdir=Path(tmp) / f"ckpt-{rank}")
         Path(tmp, f"rank{rank}.json").write_text(json.dumps({
-            "val_loss": result.val_loss, "per_window": result.per_window.tolist(),
+            "val_loss": result.val_loss, "steps": result.steps, "per_window": result.per_window.tolist(),
             "logged": sorted(tracker.metrics), "train_loss": tracker.metrics.get("train_loss", []),
         }))
     finally:
@@ -57,3 +58,20 @@ def test_two_workers_match_one_process(tmp_path):
     assert "val_loss" in r0["logged"] and r1["logged"] == []  # rank 1 logs nothing
     assert sorted(p.name for p in (tmp_path / "ckpt-0").iterdir()) == ["step-00000010", "step-00000020"]
     assert not (tmp_path / "ckpt-1").exists()  # rank 1 writes no checkpoint
+
+
+def test_a_stop_request_seen_by_rank_0_stops_every_worker(tmp_path):
+    """Rank 0 alone reads the sweep's stop request; it broadcasts it, so both workers end at the same evaluation
+    (a worker that kept going would wait forever in the next all-reduce)."""
+    procs = mp.spawn(_worker, args=(2, str(tmp_path), 10), nprocs=2, join=False)
+    deadline = 120
+    while not procs.join(timeout=5):
+        deadline -= 5
+        if deadline <= 0:
+            for p in procs.processes:
+                p.kill()
+            raise AssertionError("the workers did not stop together (a rank is blocked in a collective)")
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["steps"] == r1["steps"] == 10
+    assert r0["val_loss"] == r1["val_loss"]

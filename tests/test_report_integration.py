@@ -100,3 +100,50 @@ def test_running_pairs_get_the_sign_test_logged_as_they_evaluate(tmp_path):
         assert signs == [(10, 0.0), (20, 1.0)]  # no gap yet, then a forward arrow established
         assert c.get_run(tr.run_id).info.status == "RUNNING"
     reader.close()
+
+
+STOP_SWEEP = {
+    "name": "stop-on-sign",
+    "data": {"primes": {"kind": "primes", "digits": 3, "n_samples": 12000, "val_fraction": 0.1}},
+    "defaults": {"model": {"dropout": 0.0}, "optim": {"lr": 3e-3, "warmup_steps": 30},
+                 "train": {"steps": 3000, "batch_size": 32, "eval_every": 50, "eval_windows": 256, "log_every": 10,
+                           "checkpoint_every": 500}},
+    "grid": {"dataset": ["primes"], "model": ["micro"], "context_length": [64]},
+    "run": {"max_concurrent_trials": 2, "sign_interval_s": 0, "stop_on_sign": {"after": 0.05, "looks": 2}},
+}
+
+
+def test_stop_on_sign_ends_the_pair_early_and_the_report_compares_it_at_the_stop_step(tmp_path, ray_local):
+    """3000 steps asked for; on this pair (3-digit primes, micro GPT) the sign settles within a few hundred. Both
+    runs carry the step the sign test settled at, end at an evaluation at or after it (each sees the request at
+    its next evaluation), and the report's delta is that of both sides' window losses at that step."""
+    import json
+    import yaml
+
+    from aot_ray.spec import parse_sweep
+
+    spec = parse_sweep(STOP_SWEEP)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = sweep.run(spec, yaml.safe_dump(STOP_SWEEP), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+                    say=lambda _: None)
+    assert len(out.ran) == 2 and not out.failed
+    c = tracking.client(uri)
+    runs = {r.data.tags["direction"]: r for r in tracking.trial_runs(uri, "stop-on-sign")}
+    at = {int(r.data.tags["aot.stop_at"]) for r in runs.values()}
+    assert len(at) == 1
+    (at,) = at
+    assert 150 <= at < 3000 and at % 50 == 0  # not before `after` (5% of 3000 steps), at an evaluation
+    mean_at = {}
+    for d, r in runs.items():
+        assert r.info.status == "FINISHED"
+        stopped = int(r.data.metrics["stopped_at_step"])
+        assert at <= stopped < 3000
+        assert max(m.step for m in c.get_metric_history(r.info.run_id, "val_loss")) == stopped
+        local = c.download_artifacts(r.info.run_id, f"eval/windows/step-{at:08d}.json", str(tmp_path / d))
+        mean_at[d] = float(np.mean(json.loads(Path(local).read_text())["loss"]))
+    (p,) = out.report["pairs"]
+    assert p["stopped_at"] == at and out.report["stopped"] == {p["pair_key"]: at}
+    want = (mean_at["backward"] - mean_at["forward"]) / (0.5 * (mean_at["backward"] + mean_at["forward"]))
+    assert p["delta"] == pytest.approx(want, rel=1e-6)
+    assert (p["delta_lo"] > 0) == (p["delta_hi"] > 0)  # a settled sign: the interval excludes 0
+    assert not out.report["position_gaps"]  # final per-position losses of a stopped pair are from other steps

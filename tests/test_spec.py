@@ -67,6 +67,11 @@ MALFORMED = [
     (("name",), KeyError, "name: is required"),
     (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run, lr_search)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
+    (("run", "stop_on_sign"), 3, "run.stop_on_sign: must be a mapping, got 3"),
+    (("run", "stop_on_sign"), {"alpha": 0.7}, "run.stop_on_sign.alpha: must be at most 0.5, got 0.7"),
+    (("run", "stop_on_sign"), {"after": 1.5}, "run.stop_on_sign.after: must be at most 1, got 1.5"),
+    (("run", "stop_on_sign"), {"looks": 0}, "run.stop_on_sign.looks: must be at least 1, got 0"),
+    (("run", "stop_on_sign"), {"alfa": 0.1}, "run.stop_on_sign.alfa: unknown key (expected one of: alpha, after, looks)"),
     (("defaults", "resources", "workers"), 0, "defaults.resources.workers: must be at least 1, got 0"),
     (("defaults", "resources", "workers"), 5, "defaults.resources.workers: 5 data-parallel workers cannot split "
                                               "train.batch_size 32 evenly"),
@@ -248,3 +253,16 @@ def test_lr_search_trials_and_the_searched_grid():
     assert len(after) == len(before) and {t.trial_id for t in after}.isdisjoint({t.trial_id for t in before})
     for t in after:  # both directions of a preset get its learning rate; nothing else changes
         assert t.optim.lr == {"tiny": 2e-3, "mini": 5e-4}[t.model.preset] and t.train.steps == 10
+
+
+def test_stop_on_sign_is_off_unless_asked_and_true_means_the_defaults():
+    from aot_ray.spec import SignStopSpec
+
+    assert parse_sweep(GOOD).run.stop_on_sign is None
+    assert parse_sweep(with_change(("run", "stop_on_sign"), True)).run.stop_on_sign == SignStopSpec()
+    assert parse_sweep(with_change(("run", "stop_on_sign"), False)).run.stop_on_sign is None
+    got = parse_sweep(with_change(("run", "stop_on_sign"), {"alpha": 0.01, "looks": 3})).run.stop_on_sign
+    assert (got.alpha, got.after, got.looks) == (0.01, 0.25, 3)
+    # how a sweep is driven is not what a trial is: the ids do not change
+    assert [t.trial_id for t in expand(parse_sweep(with_change(("run", "stop_on_sign"), True)))] == \
+        [t.trial_id for t in expand(parse_sweep(GOOD))]

@@ -118,3 +118,21 @@ def test_out_of_memory_names_batch_context_and_model(tmp_path, monkeypatch):
     with pytest.raises(loop.OutOfMemory, match=r"out of memory at step 1 of trial .*: micro-batch 8 x context 32 "
                                                r"on model tiny; lower train.batch_size and raise train.grad_accum"):
         train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path)[0])
+
+
+def test_stop_request_ends_training_at_the_next_evaluation(tmp_path):
+    """A pair settled by the sequential sign test: the driver's request (here set on the tracker) stops the
+    trainer at its next evaluation, with that evaluation's losses as the result; no request, no early end."""
+    fw = trials(steps=60, eval_every=20)[0]
+    data = prepare(fw.data, tmp_path)[0]
+    plain = MemoryTracker()
+    full = train(fw, plain, data=data)
+    tracker = MemoryTracker()
+    tracker.stop_at = 20
+    stopped = train(fw, tracker, data=data)
+    assert stopped.steps == 20 and full.steps == 60
+    assert tracker.metrics["stopped_at_step"] == [(20, 20.0)]
+    assert [s for s, _ in tracker.metrics["val_loss"]] == [20]
+    assert tracker.artifacts["eval/per_window.json"]["loss"] == tracker.artifacts["eval/windows/step-00000020.json"]["loss"]
+    assert stopped.tokens == 20 * 8 * 32
+    assert "stopped_at_step" not in plain.metrics

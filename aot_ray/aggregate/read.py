@@ -46,6 +46,9 @@ def record_of(run: Any) -> dict[str, Any]:
         "tokens": int(metrics["tokens"]) if "tokens" in metrics else None,
         "val_loss": loss if loss is None or math.isfinite(loss) else None,
         "finished": run.info.status == "FINISHED",
+        "steps": int(run.data.params["train.steps"]) if "train.steps" in run.data.params else None,
+        # set when the sweep stopped the pair once its sign was established: the report compares it at this step
+        "stop_at": int(tags["aot.stop_at"]) if "aot.stop_at" in tags else None,
     }
 
 

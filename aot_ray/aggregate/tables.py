@@ -19,7 +19,7 @@ from .. import stats
 delta = stats.delta
 
 PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "arch", "model", "context_length", "seed", "n_params",
-                "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial"]
+                "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at"]
 SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_length", "n_seeds", "n_params",
                    "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "delta_std", "delta_min",
                    "delta_max"]
@@ -62,6 +62,7 @@ def pair_rows(rows: list[dict[str, Any]], windows: dict[str, np.ndarray] | None 
             "n_windows": 0,
             "fw_trial": fw["trial_id"],
             "bw_trial": bw["trial_id"],
+            "stopped_at": fw.get("stopped_at"),  # the step a stopped pair is compared at (None: final losses)
         }
         a, b = windows.get(fw["trial_id"]), windows.get(bw["trial_id"])
         if a is not None and b is not None and a.shape == b.shape and len(a):
@@ -215,6 +216,16 @@ def sign_sequences(histories: dict[str, tuple[dict[int, np.ndarray], dict[int, n
         if steps:
             out[key] = stats.sign_sequence(((s, fw[s], bw[s]) for s in steps), alpha)
     return out
+
+
+def stop_step(states: list[stats.SignState], *, looks: int, min_step: float) -> int | None:
+    """The first evaluation step at or after `min_step` where the sign test has established the same sign at
+    `looks` consecutive looks (ending there); None while it has not."""
+    for i in range(looks - 1, len(states)):
+        run = states[i - looks + 1 : i + 1]
+        if states[i].step >= min_step and states[i].sign and all(s.sign == states[i].sign for s in run):
+            return states[i].step
+    return None
 
 
 def flat(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     recs = reader.records(include_running=True)
     finished = [r for r in recs if r["finished"]]
     windows = {r["trial_id"]: w for r in finished if (w := reader.windows(r)) is not None}
+    stopped = at_stop_steps(reader, finished, windows)
     pairs, orphans = tables.pair_rows(finished, windows, n_boot=n_boot, conf=conf)
     cells = tables.summarize(pairs, conf)
     by_id = {r["trial_id"]: r for r in recs}
@@ -35,7 +36,9 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         if toks and toks[-1][0] > 0:
             token_curves[p["pair_key"]] = (curve_of[fw["trial_id"]], curve_of[bw["trial_id"]],
                                            toks[-1][1] / toks[-1][0])
-    positions = {r["trial_id"]: pos for r in finished if (pos := reader.positions(r)) is not None}
+    # final per-position losses of a stopped pair come from different steps: not comparable
+    positions = {r["trial_id"]: pos for r in finished
+                 if r["pair_key"] not in stopped and (pos := reader.positions(r)) is not None}
     sides: dict[str, dict[str, dict]] = {}
     for r in recs:
         sides.setdefault(r["pair_key"], {})[r["direction"]] = r
@@ -58,19 +61,74 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "sides": sides,
         "conf": conf,
         "alpha": alpha,
+        "stopped": stopped,
     }
 
 
-def update_signs(reader: Reader, alpha: float = 0.05) -> int:
+def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[str, Any]) -> dict[str, int]:
+    """Pairs that the sweep stopped once their sign was settled (tag aot.stop_at) are compared at that step, the
+    last evaluation both directions are known to share: loss, tokens and per-window losses of that evaluation
+    replace the final ones in `finished` / `windows` (in place). A side without that evaluation is left unpaired.
+    Returns pair_key -> step."""
+    stops: dict[str, int] = {}
+    for r in finished:
+        if r.get("stop_at") is not None:
+            stops[r["pair_key"]] = min(r["stop_at"], stops.get(r["pair_key"], r["stop_at"]))
+    for r in finished:
+        at = stops.get(r["pair_key"])
+        if at is None:
+            continue
+        loss, toks = dict(reader.curve(r)), dict(reader.curve(r, "tokens"))
+        w = reader.window_history(r).get(at)
+        if w is None or at not in loss:
+            r["val_loss"] = None
+            continue
+        windows[r["trial_id"]] = w
+        r.update(val_loss=loss[at], tokens=int(toks[at]) if at in toks else r["tokens"], stopped_at=at)
+    return stops
+
+
+def update_signs(reader: Reader, alpha: float = 0.05, stop: Any | None = None) -> int:
     """Only the sequential sign test, on every pair with evaluations on both sides (running ones included), logged
-    on the trial runs: what a running sweep refreshes between reports. Returns how many new looks were logged."""
+    on the trial runs: what a running sweep refreshes between reports. With `stop` (a SignStopSpec) pairs whose
+    sign is settled are asked to stop (`request_stops`). Returns how many new looks were logged."""
     sides: dict[str, dict[str, dict]] = {}
     for r in reader.records(include_running=True):
         sides.setdefault(r["pair_key"], {})[r["direction"]] = r
     sides = {k: s for k, s in sides.items() if set(s) == {"forward", "backward"}}
     histories = {k: (reader.window_history(s["forward"]), reader.window_history(s["backward"]))
                  for k, s in sides.items()}
-    return log_sign_metrics(reader, {"sequences": tables.sign_sequences(histories, alpha), "sides": sides})
+    sequences = tables.sign_sequences(histories, alpha)
+    n = log_sign_metrics(reader, {"sequences": sequences, "sides": sides})
+    if stop is not None:
+        request_stops(reader, sequences, sides, stop)
+    return n
+
+
+def request_stops(reader: Reader, sequences: dict[str, list], sides: dict[str, dict[str, dict]], stop: Any
+                  ) -> dict[str, int]:
+    """Tag both runs of every pair with a running side whose sign is settled (`tables.stop_step`) with that step
+    (aot.stop_at); the trainers stop at their next evaluation and the report compares the pair there. A pair
+    tagged on one side only (an interrupted write) gets the same step on the other. Returns the new requests."""
+    from ..tracking import STOP_AT
+
+    out = {}
+    for key, states in sequences.items():
+        pair = list(sides[key].values())
+        have = [r["stop_at"] for r in pair if r.get("stop_at") is not None]
+        if all(r["finished"] for r in pair) and not have:
+            continue
+        steps = max((r["steps"] for r in pair if r.get("steps")), default=None)
+        at = min(have) if have else None if steps is None else tables.stop_step(
+            states, looks=stop.looks, min_step=stop.after * steps)
+        if at is None or len(have) == len(pair):
+            continue
+        for r in pair:
+            if r.get("stop_at") is None:
+                reader.client.set_tag(r["run_id"], STOP_AT, str(at))
+                r["stop_at"] = at
+        out[key] = at
+    return out
 
 
 def log_sign_metrics(reader: Reader, result: dict[str, Any]) -> int:
@@ -191,6 +249,10 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
                   "evaluations (alpha spent as 6 alpha / (pi^2 k^2) at look k): once established, the sign is "
                   "wrong with probability below alpha.", "",
                   markdown_table(rows, ["pair_key", "step", "delta", "lo", "hi", "sign", "established_at"]), ""]
+    if result.get("stopped"):
+        parts += [f"Stopped once their sign was established (compared at that step, column stopped_at; no "
+                  f"per-position gap): {', '.join(f'{k} at step {v}' for k, v in sorted(result['stopped'].items()))}",
+                  ""]
     if result["orphans"]:
         parts += [f"Finished trials without a finished partner: {', '.join(result['orphans'])}", ""]
     if images:
@@ -227,6 +289,9 @@ def render(result: dict[str, Any]) -> str:
             parts += ["", "Trends (slope of delta per 10x, or per unit when linear)"]
             parts.append(format_table(result["trends"], ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi",
                                                          "p_value"]))
+        if result.get("stopped"):
+            parts += ["", f"{len(result['stopped'])} pair(s) stopped once their sign was established, compared at "
+                          "that step: " + ", ".join(f"{k} at {v}" for k, v in sorted(result["stopped"].items()))]
         if len(result["pairs"]) > 1:
             parts += ["", "Sign test"]
             parts.append(format_table(result["signs"], tables.SIGN_COLUMNS))

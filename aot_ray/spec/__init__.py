@@ -14,6 +14,7 @@ from .schema import (
     PrimesData,
     ResourcesSpec,
     RunSpec,
+    SignStopSpec,
     SweepSpec,
     TextData,
     TokenizerSpec,
@@ -24,7 +25,7 @@ from .schema import (
 
 __all__ = [
     "DATASET_KINDS", "DIRECTIONS", "DatasetSpec", "HFData", "LinearData", "TextData", "TokenizerSpec", "ModelSpec", "OptimSpec", "PrimesData",
-    "ResourcesSpec", "RunSpec", "SweepSpec", "TrainSpec", "TrialSpec", "content_hash", "expand", "flatten",
+    "ResourcesSpec", "RunSpec", "SignStopSpec", "SweepSpec", "TrainSpec", "TrialSpec", "content_hash", "expand", "flatten",
     "load_sweep", "load_sweep_text", "parse_sweep", "split_sizes", "trial_to_dict", "LrSearchSpec",
     "lr_search_trials", "with_learning_rates",
 ]

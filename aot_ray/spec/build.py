@@ -43,6 +43,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
             return None
         raise SpecError(path, "must not be null")
     tp = inner
+    if optional and isinstance(value, bool) and dataclasses.is_dataclass(tp):
+        return build(tp, {}, path) if value else None  # an optional section: `true` = its defaults, `false` = off
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)

@@ -187,6 +187,17 @@ class Defaults:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SignStopSpec:
+    """Stop a forward/backward pair once the sequential sign test (spending `alpha` over evaluations) has
+    established the sign of its gap at `looks` consecutive evaluations, the last at or after `after` x
+    train.steps (early gaps can flip while the models learn). The report then compares the pair at that step."""
+
+    alpha: float = _num(0.05, gt=0, le=0.5)
+    after: float = _num(0.25, ge=0, le=1)
+    looks: int = _num(2, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """How the sweep is driven; command-line flags override these."""
 
@@ -196,6 +207,8 @@ class RunSpec:
     tracking_uri: Optional[str] = None
     shared_storage: bool = False  # a local storage path that every node mounts (NFS): allowed on several nodes
     gpu_tflops: float = _num(250.0, gt=0)  # assumed sustained bf16 TFLOP/s per GPU, for plan's GPU-hour estimate
+    stop_on_sign: Optional[SignStopSpec] = None  # `{}` for the defaults; `aot-ray run --stop-on-sign` too
+    sign_interval_s: float = _num(30.0, ge=0)  # how often a running sweep refreshes the sequential sign test
 
 
 # ---------------------------------------------------------------- sweep / grid / trial

@@ -79,6 +79,16 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def _stop_requested(tracker: Tracker, n_workers: int, device: torch.device) -> int | None:
+    """Rank 0 asks its tracker; under data parallelism it tells the other ranks, so all stop at the same step."""
+    at = tracker.stop_requested()
+    if n_workers > 1:
+        flag = torch.tensor([-1 if at is None else at], dtype=torch.long, device=device)
+        dist.broadcast(flag, src=0)
+        at = None if int(flag.item()) < 0 else int(flag.item())
+    return at
+
+
 def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
     # weight decay on matrices only (not biases, layer norms), as in nanoGPT
     params = [p for p in model.parameters() if p.requires_grad]
@@ -254,6 +264,9 @@ def train(
                     on_report(metrics, path)
                 if path is not None and on_report is not None:
                     shutil.rmtree(path, ignore_errors=True)  # the reporter has persisted it
+                if step < t.steps and _stop_requested(tracker, n_workers, device) is not None:
+                    tracker.log_metrics({"stopped_at_step": step}, step=step)
+                    break
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -17,6 +17,10 @@ class Tracker(Protocol):
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
     def flush(self) -> None: ...
 
+    def stop_requested(self) -> int | None:
+        """A step at which the trial's pair was settled (the trainer then stops at this evaluation), or None."""
+        ...
+
 
 class MemoryTracker:
     """Keeps everything in memory: for tests, benchmarks and running the trainer without MLflow."""
@@ -26,6 +30,7 @@ class MemoryTracker:
         self.params: dict[str, Any] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: dict[str, Any] = {}
+        self.stop_at: int | None = None  # set by a test to stop the trainer at its next evaluation
 
     def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
         self.resumed_from = resumed_from
@@ -42,3 +47,6 @@ class MemoryTracker:
 
     def flush(self) -> None:
         pass
+
+    def stop_requested(self) -> int | None:
+        return self.stop_at
