@@ -242,3 +242,6 @@ def test_a_stopped_pair_is_compared_at_its_stop_step_not_at_its_final_losses():
     assert p["delta_lo"] < want < p["delta_hi"] and p["n_windows"] == 200
     (q,) = [p for p in pairs if p["pair_key"] == "q"]
     assert q["stopped_at"] is None and q["delta"] == pytest.approx(delta(1.0, 1.1))
+    # a stopped side whose partner is still running: not a stopped pair yet
+    half = [trial("fw", "p", "c", "forward", 1.0, stop_at=300)]
+    assert at_stop_steps(FakeReader(hist, curves), half, {}) == {}

@@ -69,7 +69,7 @@ def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[
     """Pairs that the sweep stopped once their sign was settled (tag aot.stop_at) are compared at that step, the
     last evaluation both directions are known to share: loss, tokens and per-window losses of that evaluation
     replace the final ones in `finished` / `windows` (in place). A side without that evaluation is left unpaired.
-    Returns pair_key -> step."""
+    Returns pair_key -> step for the pairs compared so."""
     stops: dict[str, int] = {}
     for r in finished:
         if r.get("stop_at") is not None:
@@ -85,7 +85,8 @@ def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[
             continue
         windows[r["trial_id"]] = w
         r.update(val_loss=loss[at], tokens=int(toks[at]) if at in toks else r["tokens"], stopped_at=at)
-    return stops
+    both = [r["pair_key"] for r in finished if r.get("stopped_at") is not None]
+    return {k: v for k, v in stops.items() if both.count(k) == 2}  # pairs whose two sides are done and compared
 
 
 def update_signs(reader: Reader, alpha: float = 0.05, stop: Any | None = None) -> int:
