@@ -30,6 +30,10 @@ class RecurrentLM(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def forward(self, input_ids: torch.Tensor) -> CausalLMOutput:
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, d] after the final layer norm: what the head (or the trainer's fused head + loss) reads."""
         h, _ = self.rnn(self.drop(self.embed(input_ids)))
-        return CausalLMOutput(logits=self.lm_head(self.ln_f(h)))
+        return self.ln_f(h)
+
+    def forward(self, input_ids: torch.Tensor) -> CausalLMOutput:
+        return CausalLMOutput(logits=self.lm_head(self.hidden_states(input_ids)))

@@ -104,19 +104,15 @@ def test_out_of_memory_names_batch_context_and_model(tmp_path, monkeypatch):
 
     from aot_ray.train import loop
 
-    class Exhausted(torch.nn.Module):
-        def __init__(self, real):
-            super().__init__()
-            self.real = real
-
-        def forward(self, input_ids):
+    class Exhausted(loop.LMObjective):
+        def forward(self, input_ids, targets):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    real_build = loop.build_model
-    monkeypatch.setattr(loop, "build_model", lambda *a, **k: Exhausted(real_build(*a, **k)))
+    monkeypatch.setattr(loop, "LMObjective", Exhausted)
     fw = trials()[0]
     with pytest.raises(loop.OutOfMemory, match=r"out of memory at step 1 of trial .*: micro-batch 8 x context 32 "
-                                               r"on model tiny; lower train.batch_size and raise train.grad_accum"):
+                                               r"on model tiny; set train.micro_batch: auto, or a smaller "
+                                               r"train.micro_batch"):
         train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path)[0])
 
 

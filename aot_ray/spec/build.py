@@ -30,9 +30,19 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) < len(typing.get_args(tp)) and len(args) == 1:
-            return True, args[0]
+        if len(args) < len(typing.get_args(tp)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]
     return False, tp
+
+
+def _expected(tp: Any) -> str:
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
 def coerce(tp: Any, value: Any, path: str) -> Any:
@@ -46,6 +56,14 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
     if optional and isinstance(value, bool) and dataclasses.is_dataclass(tp):
         return build(tp, {}, path) if value else None  # an optional section: `true` = its defaults, `false` = off
     origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):  # e.g. `int | "auto"`: the first member that takes the value
+        members = typing.get_args(tp)
+        for member in members:
+            try:
+                return coerce(member, value, path)
+            except SpecError:
+                continue
+        raise SpecError(path, f"must be {' or '.join(_expected(m) for m in members)}, got {describe(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -95,7 +113,7 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
 
 def check_limits(f: dataclasses.Field, value: Any, path: str) -> None:
     """Apply the `gt`/`ge`/`le` limits declared in a field's metadata."""
-    if value is None or not f.metadata:
+    if value is None or not f.metadata or isinstance(value, (str, bool)):
         return
     is_int = isinstance(value, int)
     noun = "integer" if is_int else "number"

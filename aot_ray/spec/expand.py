@@ -16,7 +16,9 @@ from typing import Any
 
 from .schema import SweepSpec, TrialSpec
 
-NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device"}}
+# micro_batch and compile change how a step is computed, not which windows it sees: not part of a trial's identity
+NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device", "micro_batch",
+                          "compile"}}
 SHORT = {"forward": "fw", "backward": "bw"}
 
 

@@ -145,11 +145,19 @@ class OptimSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
-    """Step budget, batching, evaluation and checkpoint cadence; `stride` defaults to the context length."""
+    """Step budget, batching, evaluation and checkpoint cadence; `stride` defaults to the context length.
+
+    One optimizer step sees `batch_size x grad_accum` windows (the global batch). By default it runs as
+    `grad_accum` forward/backward passes of `batch_size` windows; `micro_batch` runs it in passes of that many
+    windows per worker instead (`auto`: the largest that fits the trial's GPU share), the same windows in the same
+    steps, so it changes memory and speed, not the result or the trial id. `compile` runs the model through
+    `torch.compile` (`auto`: GPT models on CUDA; LSTM/GRU keep cuDNN)."""
 
     steps: int = _num(500, gt=0)
     batch_size: int = _num(32, gt=0)
     grad_accum: int = _num(1, gt=0)
+    micro_batch: Optional[Union[int, Literal["auto"]]] = _num(None, gt=0)
+    compile: Union[bool, Literal["auto"]] = "auto"
     stride: Optional[int] = _num(None, gt=0)
     eval_every: int = _num(100, gt=0)
     eval_windows: int = _num(512, gt=0)
@@ -207,6 +215,11 @@ class RunSpec:
     tracking_uri: Optional[str] = None
     shared_storage: bool = False  # a local storage path that every node mounts (NFS): allowed on several nodes
     gpu_tflops: float = _num(250.0, gt=0)  # assumed sustained bf16 TFLOP/s per GPU, for plan's GPU-hour estimate
+    # GPU memory per GPU, for the memory check and micro_batch: auto where the cluster cannot be asked (plan, a
+    # cluster whose GPU nodes are not up yet); `gpu_memory_gb_by_resource` sizes the GPUs of the nodes that carry
+    # a custom resource (e.g. {a100: 40}), for trials that ask for it
+    gpu_memory_gb: Optional[float] = _num(None, gt=0)
+    gpu_memory_gb_by_resource: dict[str, float] = field(default_factory=dict)
     stop_on_sign: Optional[SignStopSpec] = None  # `{}` for the defaults; `aot-ray run --stop-on-sign` too
     sign_interval_s: float = _num(30.0, ge=0)  # how often a running sweep refreshes the sequential sign test
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,9 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, autocast) -> EvalResult:
+def evaluate(model: torch.nn.Module, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, autocast) -> EvalResult:
+    """`score(x, y)` gives every token's loss (the trainer's chunked head + loss, so no full logits either)."""
     was_training = model.training
     model.eval()
     chunks = []
@@ -25,9 +28,8 @@ def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         x = inputs[i : i + batch_size]
         y = targets[i : i + batch_size]
         with autocast():
-            logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        chunks.append(loss.view_as(y).double().cpu())
+            loss = score(x, y)
+        chunks.append(loss.double())
     model.train(was_training)
-    losses = torch.cat(chunks).numpy()
+    losses = torch.cat(chunks).cpu().numpy()  # one device-to-host copy per evaluation
     return EvalResult(float(losses.mean()), losses.mean(axis=1), losses.mean(axis=0))

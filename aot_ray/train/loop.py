@@ -18,16 +18,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .. import seeds
 from ..data.prepare import Prepared, load
 from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
-from ..models import build_model
+from ..memory import micro_batches
+from ..models import arch_of, build_model
 from ..spec.expand import flatten
 from ..spec.schema import TrialSpec
 from . import checkpoint as ckpt
+from .batches import Prefetcher
 from .evaluate import evaluate
+from .loss import LMObjective
 from .schedule import make_scheduler
 from .tracker import MemoryTracker, Tracker
 
@@ -54,6 +56,7 @@ class TrainResult:
     tokens_per_s: float
     per_window: np.ndarray
     per_position: np.ndarray
+    compile_seconds: float = 0.0
 
 
 def pick_device(trial: TrialSpec) -> torch.device:
@@ -70,6 +73,23 @@ def autocast_for(trial: TrialSpec, device: torch.device) -> Callable[[], context
     if bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def compile_for(trial: TrialSpec, device: torch.device) -> bool:
+    """`train.compile`: `auto` compiles GPT models on CUDA (LSTM/GRU keep cuDNN's fused kernels)."""
+    c = trial.train.compile
+    if c == "auto":
+        return device.type == "cuda" and arch_of(trial.model.preset) == "gpt2"
+    return bool(c)
+
+
+def gpu_budget(trial: TrialSpec, device: torch.device) -> int | None:
+    """Bytes of this GPU the trial may use: its `resources.gpu` share of the device (all of it when 0 or >= 1)."""
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    share = trial.resources.gpu
+    return int(total * share) if 0 < share < 1 else total
 
 
 def world() -> tuple[int, int]:
@@ -97,7 +117,8 @@ def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimize
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     o = trial.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    # the fused kernel: one launch for all parameters, no per-parameter temporaries (CPU and CUDA)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
 
 
 def train(
@@ -141,11 +162,13 @@ def train(
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
     model = build_model(trial.model, data.vocab_size, trial.context_length, data.bos_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    net = model
+    compiled = compile_for(trial, device)
+    objective = LMObjective(model, compile=compiled)
+    net: torch.nn.Module = objective
     if n_workers > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     opt = _optimizer(model, trial)
     sched = make_scheduler(opt, trial.optim, t.steps)
     torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
@@ -168,9 +191,19 @@ def train(
         tracker.log_metrics({"n_params": n_params}, step=0)
 
     start_step = step
-    micro = t.batch_size
-    share = micro // n_workers
-    tokens_per_step = micro * t.grad_accum * trial.context_length
+    micro, passes = micro_batches(trial, data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
+                                  backend=device.type)
+    global_batch = t.batch_size * t.grad_accum
+    tokens_per_step = global_batch * trial.context_length
+    if step == 0:
+        tracker.log_params({"micro_batch.resolved": micro, "passes.resolved": passes, "compiled": compiled})
+
+    def make_batch(s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+        # the step's global batch in order; this pass's slice of it, this worker's part of that slice
+        idx = order.indices(s * global_batch + p * micro * n_workers, micro * n_workers)[rank * micro:(rank + 1) * micro]
+        return with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
+
+    batches = Prefetcher(make_batch, step, t.steps, passes, device)
     local_dir = Path(workdir) if workdir else None
     scratch = Path(tempfile.mkdtemp(prefix="aot-ckpt-"))
     loss_sum = torch.zeros((), device=device)
@@ -178,28 +211,34 @@ def train(
     last_train = float("nan")
     last_eval = None
     train_seconds = 0.0
+    timed_steps = 0
+    compile_seconds = None if compiled else 0.0
     model.train()
+    score = objective.per_token
+
+    def now() -> float:
+        # steps are queued on the GPU without a host sync; the clock is read only where the queue is drained
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    segment = time.perf_counter()  # training time runs in segments between evaluations
     try:
         while step < t.steps:
-            t0 = time.perf_counter()
-            for m in range(t.grad_accum):
-                idx = order.indices((step * t.grad_accum + m) * micro, micro)[rank * share : (rank + 1) * share]
-                x, y = with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
-                x = torch.from_numpy(x).to(device, non_blocking=True)
-                y = torch.from_numpy(y).to(device, non_blocking=True)
+            for m in range(passes):
+                x, y = batches.get(step, m)
                 # gradients are averaged across workers once per optimizer step, not per micro-batch
-                sync = net.no_sync() if n_workers > 1 and m < t.grad_accum - 1 else contextlib.nullcontext()
+                sync = net.no_sync() if n_workers > 1 and m < passes - 1 else contextlib.nullcontext()
                 try:
                     with sync:
                         with autocast():
-                            logits = net(input_ids=x).logits
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                        (loss / t.grad_accum).backward()
+                            loss = net(x, y)
+                        (loss / passes).backward()
                 except torch.OutOfMemoryError:
                     raise OutOfMemory(
                         f"{device.type} out of memory at step {step + 1} of trial {trial.trial_id}: micro-batch "
-                        f"{micro} x context {trial.context_length} on model {trial.model.preset}; lower "
-                        f"train.batch_size and raise train.grad_accum (same effective batch)") from None
+                        f"{micro} x context {trial.context_length} on model {trial.model.preset}; set "
+                        f"train.micro_batch: auto, or a smaller train.micro_batch (same global batch)") from None
                 if t.debug_nan_at_step is not None and step + 1 >= t.debug_nan_at_step:
                     loss = loss * float("nan")
                 loss_sum += loss.detach()
@@ -217,17 +256,24 @@ def train(
                     loss_sum /= n_workers
                 last_train = loss_sum.item() / loss_count
                 loss_sum.zero_()
-                first = step - loss_count // t.grad_accum + 1
+                first = step - loss_count // passes + 1
                 loss_count = 0
                 if not math.isfinite(last_train):
                     # checked where the loss is read anyway (every log_every steps), not with a sync per step
                     where = f"step {step}" if first == step else f"steps {first}-{step}"
                     raise TrainingDiverged(f"training loss became {last_train} at {where} of trial {trial.trial_id}")
                 tracker.log_metrics({"train_loss": last_train, "lr": sched.get_last_lr()[0]}, step=step)
-            train_seconds += time.perf_counter() - t0  # steps and their logging; validation is not training
+            if compile_seconds is None:
+                # the first step compiles the model: its time is logged apart and kept out of tokens/s
+                compile_seconds = now() - segment
+                tracker.log_metrics({"compile_seconds": compile_seconds}, step=step)
+                segment = time.perf_counter()
+            else:
+                timed_steps += 1
 
             if step % t.eval_every == 0 or step == t.steps:
-                last_eval = evaluate(model, val_inputs, val_targets, t.eval_batch_size, autocast)
+                train_seconds += now() - segment  # steps and their logging; validation is not training
+                last_eval = evaluate(model, score, val_inputs, val_targets, t.eval_batch_size, autocast)
                 metrics = {
                     "step": step,
                     "tokens": step * tokens_per_step,
@@ -251,7 +297,7 @@ def train(
                     meta = {
                         "trial_id": trial.trial_id,
                         "step": step,
-                        "samples_seen": step * t.grad_accum * micro,
+                        "samples_seen": step * global_batch,
                         "tokens": step * tokens_per_step,
                         "run_id": tracker.run_id,
                         "val_loss": last_eval.loss,
@@ -267,12 +313,14 @@ def train(
                 if step < t.steps and _stop_requested(tracker, n_workers, device) is not None:
                     tracker.log_metrics({"stopped_at_step": step}, step=step)
                     break
+                segment = time.perf_counter()
     finally:
+        batches.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train
-        last_eval = evaluate(model, val_inputs, val_targets, t.eval_batch_size, autocast)
-    tokens_per_s = ((step - start_step) * tokens_per_step) / train_seconds if train_seconds else float("nan")
+        last_eval = evaluate(model, score, val_inputs, val_targets, t.eval_batch_size, autocast)
+    tokens_per_s = (timed_steps * tokens_per_step) / train_seconds if train_seconds else float("nan")
     summary = {
         "final_val_loss": last_eval.loss,
         "final_train_loss": last_train,
@@ -300,4 +348,5 @@ def train(
         tokens_per_s=tokens_per_s,
         per_window=last_eval.per_window,
         per_position=last_eval.per_position,
+        compile_seconds=compile_seconds or 0.0,
     )
