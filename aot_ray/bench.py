@@ -1,97 +1,246 @@
-"""Trainer throughput against a minimal plain-torch loop on the same model and data, in the same process.
+"""Trainer throughput against a plain loop on the same model and data, in the same process.
 
-    python -m aot_ray.bench [--preset mini] [--context 128] [--batch 16] [--steps 120] [--repeats 5]
+    python -m aot_ray.bench                      # CPU: preset mini, context 128, batch 16, eager plain loop
+    python -m aot_ray.bench --device cuda        # GPU: gpt-405m, context 256, global batch 180, bf16,
+                                                 #      against a compiled plain loop (fused AdamW), with MFU
+    python -m aot_ray.bench --device cuda --preset gpt-5m --pack 4 --memory
 
-Both sides train the same GPT-2 preset from the same initialisation on windows of the same prepared data.
-The trainer's time covers its steps and per-step bookkeeping (data, clipping, schedule, logging), not its
-validation passes; the plain loop is forward, cross-entropy, backward, AdamW. Runs alternate and the median
-of each side is compared (single runs vary by several percent on a busy
-laptop; about 3 minutes on 2 CPU cores). The last line is `trainer/plain = R`.
+CPU: both sides train the same GPT-2 preset from the same initialisation on windows of the same prepared data;
+the plain loop is forward, cross-entropy, backward, AdamW, eager. Runs alternate and the medians are compared
+(about 3 minutes on 2 CPU cores). GPU: random tokens at `--vocab`; the plain loop is what a careful user would
+write (torch.compile, fused AdamW, bf16 autocast, F.cross_entropy on full logits, the same micro-batches);
+its compile is a warm-up, not timed, as the trainer keeps its own compile out of tokens/s. MFU = tokens/s x
+(6 N + 12 L d T) / `--peak-tflops`. `--pack N` runs N trainer processes on one GPU at once, each with
+`resources.gpu: 1/N`, and compares their summed tokens/s with one alone; `--memory` prints each trainer run's
+predicted peak memory against `torch.cuda.max_memory_allocated`. The trainer's time covers its steps and
+bookkeeping (data, clipping, schedule, logging), not validation. The last line is `trainer/plain = R`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import seeds
-from .data.prepare import prepare
-from .models import build_model
+from .data.prepare import Prepared, prepare
+from .memory import micro_batches, predict_trial
+from .models import build_model, count_params, resolve_shape
 from .spec import expand, parse_sweep
 from .train import MemoryTracker, train
 
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 
-def bench_trial(preset: str, context: int, batch: int, steps: int, device: str):
+
+def bench_trial(preset: str, context: int, batch: int, steps: int, device: str, micro: int | str | None = None,
+                gpu: float = 0.0, vocab: int | None = None):
+    data = {"kind": "primes", "digits": 3, "n_samples": 12000}
+    if vocab:  # stands for the random-token data the GPU mode builds (identity and memory model need a vocab)
+        data = {"kind": "text", "paths": ["random"], "tokenizer": {"vocab_size": vocab}}
     raw = {
         "name": "bench",
-        "data": {"primes": {"kind": "primes", "digits": 3, "n_samples": 12000}},
+        "data": {"d": data},
         "defaults": {
-            "optim": {"lr": 1e-3, "warmup_steps": 5},
+            "optim": {"lr": 1e-4 if vocab else 1e-3, "warmup_steps": 5},
             # one validation at the end (not timed), no checkpoints: pure training throughput
             "train": {"steps": steps, "batch_size": batch, "eval_every": steps, "log_every": 10,
-                      "checkpoint_every": 0, "eval_windows": 8, "device": device},
+                      "checkpoint_every": 0, "eval_windows": 8, "device": device, "micro_batch": micro},
+            "resources": {"gpu": gpu},
         },
-        "grid": {"dataset": ["primes"], "model": [preset], "context_length": [context], "direction": ["forward"]},
+        "grid": {"dataset": ["d"], "model": [preset], "context_length": [context], "direction": ["forward"]},
     }
     return expand(parse_sweep(raw))[0]
 
 
-def plain_loop(trial, data, device: torch.device) -> float:
-    """Tokens/s of the minimal loop: random windows, forward, loss, backward, AdamW step."""
+def random_data(vocab: int, tokens: int, root: str) -> Prepared:
+    rng = np.random.default_rng(0)
+    dtype = np.uint16 if vocab <= 65535 else np.uint32
+    train_t = rng.integers(1, vocab, tokens, dtype=np.int64).astype(dtype)
+    val_t = rng.integers(1, vocab, tokens // 50, dtype=np.int64).astype(dtype)
+    return Prepared(path=Path(root), train=train_t, val=val_t, vocab_size=vocab, bos_id=0, manifest={})
+
+
+def flops_per_token(trial, vocab: int) -> float:
+    shape = resolve_shape(trial.model)
+    n = count_params(shape, vocab, trial.context_length, trial.model.tie_embeddings)
+    return 6 * n + 12 * shape.n_layer * shape.n_embd * trial.context_length
+
+
+def plain_loop(trial, data, device: torch.device, micro: int, compiled: bool = False) -> float:
+    """Tokens/s of the plain loop: random windows, forward, loss on full logits, backward, AdamW step."""
     tokens = torch.from_numpy(np.asarray(data.train, dtype=np.int64))
-    L, B = trial.context_length, trial.train.batch_size
+    L, G = trial.context_length, trial.train.batch_size * trial.train.grad_accum
+    passes = G // micro
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
     model = build_model(trial.model, data.vocab_size, L, data.bos_id).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=trial.optim.lr, weight_decay=trial.optim.weight_decay)
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=trial.optim.lr, weight_decay=trial.optim.weight_decay,
+                            fused=cuda or None)
+    fwd = torch.compile(model) if compiled else model
     g = torch.Generator().manual_seed(0)
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(trial.train.steps):
-        starts = torch.randint(0, len(tokens) - L, (B,), generator=g)
+
+    def batch():
+        starts = torch.randint(0, len(tokens) - L, (micro,), generator=g)
         w = torch.stack([tokens[s : s + L] for s in starts.tolist()])
-        x = torch.cat([torch.zeros(B, 1, dtype=torch.long), w[:, :-1]], dim=1).to(device)
-        y = w.to(device)
-        loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
-        loss.backward()
+        x = torch.cat([torch.zeros(micro, 1, dtype=torch.long), w[:, :-1]], dim=1)
+        return x.to(device, non_blocking=True), w.to(device, non_blocking=True)
+
+    def step():
+        for _ in range(passes):
+            x, y = batch()
+            if cuda:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = fwd(input_ids=x).logits
+            else:
+                logits = fwd(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / passes).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    model.train()
+    if compiled:  # the compile and the first steps are a warm-up
+        for _ in range(2):
+            step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(trial.train.steps):
+        loss = step()
     loss.item()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return trial.train.steps * B * L / (time.perf_counter() - t0)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return trial.train.steps * G * L / (time.perf_counter() - t0)
+
+
+def run_trainer(trial, data, memory: bool) -> dict:
+    cuda = torch.cuda.is_available() and trial.train.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = train(trial, MemoryTracker(), data=data)
+    out = {"tokens_per_s": result.tokens_per_s, "compile_seconds": result.compile_seconds}
+    if memory and cuda:
+        budget = torch.cuda.get_device_properties(0).total_memory
+        budget = int(budget * trial.resources.gpu) if 0 < trial.resources.gpu < 1 else budget
+        micro, passes = micro_batches(trial, data.vocab_size, budget=budget)
+        out.update(measured=torch.cuda.max_memory_allocated(),
+                   predicted=predict_trial(trial, data.vocab_size, micro, passes).total, micro=micro, passes=passes)
+    return out
+
+
+def _packed_worker(trial, vocab: int, tokens: int, memory: bool, queue) -> None:
+    data = random_data(vocab, tokens, tempfile.mkdtemp(prefix="aot-bench-"))
+    queue.put(run_trainer(trial, data, memory))
+
+
+def packed(trial, vocab: int, tokens: int, n: int, memory: bool) -> list[dict]:
+    """N trainer processes on the GPU at once; each reports its own tokens/s (compile excluded)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_packed_worker, args=(trial, vocab, tokens, memory, q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    out = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return out
+
+
+def _mem_line(r: dict) -> str:
+    if "measured" not in r:
+        return ""
+    return (f", peak {r['measured'] / 2**30:.2f} GiB measured vs {r['predicted'] / 2**30:.2f} GiB predicted "
+            f"(ratio {r['predicted'] / r['measured']:.3f}, micro {r['micro']} x {r['passes']})")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="mini")
-    ap.add_argument("--context", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--preset")
+    ap.add_argument("--context", type=int)
+    ap.add_argument("--batch", type=int, help="global batch (windows per optimizer step)")
+    ap.add_argument("--micro", default="auto", help="trainer micro-batch: auto or a number (GPU mode)")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--vocab", type=int, default=50257, help="GPU mode: vocabulary of the random tokens")
+    ap.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS)
+    ap.add_argument("--pack", type=int, default=0, help="GPU mode: N trainer processes sharing the GPU")
+    ap.add_argument("--memory", action="store_true", help="GPU mode: predicted against measured peak memory")
     args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if device.type == "cuda":
+        gpu_main(args, device)
+    else:
+        cpu_main(args, device)
 
-    trial = bench_trial(args.preset, args.context, args.batch, args.steps, args.device)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    root = tempfile.mkdtemp(prefix="aot-bench-")
-    data, _ = prepare(trial.data, root)
-    plain_loop(trial, data, device)  # warm-up: allocator, kernels, lazy imports
+
+def cpu_main(args, device: torch.device) -> None:
+    preset, context, batch = args.preset or "mini", args.context or 128, args.batch or 16
+    steps, repeats = args.steps or 120, args.repeats or 5
+    trial = bench_trial(preset, context, batch, steps, "cpu")
+    data, _ = prepare(trial.data, tempfile.mkdtemp(prefix="aot-bench-"))
+    plain_loop(trial, data, device, batch)  # warm-up: allocator, kernels, lazy imports
     trainer_tps, plain_tps = [], []
-    for r in range(args.repeats):
-        plain_tps.append(plain_loop(trial, data, device))
+    for r in range(repeats):
+        plain_tps.append(plain_loop(trial, data, device, batch))
         trainer_tps.append(train(trial, MemoryTracker(), data=data).tokens_per_s)
         print(f"repeat {r + 1}: plain {plain_tps[-1]:,.0f} tok/s, trainer {trainer_tps[-1]:,.0f} tok/s", flush=True)
     p, t = statistics.median(plain_tps), statistics.median(trainer_tps)
-    print(f"device {device}, preset {args.preset}, context {args.context}, batch {args.batch}, "
-          f"{args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, preset {preset}, context {context}, batch {batch}, "
+          f"{steps} steps x {repeats} repeats, torch threads {torch.get_num_threads()}")
     print(f"plain loop: {p:,.0f} tokens/s (median)")
     print(f"trainer:    {t:,.0f} tokens/s (median)")
+    print(f"trainer/plain = {t / p:.3f}")
+
+
+def gpu_main(args, device: torch.device) -> None:
+    preset, context, batch = args.preset or "gpt-405m", args.context or 256, args.batch or 180
+    steps, repeats = args.steps or 30, args.repeats or 2
+    micro = args.micro if args.micro == "auto" else int(args.micro)
+    share = 1.0 / args.pack if args.pack > 1 else 0.0
+    trial = bench_trial(preset, context, batch, steps, "cuda", micro=micro, gpu=share, vocab=args.vocab)
+    tokens = max(2_000_000, 4 * batch * context * steps)
+    data = random_data(args.vocab, tokens, tempfile.mkdtemp(prefix="aot-bench-"))
+    fpt = flops_per_token(trial, args.vocab)
+    mfu = lambda tps: tps * fpt / (args.peak_tflops * 1e12)  # noqa: E731
+    print(f"device {torch.cuda.get_device_name(0)}, preset {preset}, context {context}, global batch {batch}, "
+          f"vocab {args.vocab}, {steps} steps x {repeats} repeats", flush=True)
+    if args.pack > 1:
+        alone = run_trainer(trial, data, args.memory)
+        print(f"one trainer alone (gpu {share:g}): {alone['tokens_per_s']:,.0f} tok/s{_mem_line(alone)}", flush=True)
+        together = packed(trial, args.vocab, tokens, args.pack, args.memory)
+        for i, r in enumerate(together):
+            print(f"packed trainer {i + 1}: {r['tokens_per_s']:,.0f} tok/s{_mem_line(r)}", flush=True)
+        total = sum(r["tokens_per_s"] for r in together)
+        print(f"{args.pack} packed: {total:,.0f} tok/s together, MFU {mfu(total):.1%}")
+        print(f"packed/alone = {total / alone['tokens_per_s']:.3f}")
+        return
+    budget = torch.cuda.get_device_properties(0).total_memory
+    m, _ = micro_batches(trial, args.vocab, budget=budget)
+    plain_micro = m if micro == "auto" else micro
+    trainer_tps, plain_tps = [], []
+    for r in range(repeats):
+        plain_tps.append(plain_loop(trial, data, device, plain_micro, compiled=True))
+        res = run_trainer(trial, data, args.memory)
+        trainer_tps.append(res["tokens_per_s"])
+        print(f"repeat {r + 1}: compiled plain loop {plain_tps[-1]:,.0f} tok/s (MFU {mfu(plain_tps[-1]):.1%}), "
+              f"trainer {trainer_tps[-1]:,.0f} tok/s (MFU {mfu(trainer_tps[-1]):.1%}, compile "
+              f"{res['compile_seconds']:.1f} s){_mem_line(res)}", flush=True)
+        torch.cuda.empty_cache()
+    p, t = statistics.median(plain_tps), statistics.median(trainer_tps)
+    print(f"compiled plain loop (micro {plain_micro}): {p:,.0f} tokens/s, MFU {mfu(p):.1%}")
+    print(f"trainer:                {t:,.0f} tokens/s, MFU {mfu(t):.1%}")
     print(f"trainer/plain = {t / p:.3f}")
 
 

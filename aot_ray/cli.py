@@ -94,18 +94,30 @@ def _plan(args: argparse.Namespace) -> int:
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
     if args.json:
         print(json.dumps(result["trials"], indent=2))
-        return 0
+        if result["unfit"]:
+            print(f"error: {result['unfit']}", file=sys.stderr)
+        return 2 if result["unfit"] else 0
     from .aggregate import format_table
 
     def asks(res: dict[str, float]) -> str:
         each = ",".join(f"{k}={v:g}" for k, v in res.items() if k != "workers")
         return f"{res['workers']:g}x({each})" if "workers" in res else each  # per data-parallel worker
 
-    rows = [{**r, "resources": asks(r["resources"]),
+    def memory(m: dict | None) -> dict[str, str]:
+        if m is None:
+            return {"micro": "", "gpu_mem": ""}
+        peak = f"{m['predicted']['total'] / 2**30:.1f}G"
+        share = f"/{m['budget'] / 2**30:.1f}G" if m["budget"] else "/?"
+        flag = "" if m["fits"] is not False else " OVER"
+        return {"micro": f"{m['micro_batch']}x{m['passes']}", "gpu_mem": peak + share + flag}
+
+    rows = [{**r, "resources": asks(r["resources"]), **memory(r["memory"]),
              "gpu_h": f"{r['gpu_hours']:.2f}" if r["gpu_hours"] else "",
              "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
+    gpu = any(r["memory"] for r in result["trials"])
     print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
-                              "tokens", "resources", "status"] + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else [])))
+                              "tokens", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
+                       + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else [])))
     n = len(rows)
     done = sum(r["status"] == "done" for r in rows)
     todo = [r for r in result["trials"] if r["status"] != "done"]
@@ -134,6 +146,14 @@ def _plan(args: argparse.Namespace) -> int:
                  else " (trial ids above use defaults.optim.lr until the search has run)"))
     if result["note"]:
         print(result["note"])
+    if gpu:
+        known = any(r["memory"]["budget"] for r in result["trials"] if r["memory"])
+        print("gpu_mem: predicted peak per worker / its share of the GPU (micro: windows per pass x passes)"
+              + ("" if known else "; the GPU size is unknown: set run.gpu_memory_gb (or "
+                 "run.gpu_memory_gb_by_resource) to check it here, `run` asks the cluster"))
+    if result["unfit"]:
+        print(f"error: {result['unfit']}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -164,3 +164,61 @@ def predict_trial(trial: "TrialSpec", vocab: int, micro: int, passes: int, backe
     return predict(resolve_shape(trial.model), vocab, trial.context_length, micro, passes=passes,
                    bf16=uses_bf16(trial, backend), dropout=trial.model.dropout,
                    tie_embeddings=trial.model.tie_embeddings, backend=backend)
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """A GPU trial's micro-batch, its predicted peak per worker, and its share of the GPU (None: unknown)."""
+
+    micro: int
+    passes: int
+    estimate: MemoryEstimate
+    budget: int | None
+    gpu_bytes: int | None
+    source: str  # where the GPU size came from
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget is None else self.estimate.total <= self.budget
+
+
+def gpu_share(trial: "TrialSpec") -> float:
+    g = trial.resources.gpu
+    return g if 0 < g < 1 else 1.0
+
+
+def declared_gpu_bytes(trial: "TrialSpec", gpu_memory_gb: float | None,
+                       by_resource: dict[str, float]) -> tuple[int | None, str]:
+    """The GPU size the sweep declares for the trial's nodes: its custom resource's, else run.gpu_memory_gb."""
+    sizes = [(by_resource[r], f"run.gpu_memory_gb_by_resource.{r}") for r in trial.resources.custom if r in by_resource]
+    if sizes:
+        gb, where = min(sizes)
+        return int(gb * GiB), where
+    if gpu_memory_gb:
+        return int(gpu_memory_gb * GiB), "run.gpu_memory_gb"
+    return None, ""
+
+
+def check_trial(trial: "TrialSpec", vocab: int, gpu_bytes: int | None, source: str = "") -> MemoryCheck:
+    """Resolve the trial's micro-batch against its share of a GPU of `gpu_bytes` and predict its peak."""
+    budget = int(gpu_bytes * gpu_share(trial)) if gpu_bytes else None
+    micro, passes = micro_batches(trial, vocab, budget=budget)
+    return MemoryCheck(micro, passes, predict_trial(trial, vocab, micro, passes), budget, gpu_bytes, source)
+
+
+def refusal(trial: "TrialSpec", vocab: int, check: MemoryCheck) -> str:
+    """One line for a trial whose prediction exceeds its share: the numbers, and a micro-batch that fits."""
+    gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+    t = trial.train
+    per_worker = t.batch_size * t.grad_accum // trial.resources.workers
+    share = f"gpu {trial.resources.gpu:g} x {gib(check.gpu_bytes)}" if check.gpu_bytes else ""
+    head = (f"trial {trial.trial_id}: predicted peak GPU memory {gib(check.estimate.total)} at micro-batch "
+            f"{check.micro} x {check.passes} exceeds its share of the GPU, {gib(check.budget)} ({share}, from "
+            f"{check.source})")
+    m = fitting_micro_batch(resolve_shape(trial.model), vocab, trial.context_length, per_worker, check.budget,
+                            bf16=uses_bf16(trial), dropout=trial.model.dropout,
+                            tie_embeddings=trial.model.tie_embeddings)
+    if m is not None:
+        return f"{head}; set train.micro_batch: {m} (or auto) for model {trial.model.preset}"
+    return (f"{head}; even one window per pass does not fit: give model {trial.model.preset} a larger "
+            f"resources.gpu share or a larger GPU")

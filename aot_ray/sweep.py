@@ -42,6 +42,38 @@ def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
     return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours}
 
 
+GpuSize = Callable[[TrialSpec], "tuple[int | None, str]"]
+
+
+def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | None = None) -> dict[str, Any]:
+    """trial id -> MemoryCheck for every GPU trial: its micro-batch against its share of the GPU it will get. The
+    GPU's size comes from the cluster (`discovered`), else from what the sweep declares, else it is unknown."""
+    from .data.prepare import vocab_size_of
+    from .memory import check_trial, declared_gpu_bytes
+
+    out = {}
+    for t in trials:
+        if t.resources.gpu <= 0:
+            continue
+        gpu_bytes, source = discovered(t) if discovered else (None, "")
+        if gpu_bytes is None:
+            gpu_bytes, source = declared_gpu_bytes(t, run_spec.gpu_memory_gb, run_spec.gpu_memory_gb_by_resource)
+        out[t.trial_id] = check_trial(t, vocab_size_of(t.data), gpu_bytes, source)
+    return out
+
+
+def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None:
+    """One line naming the first trial that cannot fit its GPU share (and how many others), or None."""
+    from .data.prepare import vocab_size_of
+    from .memory import refusal
+
+    bad = [t for t in trials if t.trial_id in checks and checks[t.trial_id].fits is False]
+    if not bad:
+        return None
+    more = f" ({len(bad) - 1} more trial(s) do not fit either)" if len(bad) > 1 else ""
+    return refusal(bad[0], vocab_size_of(bad[0].data), checks[bad[0].trial_id]) + more
+
+
 def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
     """trial id -> content hash of the prepared data it reads."""
     from .data.prepare import data_hash
@@ -96,13 +128,18 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     trials = expand(spec)
     hashes = data_hashes(trials)
     done, note = done_trials(uri, spec.name)
+    checks = memory_checks(trials, spec.run)
     rows = []
     for t in trials:
+        mem = checks.get(t.trial_id)
         rows.append({
             "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
             "dataset": t.dataset, "language": t.language, "model": t.model.preset,
             "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
             "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
+            "memory": None if mem is None else {
+                "micro_batch": mem.micro, "passes": mem.passes, "predicted": mem.estimate.as_dict(),
+                "budget": mem.budget, "gpu_bytes": mem.gpu_bytes, "source": mem.source, "fits": mem.fits},
         })
     data = []
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
@@ -121,7 +158,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
         lr_search = {"trials_per_model": ls.trials, "range": [ls.low, ls.high], "directions": list(ls.directions),
                      "tokens": probe_cost * ls.trials, "found": {p: lr_found.get(p) for p in spec.grid.model}}
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
-            "note": note, "lr_search": lr_search}
+            "note": note, "lr_search": lr_search, "unfit": unfit_message(trials, checks)}
 
 
 def note_free(uri: str) -> bool:
@@ -253,6 +290,7 @@ def run(
     new parent run and Tune state, leaving the earlier ones untouched."""
     from . import aggregate, tracking
     from .data_parallel import check_data_parallel_fits
+    from .gpus import gpu_size_finder
     from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
@@ -271,6 +309,9 @@ def run(
     with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
         check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
         check_data_parallel_fits(trials, fixed, say)
+        unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
+        if unfit:
+            raise AotError(unfit)
         prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
                                   progress=verbose > 0 and sys.stderr.isatty())
         for h, (path, built, manifest) in prepared.items():

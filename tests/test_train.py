@@ -132,3 +132,65 @@ def test_stop_request_ends_training_at_the_next_evaluation(tmp_path):
     assert tracker.artifacts["eval/per_window.json"]["loss"] == tracker.artifacts["eval/windows/step-00000020.json"]["loss"]
     assert stopped.tokens == 20 * 8 * 32
     assert "stopped_at_step" not in plain.metrics
+
+
+@ARCHS
+def test_micro_batch_changes_memory_not_the_result(tmp_path, model):
+    """The global batch split into passes of 2 windows sees the same windows per step: same losses (float
+    rounding aside), same trial id, same tokens."""
+    whole = trials(model, batch_size=8, grad_accum=1)[0]
+    split = trials(model, batch_size=8, grad_accum=1, micro_batch=2)[0]
+    assert whole.trial_id == split.trial_id
+    data = prepare(whole.data, tmp_path)[0]
+    a, tb = train(whole, MemoryTracker(), data=data), MemoryTracker()
+    b = train(split, tb, data=data)
+    assert tb.params["passes.resolved"] == 4 and tb.params["micro_batch.resolved"] == 2
+    assert a.tokens == b.tokens
+    assert b.val_loss == pytest.approx(a.val_loss, rel=2e-4)
+    np.testing.assert_allclose(b.per_window, a.per_window, rtol=2e-3)
+
+
+def _has_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++"))
+
+
+@pytest.mark.skipif(not _has_compiler(), reason="torch.compile on CPU needs a C/C++ compiler; this machine has none")
+def test_compiled_training_matches_eager(tmp_path):
+    """train.compile: true on CPU (inductor): the same losses as eager within float tolerance; the compile is
+    timed apart and kept out of tokens/s."""
+    eager_t = trials(steps=10, eval_every=10, compile=False)[0]
+    comp_t = trials(steps=10, eval_every=10, compile=True)[0]
+    data = prepare(eager_t.data, tmp_path)[0]
+    et = MemoryTracker()
+    eager = train(eager_t, et, data=data)
+    tracker = MemoryTracker()
+    comp = train(comp_t, tracker, data=data)
+    assert tracker.params["compiled"] is True and eager.compile_seconds == 0.0
+    assert comp.compile_seconds > 0 and tracker.metrics["compile_seconds"][0][0] == 1
+    assert comp.val_loss == pytest.approx(eager.val_loss, rel=1e-3)
+    np.testing.assert_allclose([v for _, v in tracker.metrics["train_loss"]],
+                               [v for _, v in et.metrics["train_loss"]], rtol=1e-3)
+    # tokens/s counts the 9 steps after the compiling one
+    assert comp.tokens_per_s == pytest.approx(9 * 8 * 32 / comp.train_seconds)
+
+
+def test_batch_builder_errors_reach_the_trainer():
+    from aot_ray.train.batches import Prefetcher
+
+    def make(step, p):
+        if step == 2:
+            raise ValueError("window 7 out of range")
+        return np.full((2, 3), step), np.full((2, 3), p)
+
+    pf = Prefetcher(make, 0, 5, 2, torch.device("cpu"))
+    try:
+        for s in range(2):
+            for p in range(2):
+                x, y = pf.get(s, p)
+                assert int(x[0, 0]) == s and int(y[0, 0]) == p
+        with pytest.raises(ValueError, match="window 7"):
+            pf.get(2, 0)
+    finally:
+        pf.close()

@@ -325,6 +325,7 @@ def _check_trials(spec: SweepSpec) -> None:
             where = "grid.optim.warmup_steps" if "optim.warmup_steps" in axes else "defaults.optim.warmup_steps"
             raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
         _check_workers(spec, trial)
+        _check_micro_batch(spec, trial)
         if any(k.startswith("model.") for k in axes):
             _check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
         else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
@@ -338,6 +339,21 @@ def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
     if name in spec.per_model.get(trial.model.preset, {}).get("resources", {}):
         return f"per_model.{trial.model.preset}.resources.{name}"
     return f"defaults.resources.{name}"
+
+
+def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
+    m, t = trial.train.micro_batch, trial.train
+    per_worker = t.batch_size * t.grad_accum // trial.resources.workers
+    if isinstance(m, int) and per_worker % m:
+        if "train.micro_batch" in dict(trial.axes):
+            where = "grid.train.micro_batch"
+        elif "micro_batch" in spec.per_model.get(trial.model.preset, {}).get("train", {}):
+            where = f"per_model.{trial.model.preset}.train.micro_batch"
+        else:
+            where = "defaults.train.micro_batch"
+        raise SpecError(where, f"{m} does not divide the {per_worker} windows each worker takes per step "
+                               f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} / {trial.resources.workers} "
+                               f"worker(s)); pick a divisor of {per_worker}, or auto")
 
 
 def _check_workers(spec: SweepSpec, trial: Any) -> None:
