@@ -208,7 +208,7 @@ def check_trial(trial: "TrialSpec", vocab: int, gpu_bytes: int | None, source: s
 
 def refusal(trial: "TrialSpec", vocab: int, check: MemoryCheck) -> str:
     """One line for a trial whose prediction exceeds its share: the numbers, and a micro-batch that fits."""
-    gib = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+    gib = lambda b: f"{b / GiB:.1f} GiB" if b >= GiB / 10 else f"{b / 2**20:.1f} MiB"  # noqa: E731
     t = trial.train
     per_worker = t.batch_size * t.grad_accum // trial.resources.workers
     share = f"gpu {trial.resources.gpu:g} x {gib(check.gpu_bytes)}" if check.gpu_bytes else ""

@@ -160,3 +160,44 @@ def test_prediction_within_15_percent_of_cuda_max_memory_allocated(preset, micro
     r = run_trainer(t, data, memory=True)
     assert 0.85 <= r["predicted"] / r["measured"] <= 1.15, r
     assert np.isfinite(r["tokens_per_s"])
+
+
+def test_gpu_size_comes_from_cluster_then_custom_resource_then_run_setting():
+    from aot_ray.spec.schema import RunSpec
+    from aot_ray.sweep import memory_checks
+
+    raw = copy.deepcopy(SWEEP)
+    raw["grid"]["model"] = ["tiny", "mini"]
+    raw["per_model"] = {"mini": {"resources": {"gpu": 0.5, "custom": {"a100": 1}}}}
+    raw["defaults"]["resources"] = {"gpu": 1}
+    trials = expand(parse_sweep(raw))
+    run = RunSpec(gpu_memory_gb=24, gpu_memory_gb_by_resource={"a100": 40})
+    checks = memory_checks(trials, run)
+    by_model = {t.model.preset: checks[t.trial_id] for t in trials}
+    assert by_model["tiny"].budget == 24 * GiB and by_model["tiny"].source == "run.gpu_memory_gb"
+    assert by_model["mini"].budget == 20 * GiB and by_model["mini"].source == "run.gpu_memory_gb_by_resource.a100"
+    found = memory_checks(trials, run, lambda t: (80 * GiB, "the cluster's GPUs"))
+    assert {c.budget for c in found.values()} == {80 * GiB, 40 * GiB}
+    unknown = memory_checks(trials, RunSpec(), lambda t: (None, ""))
+    assert all(c.budget is None and c.fits is None for c in unknown.values())
+    raw["defaults"]["resources"] = {"gpu": 0}
+    raw["per_model"] = {}
+    assert memory_checks(expand(parse_sweep(raw)), run) == {}  # CPU trials: nothing to check
+
+
+@pytest.mark.integration
+def test_run_refuses_before_anything_starts(tmp_path):
+    """`run` on a local Ray with a (fake) GPU: a trial over its share is refused after Ray starts and before
+    any data is prepared or any MLflow run exists."""
+    from aot_ray import sweep, tracking
+    from aot_ray.errors import AotError
+
+    raw = copy.deepcopy(SWEEP)
+    raw["defaults"]["resources"] = {"cpu": 1, "gpu": 1}
+    raw["run"] = {"gpu_memory_gb": 0.0001}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(AotError, match=r"trial p-tiny-\S+: predicted peak GPU memory [\d.]+ MiB .* even one window"):
+        sweep.run(parse_sweep(raw), "", uri=uri, storage=str(tmp_path / "r"), num_cpus=1, num_gpus=1,
+                  verbose=0, say=lambda _: None)
+    assert not (tmp_path / "r" / "data").exists()
+    assert tracking.trial_runs(uri, "mem") == []

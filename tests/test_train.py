@@ -144,7 +144,7 @@ def test_micro_batch_changes_memory_not_the_result(tmp_path, model):
     data = prepare(whole.data, tmp_path)[0]
     a, tb = train(whole, MemoryTracker(), data=data), MemoryTracker()
     b = train(split, tb, data=data)
-    assert tb.params["passes.resolved"] == 4 and tb.params["micro_batch.resolved"] == 2
+    assert tb.metrics["passes"] == [(0, 4)] and tb.metrics["micro_batch"] == [(0, 2)]
     assert a.tokens == b.tokens
     assert b.val_loss == pytest.approx(a.val_loss, rel=2e-4)
     np.testing.assert_allclose(b.per_window, a.per_window, rtol=2e-3)
@@ -167,7 +167,7 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = train(eager_t, et, data=data)
     tracker = MemoryTracker()
     comp = train(comp_t, tracker, data=data)
-    assert tracker.params["compiled"] is True and eager.compile_seconds == 0.0
+    assert tracker.metrics["compiled"] == [(0, 1)] and eager.compile_seconds == 0.0
     assert comp.compile_seconds > 0 and tracker.metrics["compile_seconds"][0][0] == 1
     assert comp.val_loss == pytest.approx(eager.val_loss, rel=1e-3)
     np.testing.assert_allclose([v for _, v in tracker.metrics["train_loss"]],

@@ -195,8 +195,8 @@ def train(
                                   backend=device.type)
     global_batch = t.batch_size * t.grad_accum
     tokens_per_step = global_batch * trial.context_length
-    if step == 0:
-        tracker.log_params({"micro_batch.resolved": micro, "passes.resolved": passes, "compiled": compiled})
+    # metrics, not params: a retry on another GPU may resolve `auto` differently, and MLflow params are immutable
+    tracker.log_metrics({"micro_batch": micro, "passes": passes, "compiled": int(compiled)}, step=step)
 
     def make_batch(s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
         # the step's global batch in order; this pass's slice of it, this worker's part of that slice
