@@ -78,14 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", type=float, nargs="?", const=60.0, metavar="SECONDS",
                    help="re-render every SECONDS (default 60) while the sweep runs; ends after the sweep does")
     p.add_argument("--conf", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="error rate of the sequential sign test (default 0.05)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="error rate of the sequential sign test over seeds (default: the sweep's, else 0.05)")
+    p.add_argument("--overfit-rise", type=float, default=None, metavar="FRACTION",
+                   help="flag a trial whose validation loss rose this much from its best (default 0.05)")
+    p.add_argument("--max-epochs", type=float, default=None,
+                   help="flag a trial that saw its training split more times than this (default 20)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     _sets(p)
     return ap
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from .aggregate.tables import MAX_EPOCHS
     from .spec import load_sweep
     from .sweep import plan, resolve_storage
     from .tracking import resolve_uri
@@ -115,8 +120,10 @@ def _plan(args: argparse.Namespace) -> int:
              "gpu_h": f"{r['gpu_hours']:.2f}" if r["gpu_hours"] else "",
              "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
     gpu = any(r["memory"] for r in result["trials"])
+    for r in rows:
+        r["epochs"] = "?" if r["epochs"] is None else f"{r['epochs']:.1f}"
     print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
-                              "tokens", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
+                              "tokens", "epochs", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
                        + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else [])))
     n = len(rows)
     done = sum(r["status"] == "done" for r in rows)
@@ -151,6 +158,11 @@ def _plan(args: argparse.Namespace) -> int:
         print("gpu_mem: predicted peak per worker / its share of the GPU (micro: windows per pass x passes)"
               + ("" if known else "; the GPU size is unknown: set run.gpu_memory_gb (or "
                  "run.gpu_memory_gb_by_resource) to check it here, `run` asks the cluster"))
+    many = [r for r in result["trials"] if r["epochs"] is not None and r["epochs"] > MAX_EPOCHS]
+    if many:
+        print(f"warning: {len(many)} trial(s) see their training split more than {MAX_EPOCHS:g} times (up to "
+              f"{max(r['epochs'] for r in many):.0f}): they may measure memorisation, not the arrow; add data or "
+              f"train fewer steps (the report flags such pairs)")
     if result["unfit"]:
         print(f"error: {result['unfit']}", file=sys.stderr)
         return 2
@@ -202,10 +214,13 @@ def _report(args: argparse.Namespace) -> int:
         raise AotError(f"no MLflow database at {uri[len('sqlite:///'):]}; run the sweep first or pass --tracking-uri")
     check_reachable(uri)
     for flag in ("conf", "alpha"):
-        if not 0 < getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and not 0 < getattr(args, flag) < 1:
             raise AotError(f"--{flag} must be between 0 and 1, got {getattr(args, flag)}")
     out_dir = Path(args.out) if args.out else (Path(storage) / "reports" / name if "://" not in storage else None)
-    options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots}
+    overfit = {k: v for k, v in (("rise", args.overfit_rise), ("max_epochs", args.max_epochs)) if v is not None}
+    if any(v <= 0 for v in overfit.values()):
+        raise AotError("--overfit-rise and --max-epochs must be positive")
+    options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots, "overfit": overfit}
     if args.watch is not None:
         watch(uri, name, out_dir, args.watch, **options)
         return 0

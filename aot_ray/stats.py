@@ -6,11 +6,16 @@
 - `fit_trend`: delta against log10 of a size-like axis (parameters, context, tokens, k), ordinary or weighted
   least squares, with a t interval on the slope: "how much delta changes per 10x".
 - `sign_test`: an exact two-sided binomial test on the signs of deltas (per language, over cells and seeds).
-- `sign_sequence`: an anytime-valid sequential test for the sign of delta while a pair trains. At the k-th
-  evaluation it builds a t interval for the mean paired per-window difference at level 1 - alpha_k with
-  alpha_k = alpha * 6 / (pi^2 k^2); the alpha_k sum to alpha, so by the union bound the chance of ever
-  declaring a sign that is wrong (or any sign when the true gap is zero) stays below alpha, however many times
-  one looks and however the looks depend on each other.
+- `seed_sign_sequence`: an anytime-valid sequential test for the sign of a cell's mean delta while its pairs
+  train. The unit is the seed: at the k-th look (an evaluation step at or after the test's start) the deltas of
+  the cell's n seeds at that step give a Student-t interval for their mean at level 1 - alpha_k, with
+  alpha_k = alpha / K when the number of looks K is known in advance (evaluations from the start of the test to
+  the end of training), else alpha * 6 / (pi^2 k^2). The alpha_k sum to at most alpha, so by the union bound: if at every look the seeds'
+  deltas are independent draws from a normal distribution with mean 0, the chance that any look ever declares a
+  sign is at most alpha, however many looks and however the looks depend on each other (the same seeds are seen
+  at every look). When the mean at a look is not 0, the chance of declaring the opposite sign there is at most
+  alpha / 2. One seed gives no interval: the sign is undetermined. Windows never decide a sign: two trained
+  models differ by their training trajectories, which no number of validation windows averages away.
 """
 
 from __future__ import annotations
@@ -132,8 +137,11 @@ def sign_test(deltas: Iterable[float]) -> SignTest:
     return SignTest(pos, neg, p)
 
 
-def spend(alpha: float, look: int) -> float:
-    """The share of alpha spent at look 1, 2, ...: alpha * 6 / (pi^2 k^2), summing to alpha."""
+def spend(alpha: float, look: int, planned: int | None = None) -> float:
+    """The share of alpha spent at look k. With the number of looks known in advance (`planned`), alpha / planned
+    at each of them (none beyond); else alpha * 6 / (pi^2 k^2). Either way the shares sum to at most alpha."""
+    if planned:
+        return alpha / planned if look <= planned else 0.0
     return alpha * 6 / (math.pi**2 * look**2)
 
 
@@ -141,37 +149,39 @@ def spend(alpha: float, look: int) -> float:
 class SignState:
     look: int
     step: int
-    delta: float
-    lo: float  # interval on delta at level 1 - spend(alpha, look)
+    delta: float  # mean over the seeds at this look
+    lo: float  # t interval over seeds at level 1 - spend(alpha, look); nan with fewer than 2 seeds
     hi: float
+    n: int  # seeds (pairs) at this look
     sign: int  # +1 / -1 when this look establishes a sign, else 0
     established_at: int | None  # first step of the current run of looks with this same sign; None when sign is 0
 
 
-def sign_look(fw: np.ndarray, bw: np.ndarray, look: int, alpha: float) -> tuple[float, float, float, int]:
-    """(delta, lo, hi, sign) at one look: a t interval for the mean paired difference, scaled to delta."""
-    a, b = np.asarray(fw, dtype=float), np.asarray(bw, dtype=float)
-    d = b - a
-    scale = 0.5 * (a.mean() + b.mean())  # the same positive denominator as delta: it cannot change the sign
-    m = float(d.mean())
-    sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
-    half = st.t.ppf(1 - spend(alpha, look) / 2, max(1, len(d) - 1)) * sd / math.sqrt(len(d))
-    lo, hi = (m - half) / scale, (m + half) / scale
-    sign = 1 if lo > 0 else -1 if hi < 0 else 0
-    return m / scale, lo, hi, sign
+def seed_sign_look(deltas: Sequence[float] | np.ndarray, look: int, alpha: float, planned: int | None = None
+                   ) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, sign) at one look from the deltas of a cell's seeds at that step."""
+    d = np.asarray(deltas, dtype=float)
+    m = float(d.mean()) if len(d) else float("nan")
+    a = spend(alpha, look, planned)
+    if len(d) < 2 or a <= 0:
+        return m, float("nan"), float("nan"), 0
+    half = st.t.ppf(1 - a / 2, len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    lo, hi = m - half, m + half
+    return m, lo, hi, 1 if lo > 0 else -1 if hi < 0 else 0
 
 
-def sign_sequence(looks: Iterable[tuple[int, np.ndarray, np.ndarray]], alpha: float = 0.05) -> list[SignState]:
-    """Run the sequential sign test over evaluations (step, forward per-window losses, backward per-window losses)
-    taken in step order. The gap itself moves while the models train (it can change sign), so each look states
-    the sign of the gap at that step; `established_at` says since which look that sign has held."""
+def seed_sign_sequence(looks: Iterable[tuple[int, Sequence[float]]], alpha: float = 0.05,
+                       planned: int | None = None) -> list[SignState]:
+    """The sequential test over a cell's looks (step, deltas of its seeds at that step), in step order, spending
+    alpha over `planned` looks when their number is known (see `spend`). The gap moves while the models train (it
+    can change sign), so each look states the sign at that step; `established_at` says since when it held."""
     out: list[SignState] = []
     since: int | None = None
-    for k, (step, fw, bw) in enumerate(looks, start=1):
-        dl, lo, hi, sign = sign_look(fw, bw, k, alpha)
+    for k, (step, deltas) in enumerate(looks, start=1):
+        m, lo, hi, sign = seed_sign_look(deltas, k, alpha, planned)
         if not sign:
             since = None
         elif not out or out[-1].sign != sign:
             since = step
-        out.append(SignState(k, step, dl, lo, hi, sign, since))
+        out.append(SignState(k, step, m, lo, hi, len(deltas), sign, since))
     return out

@@ -74,6 +74,23 @@ def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None
     return refusal(bad[0], vocab_size_of(bad[0].data), checks[bad[0].trial_id]) + more
 
 
+def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
+    """Tokens in the trial's training split: computed for synthetic data, read from a prepared manifest."""
+    from .spec.schema import SYNTHETIC_KINDS, split_sizes
+
+    if trial.data.kind in SYNTHETIC_KINDS:
+        return split_sizes(trial.data)[0] * trial.data.line_tokens()
+    return int(manifest["tokens"]["train"]) if manifest else None
+
+
+def epochs_of(trial: TrialSpec, train_tokens: int | None) -> float | None:
+    """How many times the trial sees its training split: steps x global batch / training windows."""
+    if not train_tokens or train_tokens < trial.context_length:
+        return None
+    windows = (train_tokens - trial.context_length) // trial.stride + 1
+    return trial.train.steps * trial.train.batch_size * trial.train.grad_accum / windows
+
+
 def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
     """trial id -> content hash of the prepared data it reads."""
     from .data.prepare import data_hash
@@ -129,6 +146,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     hashes = data_hashes(trials)
     done, note = done_trials(uri, spec.name)
     checks = memory_checks(trials, spec.run)
+    manifests = _local_manifests(trials, hashes, storage)
     rows = []
     for t in trials:
         mem = checks.get(t.trial_id)
@@ -137,6 +155,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             "dataset": t.dataset, "language": t.language, "model": t.model.preset,
             "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
             "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
+            "epochs": epochs_of(t, train_tokens_of(t, manifests.get(hashes[t.trial_id]))),
             "memory": None if mem is None else {
                 "micro_batch": mem.micro, "passes": mem.passes, "predicted": mem.estimate.as_dict(),
                 "budget": mem.budget, "gpu_bytes": mem.gpu_bytes, "source": mem.source, "fits": mem.fits},
@@ -159,6 +178,23 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
                      "tokens": probe_cost * ls.trials, "found": {p: lr_found.get(p) for p in spec.grid.model}}
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
             "note": note, "lr_search": lr_search, "unfit": unfit_message(trials, checks)}
+
+
+def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: str) -> dict[str, dict]:
+    """hash -> manifest of each dataset already prepared in a local storage (remote ones are not fetched)."""
+    import json
+
+    from .data.prepare import MARKER
+
+    out = {}
+    if "://" in storage:
+        return out
+    for h, (_, d, _) in distinct_datasets(trials, hashes).items():
+        folder = Path(storage) / "data" / f"{d.kind}-{h}"
+        if (folder / MARKER).is_file():
+            with contextlib.suppress(OSError, ValueError):
+                out[h] = json.loads((folder / "manifest.json").read_text())
+    return out
 
 
 def note_free(uri: str) -> bool:
@@ -325,6 +361,8 @@ def run(
             trials = expand(spec)  # the searched learning rates are part of the trials' identity
             hashes = data_hashes(trials)
         ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
+        rule = run_spec.stop_on_sign or SignStopSpec()
+        tracking.record_sign_rule(ctx, rule.alpha, rule.after)  # the report repeats the test the run made
         done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
         pending = [t for t in trials if t.trial_id not in done]
         skipped = [t.trial_id for t in trials if t.trial_id in done]

@@ -157,6 +157,24 @@ def record_lr(ctx: SweepContext, preset: str, lr: float, loss: float, trials: in
         Metric(f"lr_search.{preset}.best_val_loss", loss, int(time.time() * 1000), trials)]))
 
 
+SIGN_ALPHA, SIGN_AFTER = "aot.sign_alpha", "aot.sign_after"  # the sweep's sequential sign test, on the parent run
+
+
+def record_sign_rule(ctx: SweepContext, alpha: float, after: float) -> None:
+    """Keep the sign test's settings on the parent run, so a later `report` repeats the test the run made."""
+    c = client(ctx.uri)
+    retry(lambda: (c.set_tag(ctx.parent_run_id, SIGN_ALPHA, repr(alpha)),
+                   c.set_tag(ctx.parent_run_id, SIGN_AFTER, repr(after))))
+
+
+def sign_rule(parent: Any) -> tuple[float, float] | None:
+    """(alpha, after) recorded on a parent run, or None."""
+    tags = parent.data.tags
+    if SIGN_ALPHA in tags and SIGN_AFTER in tags:
+        return float(tags[SIGN_ALPHA]), float(tags[SIGN_AFTER])
+    return None
+
+
 def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, status=status)
 

@@ -249,16 +249,17 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
-def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.05, stop: Any | None = None) -> Any:
-    """A Tune callback that refreshes the sequential sign test (metrics aot_sign*, on the trial runs) while the
-    sweep runs, at most every `every_s` seconds, and once more at the end; with `stop` (a SignStopSpec) it also
-    asks settled pairs to stop (the trainers see the request at their next evaluation). A failure only warns."""
+def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None = None) -> Any:
+    """A Tune callback that refreshes the sequential sign test over seeds (`signs.update`: metrics aot_sign* on
+    the trial runs) while the sweep runs, at most every `every_s` seconds, and once more at the end; with `stop`
+    (a SignStopSpec) it also asks settled cells to stop (their trainers see the request at their next
+    evaluation). A failure only warns."""
     import warnings
 
     from ray.tune import Callback
 
+    from . import signs
     from .aggregate.read import Reader
-    from .aggregate.write import update_signs
 
     class SignCallback(Callback):
         def __init__(self) -> None:
@@ -268,7 +269,7 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.
         def _update(self) -> None:
             try:
                 self.reader = self.reader or Reader(uri, sweep)
-                update_signs(self.reader, alpha, stop)
+                signs.update(self.reader, stop)
             except Exception as e:  # tracking hiccups must not stop the sweep
                 warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             self.last = time.monotonic()
@@ -283,11 +284,6 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, alpha: float = 0.
                 self.reader.close()
 
     return SignCallback()
-
-
-def _sign_settings(run: RunSpec) -> tuple[float, Any]:
-    """(alpha, stop rule) of the sweep's sequential sign test."""
-    return (run.stop_on_sign.alpha if run.stop_on_sign else 0.05), run.stop_on_sign
 
 
 def run_trials(
@@ -313,7 +309,7 @@ def run_trials(
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root)
     trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))
     restored = tune.Tuner.can_restore(path)
-    callbacks = [sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, *_sign_settings(run))]
+    callbacks = [sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign)]
     if restored:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=not restart_errored,
                                    restart_errored=restart_errored)

@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from aot_ray import signs
+
 from aot_ray.aggregate import PAIR_COLUMNS, delta, pair_rows, summarize, to_csv
 
 
@@ -130,17 +132,15 @@ def test_sequences_and_position_gaps_and_written_report(tmp_path):
     positions = {r["trial_id"]: np.linspace(2, 1, 16) + (0.1 if r["direction"] == "backward" else 0) for r in rows}
     gaps = tables.position_gaps(pairs, positions)
     assert all(np.allclose(g, 0.1) for g in gaps.values()) and len(gaps) == 4
-    base = 1 + 0.1 * rng.standard_normal(400)
-    noise = 0.05 * rng.standard_normal((2, 400))
-    hist = {pairs[0]["pair_key"]: ({s: base for s in (10, 20)}, {10: base + 0.001 + noise[0], 20: base + 0.2 + noise[1]})}
-    seqs = tables.sign_sequences(hist, alpha=0.05)
-    (states,) = seqs.values()
-    assert [s.step for s in states] == [10, 20] and states[-1].sign == 1 and states[-1].established_at == 20
+    curves = {p["pair_key"]: (p["cell_key"], {10: 2.0, 20: 1.5}, {10: 2.0 + 0.001 * i, 20: 1.6 + 0.001 * i})
+              for i, p in enumerate(pairs)}
+    seqs = signs.sequences(curves, alpha=0.05)
+    assert len(seqs) == 4 and all(ss[-1].n == 1 and ss[-1].sign == 0 for ss in seqs.values())  # one seed each
     cells = tables.summarize(pairs)
     result = {"rows": rows, "running": [], "pairs": pairs, "orphans": [], "summary": cells,
               "trends": tables.trends(cells), "token_trends": [], "signs": tables.sign_tests(pairs),
               "position_gaps": gaps, "sequences": seqs,
-              "sequence_rows": [{"pair_key": k, **s.__dict__} for k, ss in seqs.items() for s in ss],
+              "sequence_rows": [{"cell_key": k, **s.__dict__} for k, ss in seqs.items() for s in ss],
               "curves": {r["trial_id"]: [(10, 2.0), (20, 1.5)] for r in rows}, "conf": 0.95, "alpha": 0.05}
     files = write_files(result, tmp_path, "sizes")
     names = {f.name for f in files}
@@ -148,28 +148,14 @@ def test_sequences_and_position_gaps_and_written_report(tmp_path):
             "aot_position_gap.csv", "report.md", "delta_vs_n_params.png", "delta_vs_n_params.svg",
             "curves_1.png", "position_gap.svg"} <= names
     md = (tmp_path / "report.md").read_text()
-    assert "## Trends" in md and "![delta_vs_n_params](delta_vs_n_params.png)" in md and "forward easier" in md
+    assert "## Trends" in md and "![delta_vs_n_params](delta_vs_n_params.png)" in md
+    assert "undetermined (1 seed)" in md and "forward easier" not in md.split("How to read it:")[1].split("##")[1]
     text = render(result)
-    assert "Trends" in text and "1 of 1 pairs have an established sign" in text
+    assert "Trends" in text and "0 of 4 cells have a stated sign" in text and "How to read it:" in text
     assert markdown(result, "sizes", []).startswith("# Arrow of Time report: sizes")
 
 
-# ---------------------------------------------------------------- stopping a pair once its sign is settled
-
-
-def states(*signs, every=100):
-    from aot_ray.stats import SignState
-
-    return [SignState(k, k * every, 0.0, 0.0, 0.0, s, None) for k, s in enumerate(signs, start=1)]
-
-
-def test_stop_step_needs_consecutive_looks_of_one_sign_after_the_minimum_step():
-    assert tables.stop_step(states(0, 1, 1, 1), looks=2, min_step=0) == 300
-    assert tables.stop_step(states(0, 1, 1, 1), looks=1, min_step=0) == 200
-    assert tables.stop_step(states(1, -1, 1, 0), looks=2, min_step=0) is None  # the sign never held twice
-    assert tables.stop_step(states(-1, -1, -1, -1), looks=2, min_step=350) == 400  # not before 350
-    assert tables.stop_step(states(1, 1, 0, 0), looks=2, min_step=250) is None  # settled too early, then lost
-    assert tables.stop_step([], looks=1, min_step=0) is None
+# ---------------------------------------------------------------- a stopped pair is compared at its stop step
 
 
 class FakeClient:
@@ -192,31 +178,6 @@ class FakeReader:
 
     def curve(self, rec, metric="val_loss"):
         return self.curves[rec["trial_id"], metric]
-
-
-def test_request_stops_tags_both_runs_once_and_completes_a_half_written_request():
-    from aot_ray.aggregate.write import request_stops
-    from aot_ray.spec import SignStopSpec
-
-    def side(d, finished=False, stop_at=None):
-        return {"run_id": f"r-{d}", "trial_id": d, "finished": finished, "steps": 1000, "stop_at": stop_at}
-
-    reader = FakeReader({}, {})
-    seq = {"p": states(0, 1, 1, 1)}
-    sides = {"p": {"forward": side("fw"), "backward": side("bw")}}
-    assert request_stops(reader, seq, sides, SignStopSpec(after=0.25, looks=2)) == {"p": 300}
-    assert reader.client.tags == {("r-fw", "aot.stop_at"): "300", ("r-bw", "aot.stop_at"): "300"}
-    assert request_stops(reader, seq, sides, SignStopSpec(after=0.25, looks=2)) == {}  # already asked
-    # min_step = 0.5 * 1000: the sign held at 200..400 is not enough
-    fresh = {"p": {"forward": side("fw"), "backward": side("bw")}}
-    assert request_stops(FakeReader({}, {}), seq, fresh, SignStopSpec(after=0.5, looks=2)) == {}
-    # a pair whose runs both finished is left alone; a request written on one side only is completed
-    done = {"p": {"forward": side("fw", True), "backward": side("bw", True)}}
-    assert request_stops(FakeReader({}, {}), seq, done, SignStopSpec(after=0, looks=1)) == {}
-    half = {"p": {"forward": side("fw", stop_at=200), "backward": side("bw")}}
-    r = FakeReader({}, {})
-    assert request_stops(r, seq, half, SignStopSpec()) == {"p": 200}
-    assert r.client.tags == {("r-bw", "aot.stop_at"): "200"}
 
 
 def test_a_stopped_pair_is_compared_at_its_stop_step_not_at_its_final_losses():
@@ -245,3 +206,52 @@ def test_a_stopped_pair_is_compared_at_its_stop_step_not_at_its_final_losses():
     # a stopped side whose partner is still running: not a stopped pair yet
     half = [trial("fw", "p", "c", "forward", 1.0, stop_at=300)]
     assert at_stop_steps(FakeReader(hist, curves), half, {}) == {}
+
+
+# ---------------------------------------------------------------- directions from seeds, overfitting, controls
+
+
+def test_a_cell_states_a_direction_only_from_its_seeds():
+    one = [row("a", "p", "c", "forward", 1.0), row("b", "p", "c", "backward", 1.2)]
+    pairs, _ = pair_rows(one, {"a": np.full(50, 1.0), "b": np.full(50, 1.2) + np.linspace(-0.01, 0.01, 50)})
+    assert pairs[0]["delta_lo"] > 0  # the windows are precise...
+    (cell,) = summarize(pairs)
+    assert cell["direction"] == "undetermined (1 seed)" and math.isnan(cell["delta_lo"])  # ...but one seed
+    agree = [row(f"{s}{d}", f"p{s}", "c", d, 1.0 if d == "forward" else 1.1 + 0.001 * s, seed=s)
+             for s in range(3) for d in ("forward", "backward")]
+    (cell,) = summarize(pair_rows(agree)[0])
+    assert cell["direction"] == "forward easier" and cell["delta_lo"] > 0
+    split = [row(f"{s}{d}", f"p{s}", "c", d, 1.0 if d == "forward" else (1.1 if s else 0.9), seed=s)
+             for s in range(3) for d in ("forward", "backward")]
+    (cell,) = summarize(pair_rows(split)[0])
+    assert cell["direction"] == "undetermined" and cell["delta_lo"] < 0 < cell["delta_hi"]
+
+
+def test_overfit_is_flagged_from_the_validation_curve_and_the_epochs():
+    curve = [(100, 2.0), (200, 1.5), (300, 1.6), (400, 1.7)]
+    assert tables.overfit_note(curve, None, 3.0) == "val +13% from best"
+    assert tables.overfit_note(curve, 200, 3.0) == ""  # compared at step 200, its best
+    assert tables.overfit_note(curve, 300, 50.0) == "val +7% from best, 50 epochs"
+    assert tables.overfit_note(curve, None, 50.0, rise=0.5, max_epochs=100) == ""
+    pairs = [{"fw_trial": "f", "bw_trial": "b", "stopped_at": None}]
+    tables.flag_overfit(pairs, {"f": [(1, 1.0), (2, 1.0)], "b": curve}, {"f": 1.0, "b": 30.0})
+    assert pairs[0]["overfit"] == "bw: val +13% from best, 30 epochs"
+
+
+def test_each_group_gets_its_null_control_beside_it():
+    rows = []
+    for ds, gap in (("lin", 0.1), ("lin:null", 0.001)):
+        for s in range(3):
+            for d in ("forward", "backward"):
+                r = row(f"{ds}{s}{d}", f"{ds}p{s}", f"{ds}c", d, 1.0 if d == "forward" else 1.0 + gap + 0.002 * s,
+                        seed=s, dataset=ds)
+                r["axes"] = {"control": "A=I"} if ds.endswith(":null") else {}
+                rows.append(r)
+    cells = summarize(pair_rows(rows)[0])
+    (ctrl,) = tables.attach_controls(cells)
+    (main,) = [c for c in cells if c["dataset"] == "lin"]
+    assert main["null_delta"] == pytest.approx(ctrl["delta_mean"]) and main["null_control"] == "A=I"
+    assert main["null_lo"] == ctrl["delta_lo"] and "null_delta" not in ctrl
+    text = render({"pairs": pair_rows(rows)[0], "summary": cells, "trends": [], "signs": [], "orphans": [],
+                   "conf": 0.95, "alpha": 0.05, "sequences": {}})
+    assert "null_delta" in text and "How to read it:" in text

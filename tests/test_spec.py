@@ -65,7 +65,7 @@ MALFORMED = [
     (("data",), {}, "data: must be a non-empty mapping"),
     (("name",), "has space", "name: must be a non-empty string"),
     (("name",), KeyError, "name: is required"),
-    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run, lr_search)"),
+    (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run, lr_search, null_controls)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),
     (("run", "stop_on_sign"), 3, "run.stop_on_sign: must be a mapping, got 3"),
     (("run", "stop_on_sign"), {"alpha": 0.7}, "run.stop_on_sign.alpha: must be at most 0.5, got 0.7"),
@@ -266,3 +266,28 @@ def test_stop_on_sign_is_off_unless_asked_and_true_means_the_defaults():
     # how a sweep is driven is not what a trial is: the ids do not change
     assert [t.trial_id for t in expand(parse_sweep(with_change(("run", "stop_on_sign"), True)))] == \
         [t.trial_id for t in expand(parse_sweep(GOOD))]
+
+
+def test_null_controls_add_one_control_cell_per_dataset_on_the_first_model_and_context():
+    raw = copy.deepcopy(GOOD)
+    raw["grid"]["model"] = ["tiny", "mini"]
+    raw["null_controls"] = True
+    plain = expand(parse_sweep(copy.deepcopy(GOOD) | {"grid": raw["grid"]}))
+    trials = expand(parse_sweep(raw))
+    controls = [t for t in trials if dict(t.axes).get("control")]
+    assert [t.trial_id for t in trials[: len(plain)]] == [t.trial_id for t in plain]  # the grid's ids unchanged
+    assert len(controls) == len(trials) - len(plain)
+    assert {t.model.preset for t in controls} == {"tiny"}
+    assert {t.context_length for t in controls} == {raw["grid"]["context_length"][0]}
+    assert all(t.data.kind == "linear" and t.data.k == 0 for t in controls)
+    assert {t.seed for t in controls} == set(raw["grid"].get("seed", [0]))
+    with pytest.raises(SpecError, match="null_controls: must be true or false"):
+        parse_sweep(raw | {"null_controls": "yes"})
+
+
+def test_text_control_is_the_reversed_characters_tokenizer():
+    from aot_ray.spec.expand import control_data
+    from aot_ray.spec.schema import TextData
+
+    suffix, d = control_data(TextData(paths=("/x/{lang}.txt",)))
+    assert suffix == "reversed" and d.tokenizer.reverse_chars and d.paths == ("/x/{lang}.txt",)

@@ -44,9 +44,11 @@ def record_of(run: Any) -> dict[str, Any]:
         "axes": {k: _number(v) for k, v in axes.items()},
         "n_params": int(metrics["n_params"]) if "n_params" in metrics else None,
         "tokens": int(metrics["tokens"]) if "tokens" in metrics else None,
+        "epochs": metrics.get("epochs"),  # the latest: how often the training split was seen
         "val_loss": loss if loss is None or math.isfinite(loss) else None,
         "finished": run.info.status == "FINISHED",
         "steps": int(run.data.params["train.steps"]) if "train.steps" in run.data.params else None,
+        "eval_every": int(run.data.params["train.eval_every"]) if "train.eval_every" in run.data.params else None,
         # set when the sweep stopped the pair once its sign was established: the report compares it at this step
         "stop_at": int(tags["aot.stop_at"]) if "aot.stop_at" in tags else None,
     }

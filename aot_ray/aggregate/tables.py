@@ -1,5 +1,6 @@
-"""Pure layer of the report: tidy trial records -> forward/backward pairs with intervals -> cells (seed means) ->
-trends, sign tests, per-position gaps and sequential sign states. No I/O; every function takes plain data.
+"""Pure layer of the report: tidy trial records -> forward/backward pairs with intervals -> cells (seed means,
+with the direction their spread supports) -> trends, sign tests, per-position gaps. No I/O; every function takes
+plain data. The sequential sign test over seeds lives in `aot_ray.signs` (it also runs while a sweep trains).
 
 delta = (L_bw - L_fw) / (0.5 (L_bw + L_fw)), losses in nats/token on the same validation windows; delta > 0 means
 the forward direction is easier.
@@ -19,14 +20,17 @@ from .. import stats
 delta = stats.delta
 
 PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "arch", "model", "context_length", "seed", "n_params",
-                "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at"]
+                "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at",
+                "overfit"]
 SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_length", "n_seeds", "n_params",
-                   "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "delta_std", "delta_min",
-                   "delta_max"]
+                   "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "direction", "delta_std",
+                   "delta_min", "delta_max", "null_control", "null_delta", "null_lo", "null_hi"]
 TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value"]
 SIGN_COLUMNS = ["group", "positive", "negative", "p_value"]
-SEQUENCE_COLUMNS = ["pair_key", "look", "step", "delta", "lo", "hi", "sign", "established_at"]
+SEQUENCE_COLUMNS = ["cell_key", "look", "step", "n", "delta", "lo", "hi", "sign", "established_at"]  # see signs.py
 DESCRIBE = ("dataset", "language", "arch", "model", "context_length")  # what names a cell, with the axes
+OVERFIT_RISE = 0.05  # validation loss this far (relative) above its best: measured on an overfit model
+MAX_EPOCHS = 20.0  # passes over the training split beyond which a model is flagged (and plan warns)
 
 
 def _finite(v: Any) -> bool:
@@ -84,8 +88,9 @@ def _sortable(v: Any) -> tuple:
 
 
 def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, Any]]:
-    """Mean over seeds per cell. The interval is a t interval over seeds; with one seed it is that pair's
-    bootstrap interval over windows."""
+    """Mean over seeds per cell, with a t interval over seeds and the direction it supports. With one seed there
+    is no interval and no direction: that pair's interval over windows says how precisely its two models were
+    compared, not whether another seed would give the same sign."""
     cells: dict[str, list[dict]] = defaultdict(list)
     for p in pairs:
         cells[p["cell_key"]].append(p)
@@ -93,7 +98,7 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
     for key, ps in cells.items():
         ds = [p["delta"] for p in ps]
         ci = stats.mean_interval(ds, conf)
-        lo, hi = (ci.lo, ci.hi) if len(ps) > 1 else (ps[0]["delta_lo"], ps[0]["delta_hi"])
+        lo, hi = ci.lo, ci.hi
         out.append({
             "cell_key": key,
             **{k: ps[0].get(k) for k in ("dataset", "language", "arch", "model", "context_length", "n_params",
@@ -105,12 +110,28 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
             "delta_mean": ci.estimate,
             "delta_lo": lo,
             "delta_hi": hi,
+            "direction": direction(lo, hi, len(ps)),
             "delta_std": statistics.stdev(ds) if len(ds) > 1 else float("nan"),
             "delta_min": min(ds),
             "delta_max": max(ds),
         })
     out.sort(key=_order)
     return out
+
+
+def attach_controls(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put each group's noise floor beside its cells (in place): the delta and seed interval of the control cell
+    of the same dataset and language (`null_controls`), as null_delta / null_lo / null_hi. Returns the controls."""
+    controls = {(c["dataset"], c.get("language")): c for c in cells if "control" in c["axes"]}
+    for c in cells:
+        if "control" in c["axes"]:
+            continue
+        ctrl = next((v for (d, lang), v in controls.items()
+                     if d.rsplit(":", 1)[0] == c["dataset"] and lang == c.get("language")), None)
+        if ctrl is not None:
+            c.update(null_delta=ctrl["delta_mean"], null_lo=ctrl["delta_lo"], null_hi=ctrl["delta_hi"],
+                     null_control=ctrl["axes"]["control"])
+    return list(controls.values())
 
 
 def _is_replicate(axis: str) -> bool:
@@ -207,25 +228,43 @@ def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray])
     return {k: np.mean(v, axis=0) for k, v in acc.items()}
 
 
-def sign_sequences(histories: dict[str, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]],
-                   alpha: float = 0.05) -> dict[str, list[stats.SignState]]:
-    """pair_key -> the sequential sign test over the evaluations both directions have reached so far."""
-    out = {}
-    for key, (fw, bw) in sorted(histories.items()):
-        steps = sorted(s for s in fw if s in bw and fw[s].shape == bw[s].shape)
-        if steps:
-            out[key] = stats.sign_sequence(((s, fw[s], bw[s]) for s in steps), alpha)
-    return out
+def direction(lo: float, hi: float, n_seeds: int) -> str:
+    """What a cell's interval over seeds says about the arrow, in words."""
+    if n_seeds < 2:
+        return "undetermined (1 seed)"
+    if lo > 0:
+        return "forward easier"
+    if hi < 0:
+        return "backward easier"
+    return "undetermined"
 
 
-def stop_step(states: list[stats.SignState], *, looks: int, min_step: float) -> int | None:
-    """The first evaluation step at or after `min_step` where the sign test has established the same sign at
-    `looks` consecutive looks (ending there); None while it has not."""
-    for i in range(looks - 1, len(states)):
-        run = states[i - looks + 1 : i + 1]
-        if states[i].step >= min_step and states[i].sign and all(s.sign == states[i].sign for s in run):
-            return states[i].step
-    return None
+def overfit_note(curve: list[tuple[int, float]], at: int | None, epochs: float | None, *,
+                 rise: float = OVERFIT_RISE, max_epochs: float = MAX_EPOCHS) -> str:
+    """Why a trial's compared loss (at step `at`, else its last evaluation) is that of an overfit model: its
+    validation loss rose by more than `rise` from its best so far, or it saw its training split more than
+    `max_epochs` times. Empty when neither."""
+    pts = [(s, v) for s, v in curve if (at is None or s <= at) and _finite(v)]
+    notes = []
+    if pts:
+        best, last = min(v for _, v in pts), pts[-1][1]
+        if best > 0 and (last - best) / best > rise:
+            notes.append(f"val +{(last - best) / best:.0%} from best")
+    if epochs is not None and _finite(epochs) and epochs > max_epochs:
+        notes.append(f"{epochs:.0f} epochs")
+    return ", ".join(notes)
+
+
+def flag_overfit(pairs: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]],
+                 epochs: dict[str, float | None], **limits: float) -> None:
+    """Set each pair's `overfit` column (in place): which side was overfit, and how."""
+    for p in pairs:
+        sides = []
+        for side, tid in (("fw", p["fw_trial"]), ("bw", p["bw_trial"])):
+            note = overfit_note(curves.get(tid, []), p.get("stopped_at"), epochs.get(tid), **limits)
+            if note:
+                sides.append(f"{side}: {note}")
+        p["overfit"] = "; ".join(sides)
 
 
 def flat(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from .schema import SweepSpec, TrialSpec
+from .schema import LinearData, SweepSpec, TrialSpec
 
 # micro_batch and compile change how a step is computed, not which windows it sees: not part of a trial's identity
 NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device", "micro_batch",
@@ -68,8 +68,41 @@ def fill_lang(data: Any, lang: str | None) -> Any:
     return dataclasses.replace(data, **changes) if changes else data
 
 
+CONTROL_AXIS = "control"
+CONTROLS = {"null": "A=I", "reversed": "reversed-chars"}  # dataset suffix -> what the control is
+
+
+def control_data(data: Any) -> tuple[str, Any]:
+    """(suffix, dataset) of a dataset's control: linear A = I for synthetic data, the reversed-characters
+    tokenizer for text."""
+    if data.kind in ("primes", "linear"):
+        bits = data.bits if data.kind == "linear" else 16
+        return "null", LinearData(bits=bits, k=0, noise=0.0, n_samples=data.n_samples, val_fraction=data.val_fraction,
+                                  seed=data.seed)
+    return "reversed", dataclasses.replace(data, tokenizer=dataclasses.replace(data.tokenizer, reverse_chars=True))
+
+
+def control_trials(spec: SweepSpec) -> list[TrialSpec]:
+    """The control cells of `null_controls`: per dataset (and language), the grid's first model, context and
+    value of each non-data axis, every seed and direction; tagged with the `control` axis. Controls that come out
+    identical (two linear datasets of one width) are kept once."""
+    g = spec.grid
+    out: dict[str, TrialSpec] = {}
+    for name in g.dataset:
+        suffix, data = control_data(spec.data[name])
+        sub = dataclasses.replace(
+            spec, data={f"{name}:{suffix}": data}, null_controls=False, lr_search=None,
+            grid=dataclasses.replace(g, dataset=(f"{name}:{suffix}",), model=g.model[:1],
+                                     context_length=g.context_length[:1],
+                                     overrides=tuple((k, v[:1]) for k, v in g.overrides if not k.startswith("data."))))
+        for t in expand(sub):
+            out.setdefault(t.trial_id, dataclasses.replace(t, axes=t.axes + ((CONTROL_AXIS, CONTROLS[suffix]),)))
+    return list(out.values())
+
+
 def expand(spec: SweepSpec) -> list[TrialSpec]:
-    """All trials of the sweep, forward and backward of a cell adjacent, in a deterministic order."""
+    """All trials of the sweep, forward and backward of a cell adjacent, in a deterministic order; the control
+    cells of `null_controls` last."""
     g = spec.grid
     d = spec.defaults
     override_names = [name for name, _ in g.overrides]
@@ -124,6 +157,8 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
                 axes=tuple(axes),
             )
         )
+    if spec.null_controls:
+        trials += [t for t in control_trials(spec) if t.trial_id not in {x.trial_id for x in trials}]
     return trials
 
 

@@ -25,7 +25,7 @@ from .schema import (
     split_sizes,
 )
 
-TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search")
+TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search", "null_controls")
 SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": TrainSpec, "resources": ResourcesSpec}
 # fields that have a named axis of their own, or that identify a dataset's type
 RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
@@ -105,8 +105,11 @@ def parse_sweep(raw: Any) -> SweepSpec:
     run = build(RunSpec, raw.get("run") or {}, "run")
     per_model = _parse_per_model(raw.get("per_model") or {})
     lr_search = None if raw.get("lr_search") is None else build(LrSearchSpec, raw["lr_search"], "lr_search")
+    null_controls = raw.get("null_controls", False)
+    if not isinstance(null_controls, bool):
+        raise SpecError("null_controls", f"must be true or false, got {describe(null_controls)}")
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
-                     per_model=per_model, lr_search=lr_search)
+                     per_model=per_model, lr_search=lr_search, null_controls=null_controls)
     _check_trials(spec)
     if lr_search is not None:
         _check_lr_search(spec)

@@ -266,6 +266,10 @@ class SweepSpec:
     # preset -> section -> field -> value: settings that follow the model size (GPU share, batch size, lr)
     per_model: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     lr_search: Optional[LrSearchSpec] = None
+    # add a control cell per dataset (and language), on the grid's first model and context, every seed: for
+    # synthetic data a linear language with A = I (no arrow by construction: the noise floor), for text the same
+    # corpus with the reversed-characters tokenizer
+    null_controls: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -280,7 +280,9 @@ def train(
                     "val_loss": last_eval.loss,
                     "train_loss": last_train,
                 }
-                tracker.log_metrics({"val_loss": last_eval.loss, "tokens": step * tokens_per_step}, step=step)
+                # epochs: how many times the training split was seen (the report flags a model trained past it)
+                tracker.log_metrics({"val_loss": last_eval.loss, "tokens": step * tokens_per_step,
+                                     "epochs": step * global_batch / len(train_w)}, step=step)
                 # per-window losses at every evaluation: the report pairs them for intervals and the sign test
                 tracker.log_dict({"step": step, "loss": last_eval.per_window.tolist()},
                                  f"eval/windows/step-{step:08d}.json")

@@ -1,0 +1,161 @@
+"""Live sign checking, in one place: the sequential sign test over seeds, per cell, on a sweep's MLflow runs; its
+state logged as `aot_sign*` metrics on every trial run of the cell; and the stop requests of `run.stop_on_sign`.
+
+The unit that replicates an arrow is the seed: a cell's sign is decided from the spread of its pairs' deltas
+(`stats.seed_sign_sequence`), never from one pair's validation windows. A look is an evaluation step at or after
+`after` x train.steps (the gap moves early in training, so alpha is not spent there); alpha is split evenly over
+the looks the cell will have (its evaluations from there to the end of training, known in advance); at each look
+the test uses every pair of the cell with both directions evaluated at that step. `run.stop_on_sign` stops a cell (all of its
+pairs together, tag `aot.stop_at`) once the test has held one sign at `looks` consecutive looks.
+
+Used while a sweep runs (a Tune callback, `tune.sign_callback`) and by the report (`aggregate.write`), which reads
+through `aggregate.read.Reader`; this module needs only its `curve` and `client`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from . import stats
+from .spec.schema import SignStopSpec
+from .tracking import STOP_AT
+
+SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds")
+DEFAULT = SignStopSpec()  # alpha and the start of the looks when the sweep does not stop on sign
+
+Curves = dict[str, "tuple[str, dict[int, float], dict[int, float]]"]  # pair_key -> (cell_key, fw, bw val loss)
+
+
+def cells_of(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict]]]:
+    """cell_key -> pair_key -> direction -> record, for pairs with both directions."""
+    sides: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        sides[r["pair_key"]][r["direction"]] = r
+    cells: dict[str, dict[str, dict[str, dict]]] = defaultdict(dict)
+    for key, s in sides.items():
+        if set(s) == {"forward", "backward"}:
+            cells[s["forward"]["cell_key"]][key] = s
+    return dict(cells)
+
+
+def plan_looks(cells: dict[str, dict[str, dict[str, dict]]], after: float) -> tuple[dict[str, float], dict[str, int]]:
+    """(cell_key -> the first step that counts as a look, `after` x train.steps; cell_key -> how many looks
+    there will be: the evaluations from that step to the end of training, known before any is seen)."""
+    first, planned = {}, {}
+    for cell, pairs in cells.items():
+        runs = [r for s in pairs.values() for r in s.values()]
+        steps = max((r.get("steps") or 0 for r in runs), default=0)
+        every = min((r.get("eval_every") or 0 for r in runs), default=0)
+        first[cell] = after * steps
+        if steps and every:
+            evals = set(range(every, steps + 1, every)) | {steps}
+            planned[cell] = sum(s >= first[cell] for s in evals)
+    return first, planned
+
+
+def sequences(curves: Curves, *, alpha: float = DEFAULT.alpha, start: dict[str, float] | None = None,
+              planned: dict[str, int] | None = None) -> dict[str, list[stats.SignState]]:
+    """cell_key -> the sequential test over its looks (pure); alpha is spent over `planned[cell]` looks where
+    known, else as 6 alpha / (pi^2 k^2)."""
+    from .stats import delta
+
+    by_cell: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for _, (cell, fw, bw) in sorted(curves.items()):
+        first = (start or {}).get(cell, 0)
+        for step, l_fw in fw.items():
+            l_bw = bw.get(step)
+            if step >= first and l_bw is not None and l_fw == l_fw and l_bw == l_bw:
+                by_cell[cell][step].append(float(delta(l_fw, l_bw)))
+    return {cell: stats.seed_sign_sequence(sorted(steps.items()), alpha, (planned or {}).get(cell))
+            for cell, steps in sorted(by_cell.items())}
+
+
+def stop_step(states: list[stats.SignState], *, looks: int) -> int | None:
+    """The first look where the same sign has been established at `looks` consecutive looks (ending there)."""
+    for i in range(looks - 1, len(states)):
+        run = states[i - looks + 1 : i + 1]
+        if states[i].sign and all(s.sign == states[i].sign for s in run):
+            return states[i].step
+    return None
+
+
+def word(states: list[stats.SignState]) -> str:
+    """The latest look of a cell, in words."""
+    if not states:
+        return "no look yet"
+    last = states[-1]
+    if last.n < 2:
+        return "undetermined (1 seed)"
+    if not last.sign:
+        return "undetermined"
+    w = "forward easier" if last.sign > 0 else "backward easier"
+    flipped = any(s.sign and s.sign != last.sign for s in states)
+    return w + (" (the other sign held earlier in training)" if flipped else "")
+
+
+def read_curves(reader: Any, cells: dict[str, dict[str, dict[str, dict]]]) -> Curves:
+    return {pair: (cell, dict(reader.curve(s["forward"])), dict(reader.curve(s["backward"])))
+            for cell, pairs in cells.items() for pair, s in pairs.items()}
+
+
+def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.alpha, after: float = DEFAULT.after
+             ) -> tuple[dict[str, list[stats.SignState]], dict[str, dict[str, dict[str, dict]]]]:
+    """(cell_key -> states, cell_key -> pairs) for the records (running trials included)."""
+    cells = cells_of(records)
+    first, planned = plan_looks(cells, after)
+    return sequences(read_curves(reader, cells), alpha=alpha, start=first, planned=planned), cells
+
+
+def update(reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None) -> int:
+    """What a running sweep refreshes: the test on every cell, logged on its trial runs; with `stop`, stop
+    requests for settled cells. Returns how many new looks were logged."""
+    rule = stop or DEFAULT
+    seqs, cells = evaluate(reader, reader.records(include_running=True), alpha or rule.alpha, rule.after)
+    n = log_metrics(reader, seqs, cells)
+    if stop is not None:
+        request_stops(reader, seqs, cells, stop)
+    return n
+
+
+def request_stops(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]],
+                  stop: SignStopSpec) -> dict[str, int]:
+    """Tag every run of each cell with a running trial whose sign is settled with that step (aot.stop_at): all
+    its trainers stop at their next evaluation, and the report compares its pairs there. A cell tagged in part
+    (an interrupted write) gets the same step on the rest. Returns cell_key -> step for the new requests."""
+    out = {}
+    for cell, states in seqs.items():
+        runs = [r for s in cells[cell].values() for r in s.values()]
+        have = [r["stop_at"] for r in runs if r.get("stop_at") is not None]
+        if all(r["finished"] for r in runs) and not have:
+            continue
+        at = min(have) if have else stop_step(states, looks=stop.looks)
+        if at is None or len(have) == len(runs):
+            continue
+        for r in runs:
+            if r.get("stop_at") is None:
+                reader.client.set_tag(r["run_id"], STOP_AT, str(at))
+                r["stop_at"] = at
+        out[cell] = at
+    return out
+
+
+def log_metrics(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]]
+                ) -> int:
+    """Each cell's state at each look on all of its trial runs (steps already logged are skipped, so `--watch`
+    adds only new looks). Returns how many looks were logged (counted per run)."""
+    from mlflow.entities import Metric
+
+    n = 0
+    now = int(time.time() * 1000)
+    for cell, states in seqs.items():
+        for s in cells[cell].values():
+            for side in s.values():
+                have = {m.step for m in reader.client.get_metric_history(side["run_id"], "aot_sign")}
+                batch = [Metric(name, float(v), now, st.step) for st in states if st.step not in have
+                         for name, v in zip(SIGN_METRICS, (st.sign, st.delta, st.lo, st.hi, st.n))]
+                if batch:
+                    reader.client.log_batch(side["run_id"], metrics=batch)
+                    n += len(batch) // len(SIGN_METRICS)
+    return n
