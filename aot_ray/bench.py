@@ -19,7 +19,6 @@ bookkeeping (data, clipping, schedule, logging), not validation. The last line i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time

@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     _sets(p)
     p.add_argument("--address", help="address of a running Ray cluster (default: start Ray locally)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--num-gpus", type=int, help="GPUs for a local Ray (default: all)")
-    p.add_argument("--max-concurrent-trials", type=int, help="override run.max_concurrent_trials")
+    p.add_argument("--num-cpus", type=_count(1), help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-gpus", type=_count(0), help="GPUs for a local Ray (default: all)")
+    p.add_argument("--max-concurrent-trials", type=_count(1), help="override run.max_concurrent_trials")
     p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
     p.add_argument("--stop-on-sign", action="store_true",
                    help="stop each forward/backward pair once the sequential test has established the sign of its "
@@ -98,7 +98,7 @@ def _plan(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep, args.sets)
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
     if args.json:
-        print(json.dumps(result["trials"], indent=2))
+        print(json.dumps(_json_safe(result["trials"]), indent=2, allow_nan=False))
         if result["unfit"]:
             print(f"error: {result['unfit']}", file=sys.stderr)
         return 2 if result["unfit"] else 0
@@ -142,7 +142,9 @@ def _plan(args: argparse.Namespace) -> int:
               f"from {st.after:.0%} of its steps on; the cost above is the most it can take")
     for d in result["datasets"]:
         label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
-        print(f"dataset {label}: {'prepared' if d['prepared'] else 'not prepared yet'} at {d['path']}")
+        state = "prepared" if d["prepared"] else "DAMAGED (rebuilt by prepare/run)" if d.get("damaged") else \
+            "not prepared yet"
+        print(f"dataset {label}: {state} at {d['path']}")
     ls = result["lr_search"]
     if ls:
         found = ", ".join(f"{p}={lr:.3g}" if lr is not None else f"{p}=pending" for p, lr in ls["found"].items())
@@ -229,8 +231,9 @@ def _report(args: argparse.Namespace) -> int:
         raise AotError(f"no finished runs for sweep {name!r} in {uri}")
     if args.json:
         keep = ("pairs", "summary", "trends", "token_trends", "signs", "sequence_rows", "orphans")
-        print(json.dumps({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
-                          if k != "orphans" else result[k] for k in keep}, indent=2, default=str))
+        print(json.dumps(_json_safe({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
+                                     if k != "orphans" else result[k] for k in keep}), indent=2, default=str,
+                         allow_nan=False))
     else:
         print(render(result))
         for f in result["files"]:
@@ -252,14 +255,25 @@ def _status(args: argparse.Namespace) -> int:
     from .sweep import status
     from .tracking import resolve_uri
 
+    from .tracking import check_reachable
+
     spec = load_sweep(args.sweep, args.sets)
-    rows = status(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri))
+    uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
+    check_reachable(uri)  # an unreachable or invalid store is an error, not a sweep where nothing ran
+    rows = status(spec, uri)
     if args.json:
-        print(json.dumps([{k: r[k] for k in ("trial_id", "state", "step", "val_loss", "error")} for r in rows], indent=2))
+        print(json.dumps(_json_safe([{k: r[k] for k in ("trial_id", "state", "step", "val_loss", "error")}
+                                     for r in rows]), indent=2, allow_nan=False))
         return 0
     print(format_table(rows, ["trial_id", "state", "step", "val_loss", "error"]))
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("TERMINATED", "RUNNING", "ERROR", "PENDING")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("TERMINATED", "RUNNING", "ERROR", "INTERRUPTED",
+                                                              "PENDING")}
     print("\n" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
+    from .lease import holder
+
+    h = holder(uri, spec.name) if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file() \
+        else None
+    print(f"driver: {h.describe()}" if h else "driver: none (no `aot-ray run` of this sweep holds its lease)")
     return 0
 
 
@@ -275,6 +289,31 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(least: int):
+    """An argparse type: an integer of at least `least` (argparse then names the flag in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
+        return n
+
+    return parse
+
+
+def _json_safe(obj):
+    """NaN and infinities become null: JSON has no NaN, and a reader's parser would reject the output."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -283,8 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     except AotError as e:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aot-ray: interrupted", file=sys.stderr)
+    except OSError as e:  # a path the user gave cannot be written or read (an unwritable storage, --out /proc/x)
+        if e.filename is None:
+            raise
+        print(f"aot-ray: error: cannot use {e.filename}: {e.strerror or e}; pick another path", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"aot-ray: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 

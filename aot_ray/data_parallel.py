@@ -21,13 +21,26 @@ def worker_resources(trial: TrialSpec) -> dict[str, float]:
 
 
 def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = print) -> None:
-    """A data-parallel trial's workers must fit the cluster at once. On a Ray this process started, nothing can
-    grow it: refuse; on a cluster, say so (an autoscaler may add nodes, else the trial waits)."""
+    """Every trial must be able to run: a single-process trial on one node, a data-parallel trial's workers on
+    the cluster at once. On a Ray this process started, nothing can grow it: refuse before anything starts (a
+    trial that can never be placed would wait forever); on a cluster, say so (an autoscaler may add nodes)."""
     import ray
 
     have = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for trial in trials:
         if trial.resources.workers == 1:
+            need = worker_resources(trial)
+            if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+                continue
+            best = max(nodes, key=lambda node: node.get("CPU", 0), default={})
+            what = ", ".join(f"{v:g} {k}" for k, v in need.items() if best.get(k, 0) < v)
+            where = ", ".join(f"{best.get(k, 0):g} {k}" for k, v in need.items() if best.get(k, 0) < v)
+            msg = f"trial {trial.trial_id} needs {what} on one node; the largest node has {where}"
+            if fixed:
+                raise AotError(f"{msg}: it could never start; lower resources.cpu/gpu (per_model or defaults), or "
+                               f"pass --num-cpus/--num-gpus or --address of a larger cluster")
+            say(f"warning: {msg}; it waits until the autoscaler adds such a node")
             continue
         need = {k: v * trial.resources.workers for k, v in worker_resources(trial).items()}
         short = {k: v for k, v in need.items() if have.get(k, 0) < v}

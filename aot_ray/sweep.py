@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import AotError, DataError, TrackingError
 from .models import count_params, resolve_shape
@@ -128,7 +128,7 @@ def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
 
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
-    from .data.prepare import MARKER
+    from .data.prepare import MARKER, check_sizes
     from .data.remote import is_remote, remote_exists
     from .tune import resources_of
 
@@ -163,12 +163,17 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     data = []
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
         path = f"{storage.rstrip('/')}/data/{d.kind}-{h}"
+        damaged = None
         try:
             done_ = remote_exists(path) if is_remote(storage) else (Path(path) / MARKER).is_file()
+            if done_ and h in manifests:
+                check_sizes(Path(path), manifests[h])  # cheap; the content hash is checked when trials load it
+        except DataError as e:
+            done_, damaged = False, str(e)
         except Exception:  # an unreachable object store: planning still works, status unknown
             done_ = False
         data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": path,
-                     "prepared": done_})
+                     "prepared": done_, "damaged": damaged})
     lr_search = None
     if searched.lr_search is not None:
         ls = searched.lr_search
@@ -263,7 +268,7 @@ def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: boo
     return manifests
 
 
-MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR", "RUNNING": "RUNNING",
+MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING",
                    "SCHEDULED": "PENDING"}
 
 
@@ -291,6 +296,45 @@ def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
             row["error"] = r.data.tags.get("aot.error")
         rows.append(row)
     return rows
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the sweep; Tune saved its state first. The CLI exits 130 with this message."""
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[Callable[[], bool]]:
+    """While Tune runs: Ctrl-C or SIGTERM (what schedulers and `ray job stop` send) ask Tune to stop gracefully
+    (SIGUSR1, which Tune answers by saving its experiment state and returning); a second signal stops at once.
+    Yields a function that says whether a signal came."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    came = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if came.is_set():
+            raise Interrupted("interrupted again: stopped at once; run the same command to resume")
+        came.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours instead: it also covers SIGTERM, and tells us
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield came.is_set
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
 
 
 @dataclass
@@ -327,64 +371,71 @@ def run(
     from . import aggregate, tracking
     from .data_parallel import check_data_parallel_fits
     from .gpus import gpu_size_finder
+    from .lease import Lease
     from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
-    if "://" not in storage:
-        try:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
-    trials = expand(spec)
-    hashes = data_hashes(trials)  # also fails fast on missing local files
-    datasets = distinct_datasets(trials, hashes)
-    run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
-    if stop_on_sign and run_spec.stop_on_sign is None:
-        run_spec = replace(run_spec, stop_on_sign=SignStopSpec())
-    data_parallel = any(t.resources.workers > 1 for t in trials)
-    with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
-        check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
-        check_data_parallel_fits(trials, fixed, say)
-        unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
-        if unfit:
-            raise AotError(unfit)
-        prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
-                                  progress=verbose > 0 and sys.stderr.isatty())
-        for h, (path, built, manifest) in prepared.items():
-            where, _, lang = datasets[h]
-            say(summary_line(where, lang, h, path, built, manifest))
-        check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
+    with Lease(uri, spec.name):  # one driver per sweep: a second is refused, naming the first
+        if "://" not in storage:
+            try:
+                Path(storage).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
+        trials = expand(spec)
+        hashes = data_hashes(trials)  # also fails fast on missing local files
+        datasets = distinct_datasets(trials, hashes)
+        run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
+        if stop_on_sign and run_spec.stop_on_sign is None:
+            run_spec = replace(run_spec, stop_on_sign=SignStopSpec())
+        data_parallel = any(t.resources.workers > 1 for t in trials)
+        with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
+            check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
+            check_data_parallel_fits(trials, fixed, say)
+            unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
+            if unfit:
+                raise AotError(unfit)
+            prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
+                                      progress=verbose > 0 and sys.stderr.isatty())
+            for h, (path, built, manifest) in prepared.items():
+                where, _, lang = datasets[h]
+                say(summary_line(where, lang, h, path, built, manifest))
+            check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
 
-        ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
-        if spec.lr_search is not None:
-            spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
-            trials = expand(spec)  # the searched learning rates are part of the trials' identity
-            hashes = data_hashes(trials)
-        ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
-        rule = run_spec.stop_on_sign or SignStopSpec()
-        tracking.record_sign_rule(ctx, rule.alpha, rule.after)  # the report repeats the test the run made
-        done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
-        pending = [t for t in trials if t.trial_id not in done]
-        skipped = [t.trial_id for t in trials if t.trial_id in done]
-        experiment = f"{spec.name}-{ctx.parent_run_id[:8]}-{content_hash(sorted(t.trial_id for t in trials))}"
-        if skipped:
-            say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
-        outcomes = []
-        status = "FINISHED"
-        try:
-            data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
-            outcomes, restored = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
-                                            run=run_spec, restart_errored=restart_errored, verbose=verbose)
-            if restored:
-                say(f"resumed Tune state {storage.rstrip('/')}/{experiment}")
-            outcomes = [o for o in outcomes if o.trial_id not in done or not o.ok]
-            if any(not o.ok for o in outcomes):
-                status = "FAILED"
-        except BaseException:
-            status = "KILLED"
-            raise
-        finally:
-            tracking.end_sweep(ctx, status)
-    out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
-    result = aggregate.report(uri, spec.name, out_dir)
-    return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)
+            ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
+            if spec.lr_search is not None:
+                spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
+                trials = expand(spec)  # the searched learning rates are part of the trials' identity
+                hashes = data_hashes(trials)
+            ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
+            rule = run_spec.stop_on_sign or SignStopSpec()
+            tracking.record_sign_rule(ctx, rule.alpha, rule.after)  # the report repeats the test the run made
+            done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
+            pending = [t for t in trials if t.trial_id not in done]
+            skipped = [t.trial_id for t in trials if t.trial_id in done]
+            experiment = f"{spec.name}-{ctx.parent_run_id[:8]}-{content_hash(sorted(t.trial_id for t in trials))}"
+            if skipped:
+                say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
+            outcomes = []
+            status = "FINISHED"
+            try:
+                data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
+                with interruptible() as interrupted:
+                    outcomes, restored = run_trials(pending, trials, ctx, data=data, storage=storage,
+                                                    experiment=experiment, run=run_spec,
+                                                    restart_errored=restart_errored, verbose=verbose)
+                if interrupted():
+                    raise Interrupted("interrupted: the sweep's unfinished runs are marked interrupted (status KILLED, "
+                                      "tag aot.interrupted); run the same command again to resume them")
+                if restored:
+                    say(f"resumed Tune state {storage.rstrip('/')}/{experiment}")
+                outcomes = [o for o in outcomes if o.trial_id not in done or not o.ok]
+                if any(not o.ok for o in outcomes):
+                    status = "FAILED"
+            except BaseException:
+                status = "KILLED"  # interrupted or broken off: its unfinished runs resume on the next `run`
+                raise
+            finally:
+                tracking.end_sweep(ctx, status)
+        out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
+        result = aggregate.report(uri, spec.name, out_dir)
+        return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)

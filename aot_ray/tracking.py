@@ -7,6 +7,7 @@ write keeps them in the buffer for the next flush instead of dropping them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable, TypeVar
 from .errors import TrackingError
 
 ROLE = "aot.role"
+INTERRUPTED = "aot.interrupted"  # on runs ended by Ctrl-C / SIGTERM: status KILLED, resumable
 STOP_AT = "aot.stop_at"  # on both runs of a pair: the evaluation step at which its sign was established
 TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
 T = TypeVar("T")
@@ -43,6 +45,13 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow database folder {db.parent} does not exist; create it or pass --tracking-uri")
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow database folder {db.parent} is not writable; pass another --tracking-uri")
+        if db.is_file():
+            with db.open("rb") as f:
+                head = f.read(16)
+            if head != b"SQLite format 3\x00":
+                what = "an empty file" if not head else "not an SQLite database"
+                raise TrackingError(f"{db} is {what}, not an MLflow database; remove it or pass another "
+                                    f"--tracking-uri") from None
         return
     if uri.startswith(("http://", "https://")):
         try:
@@ -176,7 +185,17 @@ def sign_rule(parent: Any) -> tuple[float, float] | None:
 
 
 def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
-    client(ctx.uri).set_terminated(ctx.parent_run_id, status=status)
+    c = client(ctx.uri)
+    if status == "KILLED":  # interrupted: the parent and every trial run left open are marked so, not failed
+        c.set_tag(ctx.parent_run_id, INTERRUPTED, "1")
+        for run in trial_runs(ctx.uri, ctx.sweep, "RUNNING", ctx.parent_run_id):
+            with contextlib.suppress(Exception):
+                c.set_tag(run.info.run_id, INTERRUPTED, "1")
+                c.set_terminated(run.info.run_id, status="KILLED")
+    elif status == "FINISHED":
+        with contextlib.suppress(Exception):
+            c.delete_tag(ctx.parent_run_id, INTERRUPTED)
+    c.set_terminated(ctx.parent_run_id, status=status)
 
 
 def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None) -> list:
@@ -272,6 +291,10 @@ class TrialTracker:
         if existing is None:
             existing = retry(lambda: find_trial_run(self.ctx.uri, self.ctx.experiment_id, self.trial.trial_id,
                                                     self.ctx.parent_run_id, self.role))
+        if existing is not None and existing.info.status == "FINISHED":
+            # a finished run is final: a second attempt must not reopen it (the driver skips such trials)
+            raise RuntimeError(f"trial {self.trial.trial_id} already has a FINISHED run {existing.info.run_id}; "
+                               f"it is not reopened")
         if existing is not None and resumed_from is None and existing.data.metrics:
             retry(lambda: self.client.delete_run(existing.info.run_id))  # a stale attempt's curve; restorable
             existing = None
@@ -353,4 +376,10 @@ class TrialTracker:
             delay = min(delay * 2, 30.0)
         if error:
             retry(lambda: self.client.set_tag(self.run_id, "aot.error", error[:5000]))
+        elif status == "FINISHED":  # an earlier attempt's error or interruption does not describe a finished run
+            for tag in ("aot.error", INTERRUPTED):
+                with contextlib.suppress(Exception):
+                    self.client.delete_tag(self.run_id, tag)
+        if status == "KILLED":
+            retry(lambda: self.client.set_tag(self.run_id, INTERRUPTED, "1"))
         retry(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -84,6 +84,13 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     from .train import train
 
     trial = trials[config["trial_id"]]
+    done = finished_run(ctx, trial)
+    if done is not None:
+        # finished in MLflow but not in Tune's record (a driver killed in between): final, never rerun or reopened
+        m = done.data.metrics
+        tune.report({"step": int(m.get("stopped_at_step", trial.train.steps)),
+                     "val_loss": m.get("final_val_loss", m.get("val_loss")), "finished_earlier": 1})
+        return
     if trial.resources.workers > 1:
         run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
         return
@@ -99,19 +106,31 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
 
     try:
         checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
+        on_disk = checkpoint_candidates(checkpoint) if checkpoint is not None else []
+        if on_disk:  # every checkpoint of the trial, newest first: an unreadable one falls back to the next
+            train(trial, tracker, on_disk, data=data[trial.trial_id], on_report=report)
+        elif checkpoint is not None:
             with checkpoint.as_directory() as resume_from:
-                # older persisted checkpoints are the fallback if the latest turns out unreadable
-                train(trial, tracker, [resume_from, *_older_checkpoints(checkpoint)], data=data[trial.trial_id],
-                      on_report=report)
+                train(trial, tracker, [resume_from], data=data[trial.trial_id], on_report=report)
         else:
             train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
     except BaseException as e:
         with contextlib.suppress(Exception):  # the trial's own error is the one to report
             if tracker.run_id is not None:
-                tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):  # stopped from outside: interrupted, resumable
+                    tracker.finish("KILLED", patience_s=30)
+                else:
+                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
         raise
     tracker.finish("FINISHED")
+
+
+def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
+    """The trial's MLflow run under this sweep's parent run when it is FINISHED, else None."""
+    from .tracking import find_trial_run, retry
+
+    run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id))
+    return run if run is not None and run.info.status == "FINISHED" else None
 
 
 def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
@@ -184,16 +203,19 @@ def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage:
     )
 
 
-def _older_checkpoints(latest: Any) -> list[str]:
-    """Sibling checkpoint folders of the latest one, newest first (local storage only)."""
-    path = Path(latest.path)
-    if "://" in str(latest.path) or not path.parent.is_dir():
+def checkpoint_candidates(registered: Any) -> list[str]:
+    """All checkpoint folders of the trial on local storage, newest first: Tune's experiment state may name an
+    older one than the newest on disk (its state is saved less often than checkpoints are), or one since
+    deleted. Empty for remote storage (Tune's registered checkpoint is then the one)."""
+    path = Path(registered.path)
+    if "://" in str(registered.path) or not path.parent.is_dir():
         return []
-    return [str(p) for p in sorted(path.parent.glob("checkpoint_*"), reverse=True) if p != path]
+    return [str(p) for p in sorted(path.parent.glob("checkpoint_*"), reverse=True) if p.is_dir()]
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False) -> bool:
-    """Connect to `address` or start a local Ray; False when Ray was already initialised by the caller.
+    """Connect to `address` (else $RAY_ADDRESS) or start a local Ray of our own; False when Ray was already
+    initialised by the caller.
     A local Ray gets its dashboard (on 127.0.0.1) only with `dashboard`: Ray Train's placement-group cleaner
     asks the state API behind it whether a data-parallel run's controller is still alive."""
     import ray
@@ -201,11 +223,12 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING"}
+    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
     if address:
         kwargs["address"] = address
     else:
-        kwargs["num_cpus"] = num_cpus
-        kwargs["num_gpus"] = num_gpus
+        # "local": a Ray of our own, never whichever other Ray on this machine started last
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
     ray.init(**kwargs)
     return True
 
@@ -219,7 +242,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
 
     started = init_ray(address, num_cpus, num_gpus, dashboard)
     try:
-        yield started and not address
+        yield started and not (address or os.environ.get("RAY_ADDRESS"))
     finally:
         if started:
             ray.shutdown()
@@ -317,6 +340,7 @@ def run_trials(
         # given on resume, say) must apply, and Tuner.restore has no argument for them
         with contextlib.suppress(AttributeError):
             tuner._local_tuner.get_run_config().callbacks = callbacks
+            tuner._local_tuner.get_run_config().verbose = verbose  # this run's --quiet, not the first run's
         if restart_errored and any(t.resources.workers > 1 for t in every):
             # a restored result may lack its config; its folder is named by trial id (trial_dirname_creator)
             errored = [(r.config or {}).get("trial_id") or Path(r.path).name

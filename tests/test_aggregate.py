@@ -126,7 +126,6 @@ def test_pair_interval_from_windows_and_sign_tests_per_language():
 
 
 def test_sequences_and_position_gaps_and_written_report(tmp_path):
-    rng = np.random.default_rng(1)
     rows = size_sweep({"gpt2": 0.01}, seeds=(0,))
     pairs, _ = tables.pair_rows(rows)
     positions = {r["trial_id"]: np.linspace(2, 1, 16) + (0.1 if r["direction"] == "backward" else 0) for r in rows}

@@ -71,3 +71,66 @@ def test_plan_shows_data_parallel_workers(capsys, tmp_path):
     assert " 4x(cpu=1) " in capsys.readouterr().out
     assert main([*args[:-1], "defaults.resources.workers=3"]) == 2  # 32 is not divisible by 3
     assert "defaults.resources.workers: 3 data-parallel workers cannot split train.batch_size 32" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- one line for every bad input (issue 13, item 9)
+
+QUICK = (ROOT / "sweeps" / "quickstart.yaml").read_text()
+
+
+def _one_line(capsys, rc_want=2):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda t: t.replace("lr: 3e-3", "lr: .nan"), "defaults.optim.lr: must be a finite number, got nan"),
+    (lambda t: t.replace("lr: 3e-3", "lr: .inf"), "defaults.optim.lr: must be a finite number, got inf"),
+    (lambda t: t.replace("lr: 3e-3", "lr: 'nan'"), "defaults.optim.lr: must be a finite number"),
+    (lambda t: t.replace("name: quickstart", "name: '..'"), "name: must be letters, digits"),
+    (lambda t: t.replace("name: quickstart", "name: quickstart\nname: other"), "duplicate key 'name' (first at line"),
+])
+def test_bad_values_are_refused_with_the_field(capsys, tmp_path, change, needle):
+    f = tmp_path / "s.yaml"
+    f.write_text(change(QUICK))
+    assert main(["plan", str(f), "--storage", str(tmp_path)]) == 2
+    assert needle in _one_line(capsys)
+
+
+def test_binary_sweep_file_is_one_line(capsys, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_bytes(bytes(range(256)) * 4)
+    assert main(["plan", str(f)]) == 2
+    assert "is not a text file" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("flag,value", [("--num-cpus", "-1"), ("--num-cpus", "0"), ("--max-concurrent-trials", "-3"),
+                                        ("--num-gpus", "-1")])
+def test_bad_counts_are_refused_by_the_parser(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be at least" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,what", [(b"", "an empty file"), (b"this is not a database at all", "not an SQLite")])
+def test_a_tracking_store_that_is_not_mlflow_is_refused_and_left_alone(capsys, tmp_path, content, what):
+    db = tmp_path / "m.db"
+    db.write_bytes(content)
+    for cmd in (["report", "quickstart"], ["status", str(ROOT / "sweeps" / "quickstart.yaml")]):
+        assert main([*cmd, "--tracking-uri", f"sqlite:///{db}"]) == 2
+        assert what in _one_line(capsys)
+    assert db.read_bytes() == content  # no MLflow schema written into it
+
+
+@pytest.mark.parametrize("uri,needle", [("http://127.0.0.1:1", "cannot reach the MLflow tracking server"),
+                                        ("foo://bar", "cannot use MLflow tracking URI foo://bar")])
+def test_status_fails_on_a_store_it_cannot_read(capsys, uri, needle):
+    assert main(["status", str(ROOT / "sweeps" / "quickstart.yaml"), "--tracking-uri", uri]) == 2
+    assert needle in _one_line(capsys)
+
+
+def test_unwritable_paths_are_one_line(capsys, tmp_path):
+    assert main(["prepare", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", "/proc/aot"]) == 2
+    assert "cannot use /proc/aot" in _one_line(capsys)

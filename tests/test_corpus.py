@@ -213,3 +213,89 @@ def test_uri_storage_publishes_then_trials_fetch_into_local_cache(tmp_path, monk
     np.testing.assert_array_equal(np.asarray(on_b.train), np.asarray(first.train))
     with pytest.raises(DataError, match="not a prepared dataset"):
         load(f"file://{tmp_path}/bucket/data/text-0000")
+
+
+# ---------------------------------------------------------------- prepared data is checked, not trusted
+
+
+def _prepared_synthetic(tmp_path):
+    from aot_ray.data.prepare import prepare
+    from aot_ray.spec.schema import LinearData
+
+    d = LinearData(bits=8, k=2, n_samples=256)
+    p, built = prepare(d, tmp_path)
+    assert built
+    return d, p
+
+
+def test_a_truncated_token_file_is_refused_in_one_line_and_rebuilt_by_prepare(tmp_path):
+    import pytest
+
+    from aot_ray.data.prepare import load, prepare
+    from aot_ray.errors import DataError
+
+    d, p = _prepared_synthetic(tmp_path)
+    good = (p.path / "train.bin").read_bytes()
+    (p.path / "train.bin").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"is damaged: train.bin is [\d,]+ bytes, its manifest says"):
+        load(p.path)
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        again, built = prepare(d, tmp_path)
+    assert built and (again.path / "train.bin").read_bytes() == good
+
+
+def test_a_zero_filled_token_file_of_the_right_size_fails_its_checksum(tmp_path):
+    import os
+
+    import pytest
+
+    from aot_ray.data.prepare import load
+    from aot_ray.errors import DataError
+
+    _, p = _prepared_synthetic(tmp_path)
+    load(p.path)  # verified once on this node: a stamp records it
+    stamps = list(p.path.glob(".verified-*"))
+    assert len(stamps) == 1
+    f = p.path / "train.bin"
+    size = f.stat().st_size
+    f.write_bytes(bytes(size))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # a changed file, as a rewrite leaves it
+    with pytest.raises(DataError, match="does not match its manifest's checksum"):
+        load(p.path)
+
+
+def test_plan_says_damaged_prepared_data(tmp_path, capsys):
+    import yaml
+
+    from aot_ray.cli import main
+
+    raw = {"name": "dmg", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+           "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 10}},
+           "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [16]}}
+    f = tmp_path / "dmg.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    assert main(["prepare", str(f), "--storage", str(tmp_path / "s")]) == 0
+    (train_bin,) = (tmp_path / "s" / "data").glob("*/train.bin")
+    train_bin.write_bytes(train_bin.read_bytes()[:10])
+    capsys.readouterr()
+    assert main(["plan", str(f), "--storage", str(tmp_path / "s"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    assert "DAMAGED (rebuilt by prepare/run)" in capsys.readouterr().out
+
+
+def test_a_binary_corpus_file_is_read_with_a_warning_and_text_is_split_as_before(tmp_path):
+    import pytest
+
+    from aot_ray.data.sources import documents
+    from aot_ray.spec.schema import TextData
+
+    text = tmp_path / "t.txt"
+    body = "".join(f"line {i} " + "x" * (i % 50) + "\n" + ("\n" if i % 7 == 0 else "") for i in range(20000))
+    text.write_text(body)  # longer than the 64 KB probe: a line straddles its end
+    want = [b.strip("\n") for b in body.split("\n\n") if b.strip()]
+    assert list(documents(TextData(paths=(str(text),)), "data.t")) == want
+    lines = [ln for ln in body.splitlines() if ln.strip()]
+    assert list(documents(TextData(paths=(str(text),), doc_sep="line"), "data.t")) == lines
+    binary = tmp_path / "b.bin"
+    binary.write_bytes(bytes(range(256)) * 100)
+    with pytest.warns(UserWarning, match=r"data.b.paths: .*b.bin does not look like UTF-8 text"):
+        list(documents(TextData(paths=(str(binary),)), "data.b"))

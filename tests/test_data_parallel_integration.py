@@ -98,3 +98,20 @@ def test_errored_data_parallel_trial_restarts_from_scratch_when_asked(tmp_path, 
     # started over: a new run, not a resume from the step-30 checkpoint Ray Train still had
     assert c.get_metric_history(trial_run.info.run_id, "resumed_from_step") == []
     assert trial_run.data.tags["aot.attempt"] == "1" and trial_run.info.status == "FAILED"
+
+
+def test_a_trial_no_node_can_hold_is_refused_on_a_local_ray(ray_dashboard, tmp_path):
+    """resources.cpu: 3 on a 2-CPU local Ray would wait forever: refused before anything starts, naming the
+    trial; on a cluster, a warning."""
+    raw = dp_spec("wide", workers=1)
+    raw["defaults"]["resources"] = {"cpu": 3}
+    trials = expand(parse_sweep(raw))
+    with pytest.raises(AotError, match=r"trial \S+ needs 3 CPU on one node; the largest node has 2 CPU: it could "
+                                       r"never start"):
+        check_data_parallel_fits(trials, fixed=True)
+    said = []
+    check_data_parallel_fits(trials, fixed=False, say=said.append)
+    assert len(said) == 1 and "waits until the autoscaler adds such a node" in said[0]
+    raw["defaults"]["resources"] = {"cpu": 1, "gpu": 1}
+    with pytest.raises(AotError, match=r"needs 1 GPU on one node; the largest node has 0 GPU"):
+        check_data_parallel_fits(expand(parse_sweep(raw)), fixed=True)

@@ -17,15 +17,20 @@ from test_faults_integration import spec_dict
 pytestmark = pytest.mark.integration
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    raw = spec_dict("driverkill", steps=250, seed=[0, 1])  # 2 seeds x 2 directions = 4 trials
-    raw["run"]["max_concurrent_trials"] = 1
+def driver_command(tmp_path, raw):
+    """(tracking URI, the `aot-ray run` command line, its environment) for a sweep dict written to tmp_path."""
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "aot_ray.cli", "run", str(sweep_file), "--tracking-uri", uri,
            "--storage", str(tmp_path / "r"), "--num-cpus", "2", "--quiet"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return uri, cmd, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    raw = spec_dict("driverkill", steps=250, seed=[0, 1])  # 2 seeds x 2 directions = 4 trials
+    raw["run"]["max_concurrent_trials"] = 1
+    uri, cmd, env = driver_command(tmp_path, raw)
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     c = tracking.client(uri)
@@ -67,3 +72,54 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     interrupted = c.get_run(victim.info.run_id)
     resumed = [m.value for m in c.get_metric_history(victim.info.run_id, "resumed_from_step")]
     assert interrupted.info.status == "FINISHED" and resumed and resumed[0] >= 50 - 25 and resumed[0] % 25 == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path, sig):
+    """Ctrl-C (SIGINT) or SIGTERM while trials train: Tune saves its state, the driver exits 130 saying how to
+    resume, the parent and the unfinished trial runs are KILLED with tag aot.interrupted (not FAILED or
+    FINISHED, no aot.error); the same command then finishes them, and a finished run carries no error tag."""
+    raw = spec_dict("intr", steps=400)
+    uri, cmd, env = driver_command(tmp_path, raw)
+    with open(tmp_path / "first.log", "w") as log:  # not quiet: the resumed run below is, and must stay so
+        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    c = tracking.client(uri)
+    deadline = time.time() + 240
+    started = False
+    while time.time() < deadline and not started:
+        time.sleep(0.3)
+        try:
+            runs = tracking.trial_runs(uri, "intr")
+            started = any(c.get_metric_history(r.info.run_id, "val_loss") for r in runs)
+        except Exception:
+            continue
+    assert started, (tmp_path / "first.log").read_text()[-3000:]
+    if sig == signal.SIGINT:  # while it runs: a second driver is refused in one line, status names the first
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert again.returncode == 2 and "is already being run by aot-ray run on" in again.stderr, again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1
+        st = subprocess.run([*cmd[:3], "status", *cmd[4:7]], capture_output=True, text=True, timeout=120, env=env)
+        assert st.returncode == 0 and f"(pid {first.pid})" in st.stdout, st.stdout + st.stderr
+    first.send_signal(sig)
+    rc = first.wait(180)
+    log = (tmp_path / "first.log").read_text()
+    assert rc == 130, log[-3000:]
+    assert "run the same command again to resume" in log and "Traceback" not in log[-2000:]
+    exp = c.get_experiment_by_name("intr")
+    runs = c.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("aot.role") == "sweep")
+    assert parent.info.status == "KILLED" and parent.data.tags.get("aot.interrupted") == "1"
+    trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
+    assert trials and all(r.info.status == "KILLED" and r.data.tags.get("aot.interrupted") == "1"
+                          and "aot.error" not in r.data.tags for r in trials if r.info.status != "FINISHED")
+    assert any(r.info.status == "KILLED" for r in trials)
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Trial status" in log and "Trial status" not in second.stdout + second.stderr  # --quiet kept on resume
+    runs = c.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert all("aot.error" not in r.data.tags and "aot.interrupted" not in r.data.tags for r in trials)
+    parent = next(r for r in runs if r.data.tags.get("aot.role") == "sweep")
+    assert parent.info.status == "FINISHED" and "aot.interrupted" not in parent.data.tags

@@ -127,3 +127,32 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
     assert old_parent != new_parent and {p.info.run_id for p in parents} == {old_parent, new_parent}
     assert len(tracking.trial_runs(uri, "nan", parent_run_id=old_parent)) == 4  # kept as they were
     assert len(tracking.trial_runs(uri, "nan")) == 4  # the new sweep's own runs
+
+
+def test_a_finished_trial_is_never_rerun_or_reopened(tmp_path, ray_local):
+    """A driver killed between a trial's FINISHED in MLflow and Tune's record of it: on resume Tune launches the
+    trial again; it sees its finished run and reports it, without training or reopening the run."""
+    import dataclasses
+
+    from aot_ray import sweep
+    from aot_ray.data.prepare import prepare
+    from aot_ray.spec import expand, parse_sweep
+    from aot_ray.tune import run_trials
+
+    raw = spec_dict("final", steps=30)
+    spec = parse_sweep(raw)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = sweep.run(spec, yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0, say=lambda _: None)
+    assert len(out.ran) == 2 and not out.failed
+    c = tracking.client(uri)
+    before = {r.info.run_id: (r.info.status, r.info.end_time, len(c.get_metric_history(r.info.run_id, "train_loss")))
+              for r in tracking.trial_runs(uri, "final")}
+    ctx = tracking.start_sweep(uri, "final", yaml.safe_dump(raw))  # the same parent run, as a resumed driver has
+    trials = expand(spec)
+    data = {t.trial_id: prepare(t.data, tmp_path / "r")[0].location for t in trials}
+    outcomes, _ = run_trials(trials, trials, ctx, data=data, storage=str(tmp_path / "r"), experiment="lost-state",
+                             run=dataclasses.replace(spec.run, max_failures=0), verbose=0)
+    assert all(o.ok for o in outcomes) and len(outcomes) == 2
+    after = {r.info.run_id: (r.info.status, r.info.end_time, len(c.get_metric_history(r.info.run_id, "train_loss")))
+             for r in tracking.trial_runs(uri, "final")}
+    assert after == before  # same runs, still FINISHED, not reopened, no new points

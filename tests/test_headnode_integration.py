@@ -92,3 +92,21 @@ def test_ray_job_submit_with_working_dir(head):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "succeeded" in (p.stdout + p.stderr)
     check_sweep(head["mlflow"], "headjob")
+
+
+def test_run_without_address_starts_its_own_ray_beside_a_running_head(head):
+    """Another Ray is running on the machine (the head): `aot-ray run` without --address starts a Ray of its
+    own instead of attaching to it; its trials run on nodes the head does not have."""
+    raw = spec_dict("ownray", steps=10)
+    f = head["tmp"] / "ownray.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in head["env"].items() if k != "RAY_ADDRESS"}
+    p = subprocess.run([str(BIN / "aot-ray"), "run", str(f), "--num-cpus", "1", "--tracking-uri", head["mlflow"],
+                        "--storage", str(head["tmp"] / "own"), "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    nodes = subprocess.run([sys.executable, "-c", "import ray; ray.init(address=%r, logging_level='ERROR'); "
+                            "print(' '.join(n['NodeID'] for n in ray.nodes()))" % head["address"]],
+                           env=env, capture_output=True, text=True, timeout=120).stdout.split()
+    ran_on = {t[1]["aot.node"] for t in runs_over_rest(head["mlflow"], "ownray") if t[1].get("aot.role") == "trial"}
+    assert nodes and ran_on and not ran_on & set(nodes)

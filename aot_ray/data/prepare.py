@@ -9,12 +9,15 @@ paths, sizes and modification times, so an edited corpus is prepared again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +114,11 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
     h = data_hash(data, where)
     final = Path(root) / "data" / f"{data.kind}-{h}"
     if (final / MARKER).is_file():
-        return load(final), False
+        try:
+            return load(final), False
+        except DataError as e:  # damaged on disk: built again from its source, under the same hash
+            warnings.warn(f"{e}; rebuilding it")
+            shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -124,7 +131,9 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
 
             fields = build_corpus(data, where, tmp, progress=progress)
         manifest = {"format": FORMAT_VERSION, "hash": h, "source": dataclasses.asdict(data), **fields,
-                    "seconds": round(time.perf_counter() - t0, 3)}
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    # checked on load: sizes always, content once per node (see `verify`)
+                    "sha256": {split: tokenfile.sha256(tmp / f"{split}.bin") for split in ("train", "val")}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (tmp / MARKER).write_text("")
         try:
@@ -139,6 +148,40 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_sizes(path: Path, m: dict) -> None:
+    """Each token file must hold exactly the tokens its manifest counts (cheap: file sizes)."""
+    width = np.dtype(m["dtype"]).itemsize
+    for split in ("train", "val"):
+        f = path / f"{split}.bin"
+        want = int(m["tokens"][split]) * width
+        have = f.stat().st_size if f.is_file() else None
+        if have != want:
+            got = "missing" if have is None else f"{have:,} bytes"
+            raise DataError(f"prepared data {path} is damaged: {split}.bin is {got}, its manifest says {want:,}; "
+                            f"delete the folder and run `aot-ray prepare` again")
+
+
+def verify(path: Path, m: dict) -> None:
+    """Sizes on every load; the content hash once per node and file version (a stamp records the sizes and
+    modification times it was checked at, so a file changed in place is hashed again)."""
+    check_sizes(path, m)
+    want = m.get("sha256")
+    if not want:  # prepared before hashes were recorded: sizes only
+        return
+    files = {split: path / f"{split}.bin" for split in want}
+    state = {k: [f.stat().st_size, f.stat().st_mtime_ns] for k, f in files.items()}
+    stamp = path / f".verified-{socket.gethostname()}"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(stamp.read_text()) == state:
+            return
+    for split, f in files.items():
+        if tokenfile.sha256(f) != want[split]:
+            raise DataError(f"prepared data {path} is damaged: {split}.bin does not match its manifest's "
+                            f"checksum; delete the folder and run `aot-ray prepare` again")
+    with contextlib.suppress(OSError):  # a read-only share: hashed again next time, no harm
+        stamp.write_text(json.dumps(state))
+
+
 def load(path: str | Path) -> Prepared:
     """Memory-map a prepared folder; a URI is fetched into the node-local cache first."""
     if remote.is_remote(path):
@@ -147,6 +190,7 @@ def load(path: str | Path) -> Prepared:
     if not (path / MARKER).is_file():
         raise DataError(f"{path} is not a prepared dataset (no {MARKER} marker); run `aot-ray prepare` first")
     m = json.loads((path / "manifest.json").read_text())
+    verify(path, m)
     return Prepared(
         path=path,
         train=tokenfile.read(path / "train.bin", m["dtype"], m["tokens"]["train"]),

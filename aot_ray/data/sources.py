@@ -11,6 +11,7 @@ import glob
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -61,6 +62,26 @@ def _open_text(path: str) -> io.TextIOBase:
     return fsspec.open(path, "rt", encoding="utf-8", errors="replace", compression=COMPRESSION.get(suffix)).open()
 
 
+def _checked_lines(f: io.TextIOBase, path: str, where: str, probe: int = 1 << 16) -> Iterator[str]:
+    """The file's lines; a warning first when its opening looks binary (NUL characters, or more than 1% of it
+    not UTF-8), since it is read as text anyway and would train on noise."""
+    head = f.read(probe)
+    if "\x00" in head or head.count("\ufffd") > 0.01 * max(1, len(head)):
+        warnings.warn(f"{where}.paths: {path} does not look like UTF-8 text (NUL or undecodable bytes in its first "
+                      f"{probe // 1024} KB); it is read as text anyway: check the path")
+    parts = head.splitlines(keepends=True)
+    tail = parts.pop() if parts and not parts[-1].endswith("\n") else ""
+    yield from parts
+    first = True
+    for line in f:
+        if first and tail:
+            line, first = tail + line, False
+        first = False
+        yield line
+    if first and tail:
+        yield tail
+
+
 def _text_documents(data: TextData, where: str) -> Iterator[str]:
     for path in resolve_paths(data, where):
         try:
@@ -68,14 +89,15 @@ def _text_documents(data: TextData, where: str) -> Iterator[str]:
         except (OSError, ValueError) as e:
             raise DataError(f"{where}.paths: cannot open {path} ({e})") from None
         with f:
+            lines = _checked_lines(f, path, where)
             if data.doc_sep == "line":
-                for line in f:
+                for line in lines:
                     line = line.rstrip("\n")
                     if line.strip():
                         yield line
             else:
                 block: list[str] = []
-                for line in f:
+                for line in lines:
                     if line.strip():
                         block.append(line.rstrip("\n"))
                     elif block:

@@ -33,6 +33,17 @@ class TokenWriter:
         self._f.close()
 
 
+def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
+    """Content hash of a token file, read in chunks (never the whole file in memory)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read(path: Path, dtype: str, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -81,11 +82,13 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, str):
             # PyYAML reads `1e-3` (no dot) as a string; accept it, as a researcher would expect
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, f"must be a number, got {describe(value)}")
+        if not math.isfinite(value):
+            raise SpecError(path, f"must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

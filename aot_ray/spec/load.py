@@ -32,6 +32,20 @@ RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's ki
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
 def load_sweep(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a sweep YAML; errors carry the file name."""
     return load_sweep_text(path, sets)[0]
@@ -66,7 +80,11 @@ def load_sweep_text(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
     if not p.is_file():
         raise SpecError("", f"no such sweep file (give the path of a YAML file, e.g. sweeps/quickstart.yaml)", source)
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise SpecError("", "is not a text file (a sweep is YAML, e.g. sweeps/quickstart.yaml)", source) from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -76,8 +94,6 @@ def load_sweep_text(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
         if sets:
             raw = apply_sets(raw, sets)
             text = yaml.safe_dump(raw, sort_keys=False)
-        else:
-            text = p.read_text()
         return parse_sweep(raw), text
     except SpecError as e:
         raise e.with_source(source) from None
@@ -93,8 +109,9 @@ def parse_sweep(raw: Any) -> SweepSpec:
         if key not in raw:
             raise SpecError(key, "is required")
     name = raw["name"]
-    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS:
-        raise SpecError("name", f"must be a non-empty string of letters, digits, '-', '_', '.'; got {describe(name)}")
+    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or not name[0].isalnum():
+        raise SpecError("name", f"must be letters, digits, '-', '_', '.', starting with a letter or digit (it names "
+                                f"folders and the MLflow experiment); got {describe(name)}")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SpecError("description", f"must be a string, got {describe(description)}")

@@ -190,7 +190,6 @@ def train(
         tracker.log_params({**flatten(trial), "n_params": n_params, "vocab_size": data.vocab_size})
         tracker.log_metrics({"n_params": n_params}, step=0)
 
-    start_step = step
     micro, passes = micro_batches(trial, data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
                                   backend=device.type)
     global_batch = t.batch_size * t.grad_accum

@@ -1,0 +1,65 @@
+"""One driver per sweep: the lease on the sweep's MLflow experiment (real SQLite store, no Ray)."""
+
+import json
+import time
+
+import pytest
+
+from aot_ray import lease as L
+from aot_ray.errors import AotError
+from aot_ray.tracking import client, experiment_id
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr(L, "SETTLE_S", 0.05)
+
+
+def test_a_second_driver_is_refused_naming_the_first_until_it_releases(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    first = L.Lease(uri, "sw")
+    first.acquire()
+    try:
+        h = L.holder(uri, "sw")
+        assert h is not None and h.token == first.token and "pid" in h.who
+        with pytest.raises(AotError, match=r"sweep 'sw' is already being run by aot-ray run on .* \(pid \d+\), since "
+                                           r".*lease renewed \d+ s ago"):
+            L.Lease(uri, "sw").acquire()
+    finally:
+        first.release()
+    assert L.holder(uri, "sw") is None
+    with L.Lease(uri, "sw"):  # free again
+        pass
+
+
+def test_a_dead_drivers_lease_expires(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    c = client(uri)
+    exp = experiment_id(uri, "sw", create=True)
+    info = {"token": "t", "who": "aot-ray run on elsewhere (pid 1)", "since": time.time() - 500, "host": "elsewhere",
+            "pid": 1}
+    c.set_experiment_tag(exp, L.LEASE, json.dumps(info))
+    c.set_experiment_tag(exp, L.RENEWED, repr(time.time() - 10))
+    assert L.holder(uri, "sw") is not None  # renewed 10 s ago on another machine: held
+    c.set_experiment_tag(exp, L.RENEWED, repr(time.time() - L.TTL_S - 1))
+    assert L.holder(uri, "sw") is None  # not renewed within the TTL: expired
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    c.set_experiment_tag(exp, L.LEASE, json.dumps({**info, "host": socket.gethostname(), "pid": int(gone)}))
+    c.set_experiment_tag(exp, L.RENEWED, repr(time.time()))
+    assert L.holder(uri, "sw") is None  # on this machine, its process is gone: expired at once
+    with L.Lease(uri, "sw"):
+        assert L.holder(uri, "sw").token != "t"
+
+
+def test_the_lease_is_renewed_while_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "RENEW_S", 0.1)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with L.Lease(uri, "sw"):
+        first = L.holder(uri, "sw").renewed
+        time.sleep(0.6)
+        assert L.holder(uri, "sw").renewed > first
