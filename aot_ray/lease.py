@@ -44,6 +44,8 @@ def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
     """The driver holding the sweep's lease, or None (no lease, released, or expired)."""
     from .tracking import client, experiment_id
 
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):
+        return None  # no store yet, so no lease (and reading would create the database)
     exp_id = experiment_id(uri, sweep, create=False)
     if exp_id is None:
         return None
@@ -73,7 +75,9 @@ def _dead_here(info: dict) -> bool:
 
 
 class Lease:
-    """`with Lease(uri, sweep):` holds the sweep's lease for the block, or raises AotError naming its holder."""
+    """`with Lease(uri, sweep) as lease:` refuses at once (AotError naming the holder) when another driver holds
+    the sweep's lease, without writing anything; `lease.acquire()` inside the block takes it (just before the
+    sweep's runs are opened), and leaving the block releases it."""
 
     def __init__(self, uri: str, sweep: str) -> None:
         self.uri, self.sweep = uri, sweep
@@ -94,6 +98,12 @@ class Lease:
     def _refuse(self, h: Holder) -> AotError:
         return AotError(f"sweep {self.sweep!r} is already being run by {h.describe()}; wait for it to end or stop "
                         f"it (a driver that died loses its lease {TTL_S:.0f} s after its last renewal)")
+
+    def check(self) -> None:
+        """Refuse when another driver holds the lease (reads only: creates no experiment)."""
+        h = holder(self.uri, self.sweep)
+        if h is not None and h.token != self.token:
+            raise self._refuse(h)
 
     def acquire(self) -> None:
         h = holder(self.uri, self.sweep)
@@ -121,9 +131,10 @@ class Lease:
     def release(self) -> None:
         from .tracking import client, experiment_id
 
+        if self._thread is None:  # never taken
+            return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
         try:
             h = holder(self.uri, self.sweep)
             if h is not None and h.token == self.token:
@@ -132,7 +143,7 @@ class Lease:
             pass
 
     def __enter__(self) -> "Lease":
-        self.acquire()
+        self.check()
         return self
 
     def __exit__(self, *exc: object) -> None:

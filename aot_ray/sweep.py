@@ -375,7 +375,7 @@ def run(
     from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     tracking.check_reachable(uri)  # before anything starts
-    with Lease(uri, spec.name):  # one driver per sweep: a second is refused, naming the first
+    with Lease(uri, spec.name) as lease:  # one driver per sweep: a second is refused, naming the first
         if "://" not in storage:
             try:
                 Path(storage).mkdir(parents=True, exist_ok=True)
@@ -401,6 +401,7 @@ def run(
                 say(summary_line(where, lang, h, path, built, manifest))
             check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
 
+            lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
             ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
             if spec.lr_search is not None:
                 spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)

@@ -134,3 +134,38 @@ def test_status_fails_on_a_store_it_cannot_read(capsys, uri, needle):
 def test_unwritable_paths_are_one_line(capsys, tmp_path):
     assert main(["prepare", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", "/proc/aot"]) == 2
     assert "cannot use /proc/aot" in _one_line(capsys)
+
+
+def _finished_sweep(tmp_path):
+    """A sweep's runs written as trainers write them (no Ray): one seed, so cell intervals are NaN."""
+    from aot_ray.spec import expand, parse_sweep
+    from aot_ray.tracking import TrialTracker, end_sweep, start_sweep
+
+    raw = {"name": "tiny-done", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+           "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 20, "eval_every": 10}},
+           "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32]}}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx = start_sweep(uri, "tiny-done", "name: tiny-done")
+    for t in expand(parse_sweep(raw)):
+        tr = TrialTracker(ctx, t)
+        tr.begin(None)
+        tr.log_params({"train.steps": 20, "train.eval_every": 10})
+        for step in (10, 20):
+            tr.log_metrics({"val_loss": 1.0 + (0.1 if t.direction == "backward" else 0) - step / 100}, step=step)
+        tr.finish("FINISHED")
+    end_sweep(ctx)
+    return uri
+
+
+def test_report_json_is_strict_json_and_bad_out_is_one_line(capsys, tmp_path):
+    uri = _finished_sweep(tmp_path)
+    assert main(["report", "tiny-done", "--tracking-uri", uri, "--json", "--out", str(tmp_path / "rep")]) == 0
+
+    def no_nan(word):
+        raise AssertionError(f"{word} in JSON")
+
+    out = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    (cell,) = out["summary"]
+    assert cell["delta_lo"] is None and cell["direction"] == "undetermined (1 seed)"
+    assert main(["report", "tiny-done", "--tracking-uri", uri, "--out", "/proc/aot-report"]) == 2
+    assert "cannot use /proc/aot-report" in _one_line(capsys)

@@ -28,8 +28,10 @@ def test_a_second_driver_is_refused_naming_the_first_until_it_releases(tmp_path)
     finally:
         first.release()
     assert L.holder(uri, "sw") is None
-    with L.Lease(uri, "sw"):  # free again
-        pass
+    with L.Lease(uri, "sw") as again:  # free again: the block checks, acquire takes it
+        again.acquire()
+        assert L.holder(uri, "sw").token == again.token
+    assert L.holder(uri, "sw") is None
 
 
 def test_a_dead_drivers_lease_expires(tmp_path):
@@ -52,14 +54,16 @@ def test_a_dead_drivers_lease_expires(tmp_path):
     c.set_experiment_tag(exp, L.LEASE, json.dumps({**info, "host": socket.gethostname(), "pid": int(gone)}))
     c.set_experiment_tag(exp, L.RENEWED, repr(time.time()))
     assert L.holder(uri, "sw") is None  # on this machine, its process is gone: expired at once
-    with L.Lease(uri, "sw"):
+    with L.Lease(uri, "sw") as taken:
+        taken.acquire()
         assert L.holder(uri, "sw").token != "t"
 
 
 def test_the_lease_is_renewed_while_held(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "RENEW_S", 0.1)
     uri = f"sqlite:///{tmp_path}/m.db"
-    with L.Lease(uri, "sw"):
+    with L.Lease(uri, "sw") as held:
+        held.acquire()
         first = L.holder(uri, "sw").renewed
         time.sleep(0.6)
         assert L.holder(uri, "sw").renewed > first

@@ -63,7 +63,7 @@ MALFORMED = [
     (("data", "lin", "k"), 57, "data.lin.k: a 8x8 matrix has only 56 off-diagonal entries, got 57"),
     (("data", "lin", "noise"), 0.7, "data.lin.noise: must be at most 0.5, got 0.7"),
     (("data",), {}, "data: must be a non-empty mapping"),
-    (("name",), "has space", "name: must be a non-empty string"),
+    (("name",), "has space", "name: must be letters, digits"),
     (("name",), KeyError, "name: is required"),
     (("extra",), 1, "extra: unknown key (expected one of: name, description, data, defaults, per_model, grid, run, lr_search, null_controls)"),
     (("run", "max_failures"), -1, "run.max_failures: must be a non-negative integer, got -1"),

@@ -44,7 +44,8 @@ def publish(local: Path, uri: str) -> None:
     fs, path = _fs(uri)
     fs.makedirs(path, exist_ok=True)
     for f in sorted(local.iterdir()):
-        if f.name != MARKER and f.is_file():
+        # dot files are this node's own (the checksum stamp of `prepare.verify`): not part of the dataset
+        if f.name != MARKER and f.is_file() and not f.name.startswith("."):
             fs.put_file(str(f), f"{path}/{f.name}")
     fs.pipe_file(f"{path}/{MARKER}", b"")
 
