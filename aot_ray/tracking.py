@@ -46,8 +46,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow database folder {db.parent} is not writable; pass another --tracking-uri")
         if db.is_file():
-            with db.open("rb") as f:
-                head = f.read(16)
+            head = _sqlite_head(db)
             if head != b"SQLite format 3\x00":
                 what = "an empty file" if not head else "not an SQLite database"
                 raise TrackingError(f"{db} is {what}, not an MLflow database; remove it or pass another "
@@ -69,6 +68,19 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # any backend MLflow supports: report its own reason on one line
         raise TrackingError(f"cannot use MLflow tracking URI {uri}: {str(e).splitlines()[0]}") from None
+
+
+def _sqlite_head(db: Path, settle_s: float = 10.0) -> bytes:
+    """The first 16 bytes of a database file. An empty file that was just created may be a database another
+    process (a concurrent driver, a report) is initialising right now: it gets `settle_s` to become one."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        with db.open("rb") as f:
+            head = f.read(16)
+        fresh = time.time() - db.stat().st_mtime < settle_s
+        if head or not fresh or time.monotonic() > deadline:
+            return head
+        time.sleep(0.2)
 
 
 def client(uri: str):

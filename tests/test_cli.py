@@ -116,8 +116,11 @@ def test_bad_counts_are_refused_by_the_parser(capsys, flag, value):
 
 @pytest.mark.parametrize("content,what", [(b"", "an empty file"), (b"this is not a database at all", "not an SQLite")])
 def test_a_tracking_store_that_is_not_mlflow_is_refused_and_left_alone(capsys, tmp_path, content, what):
+    import os
+
     db = tmp_path / "m.db"
     db.write_bytes(content)
+    os.utime(db, (1e9, 1e9))  # a file left there long ago, not one being created right now
     for cmd in (["report", "quickstart"], ["status", str(ROOT / "sweeps" / "quickstart.yaml")]):
         assert main([*cmd, "--tracking-uri", f"sqlite:///{db}"]) == 2
         assert what in _one_line(capsys)
