@@ -131,17 +131,11 @@ def test_looks_start_at_after_and_use_the_pairs_evaluated():
     assert first == {"c": 250, "e": 262.5} and planned == {"c": 8, "e": 9}  # 300..1000; 300..1000 and 1050
 
 
-class FakeClient:
-    def __init__(self):
-        self.tags = {}
+def FakeReader():
+    """A reader that records the tags set through its client (the report tests' fake, with nothing to read)."""
+    from test_aggregate import FakeReader as Reader
 
-    def set_tag(self, run_id, key, value):
-        self.tags[(run_id, key)] = value
-
-
-class FakeReader:
-    def __init__(self):
-        self.client = FakeClient()
+    return Reader({}, {})
 
 
 def _cell(*pairs_state):
