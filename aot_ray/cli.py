@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     from .aggregate import render
     from .spec import load_sweep_text
     from .sweep import resolve_storage, run
-    from .tracking import resolve_uri
+    from .tracking import resolve_uri, ui_hint
 
     spec, text = load_sweep_text(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     print(render(out.report))
     for f in out.report["files"]:
         print(f"wrote {f}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{spec.name}')")
+    print(ui_hint(uri, spec.name))
     if out.failed:
         for o in out.failed:
             print(f"trial {o.trial_id} failed: {o.error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """`aot-ray submit CLUSTER.yaml SWEEP.yaml`: validate both files here, sync the sweep to the head, and start the
-driver there detached from the SSH session (`ray submit --tmux`), with Ray's own cluster launcher."""
+driver there detached from the SSH session (`ray submit --tmux`), with Ray's own cluster launcher. The script it
+submits is the package's own head entry (aot_ray/head.py), so an installed `aot-ray` needs no checkout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import yaml
 
 from .errors import AotError
 
-ENTRY = Path(__file__).resolve().parent.parent / "cluster" / "entry.py"
+from . import head
+
+ENTRY = Path(head.__file__).resolve()
 
 
 def load_cluster(path: str) -> dict:
@@ -38,13 +41,18 @@ def load_cluster(path: str) -> dict:
     return prepared
 
 
+def rel_path(sweep: str) -> str:
+    """Where the sweep file lands in the head's ~/aot_ray."""
+    p = Path(sweep)
+    return f"sweeps/{p.name}" if p.is_absolute() or ".." in p.parts else p.as_posix()
+
+
 def commands(cluster: str, sweep: str, run_args: list[str], ray: str = "ray") -> list[list[str]]:
     """The `ray` invocations: sync the sweep file into the project on the head, then run the entry in tmux."""
-    p = Path(sweep)
-    rel = f"sweeps/{p.name}" if p.is_absolute() else p.as_posix()  # where it lands in the head's ~/aot_ray
+    rel = rel_path(sweep)
     return [
-        [ray, "rsync_up", cluster, str(sweep), f"~/aot_ray/{rel}"],
-        [ray, "submit", "--tmux", cluster, str(ENTRY), rel, *run_args],
+        [ray, "rsync-up", cluster, str(sweep), f"~/aot_ray/{rel}"],
+        [ray, "submit", "--tmux", cluster, str(ENTRY), rel, *(["--", *run_args] if run_args else [])],
     ]
 
 
@@ -60,14 +68,14 @@ def submit(cluster: str, sweep: str, run_args: list[str], say=print) -> None:
         say("$ " + " ".join(cmd))
         done = subprocess.run(cmd)
         if done.returncode != 0:
-            raise AotError(f"`{' '.join(cmd[:3])} ...` failed with exit code {done.returncode}; is the cluster up "
-                           f"(ray up {cluster})?")
+            raise AotError(f"`ray {cmd[1]} {cluster} ...` failed with exit code {done.returncode} (Ray's output is "
+                           f"above); if the cluster is not up: ray up {cluster}")
     name = cfg.get("cluster_name", "?")
     say(f"sweep {spec.name} is running on cluster {name}, detached in tmux on the head.")
     say(f"  watch it:      ray attach {cluster} --tmux")
     say(f"  dashboard:     ray dashboard {cluster}")
-    say(f"  MLflow UI:     ray attach {cluster} -p 5000   (the server listens on the head's private address; or "
-        f"ssh -L 5000:HEAD_PRIVATE_IP:5000 to the head), then http://127.0.0.1:5000")
-    say(f"  status:        ray exec {cluster} 'aot-ray status ~/aot_ray/{Path(sweep).as_posix()} "
-        f"--tracking-uri http://$(hostname -I | cut -d\" \" -f1):5000'")
+    say(f"  MLflow UI:     ray exec {cluster} 'cat ~/.aot_ray/mlflow_uri' prints the server's address on the head; "
+        f"tunnel its port (ssh -L 5000:THAT_ADDRESS:5000 to the head), then open http://127.0.0.1:5000")
+    say(f"  status:        ray exec {cluster} 'aot-ray status ~/aot_ray/{rel_path(sweep)} "
+        f"--tracking-uri $(cat ~/.aot_ray/mlflow_uri)'")
     say(f"  resume:        run the same `aot-ray submit` again: finished trials are kept, the rest resume")

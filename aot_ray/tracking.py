@@ -37,6 +37,14 @@ def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str 
     return uri
 
 
+def ui_hint(uri: str, sweep: str) -> str:
+    """Where to look at a sweep's runs: a server's own address (it serves the UI), else the command that serves
+    a file store (`mlflow ui --backend-store-uri` takes a store, not a server's URL)."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {uri.rstrip('/')}   (experiment '{sweep}'; from another machine: ssh -L to that port)"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{sweep}')"
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before anything starts, when the tracking store cannot be used."""
     if uri.startswith("sqlite:"):

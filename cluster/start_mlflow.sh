@@ -1,16 +1,68 @@
 #!/usr/bin/env bash
-# Start the sweep's MLflow tracking server on the head, bound to its private address (never 0.0.0.0), with a
-# SQLite backend and artifacts proxied by the server. Idempotent: a running server is left alone.
+# The sweep's MLflow tracking server on the head: SQLite backend, artifacts proxied by the server, bound to the
+# head's private address (never 0.0.0.0).
+#   bash cluster/start_mlflow.sh         start (idempotent), wait until it answers, record its address
+#   bash cluster/start_mlflow.sh stop    stop it (cluster/bin/ray runs this on `ray stop`, so `ray down` does)
+# The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/head.py) reads it.
+# MLflow answers 403 to Host headers other than localhost and private ranges unless --allowed-hosts names them:
+# the head's own address and the loopback names (tunnels) are allowed, nothing else.
+#   AOT_MLFLOW_HOST (default: the first of `hostname -I`), AOT_MLFLOW_PORT (5000), AOT_MLFLOW_DIR (~/mlflow),
+#   AOT_MLFLOW_WAIT (seconds to wait for the first answer, 300)
 set -euo pipefail
+project=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${AOT_MLFLOW_PORT:-5000}
 HOST=${AOT_MLFLOW_HOST:-$(hostname -I | awk '{print $1}')}
 DIR=${AOT_MLFLOW_DIR:-$HOME/mlflow}
-mkdir -p "$DIR"
-if curl -sf "http://$HOST:$PORT/health" >/dev/null 2>&1; then
-  echo "mlflow already serving at http://$HOST:$PORT"
+WAIT=${AOT_MLFLOW_WAIT:-300}
+PIDFILE=$DIR/server.pid
+URI_FILE=$HOME/.aot_ray/mlflow_uri
+PY=$project/.venv/bin/python
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+answers() {
+  "$PY" - "$1" <<'PYEOF' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/health", timeout=3).read()
+PYEOF
+}
+
+if [ "${1:-start}" = stop ]; then
+  if running; then
+    pid=$(cat "$PIDFILE")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "mlflow server stopped (pid $pid)"
+  fi
+  rm -f "$PIDFILE" "$URI_FILE"
   exit 0
 fi
-nohup mlflow server --host "$HOST" --port "$PORT" \
+
+URI="http://$HOST:$PORT"
+mkdir -p "$DIR" "$(dirname "$URI_FILE")"
+if running && answers "$URI"; then
+  echo "$URI" > "$URI_FILE"
+  echo "mlflow already serving at $URI"
+  exit 0
+fi
+# its own session, so that stop takes the server's workers with it
+setsid "$project/.venv/bin/mlflow" server --host "$HOST" --port "$PORT" \
   --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$DIR/artifacts" \
-  > "$DIR/server.log" 2>&1 &
-echo "mlflow serving at http://$HOST:$PORT (log: $DIR/server.log)"
+  --allowed-hosts "$HOST,$HOST:$PORT,localhost,localhost:$PORT,127.0.0.1,127.0.0.1:$PORT" \
+  > "$DIR/server.log" 2>&1 < /dev/null &
+echo $! > "$PIDFILE"
+for _ in $(seq "$WAIT"); do
+  if answers "$URI"; then
+    echo "$URI" > "$URI_FILE"
+    echo "mlflow serving at $URI (log: $DIR/server.log)"
+    exit 0
+  fi
+  if ! running; then
+    echo "mlflow server exited before answering; the end of $DIR/server.log:" >&2
+    tail -n 20 "$DIR/server.log" >&2
+    exit 1
+  fi
+  sleep 1
+done
+echo "mlflow server at $URI did not answer within ${WAIT}s (log: $DIR/server.log)" >&2
+exit 1
