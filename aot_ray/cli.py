@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import AotError
+from .tracking import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
 def _sets(p: argparse.ArgumentParser) -> None:
@@ -90,10 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .aggregate.tables import MAX_EPOCHS
+    from .render import plan_text
     from .spec import load_sweep
     from .sweep import plan, resolve_storage
-    from .tracking import resolve_uri
 
     spec = load_sweep(args.sweep, args.sets)
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
@@ -102,69 +102,7 @@ def _plan(args: argparse.Namespace) -> int:
         if result["unfit"]:
             print(f"error: {result['unfit']}", file=sys.stderr)
         return 2 if result["unfit"] else 0
-    from .aggregate import format_table
-
-    def asks(res: dict[str, float]) -> str:
-        each = ",".join(f"{k}={v:g}" for k, v in res.items() if k != "workers")
-        return f"{res['workers']:g}x({each})" if "workers" in res else each  # per data-parallel worker
-
-    def memory(m: dict | None) -> dict[str, str]:
-        if m is None:
-            return {"micro": "", "gpu_mem": ""}
-        peak = f"{m['predicted']['total'] / 2**30:.1f}G"
-        share = f"/{m['budget'] / 2**30:.1f}G" if m["budget"] else "/?"
-        flag = "" if m["fits"] is not False else " OVER"
-        return {"micro": f"{m['micro_batch']}x{m['passes']}", "gpu_mem": peak + share + flag}
-
-    rows = [{**r, "resources": asks(r["resources"]), **memory(r["memory"]),
-             "gpu_h": f"{r['gpu_hours']:.2f}" if r["gpu_hours"] else "",
-             "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M"} for r in result["trials"]]
-    gpu = any(r["memory"] for r in result["trials"])
-    for r in rows:
-        r["epochs"] = "?" if r["epochs"] is None else f"{r['epochs']:.1f}"
-    print(format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
-                              "tokens", "epochs", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
-                       + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else [])))
-    n = len(rows)
-    done = sum(r["status"] == "done" for r in rows)
-    todo = [r for r in result["trials"] if r["status"] != "done"]
-    flops = sum(r["flops"] for r in todo)
-    tokens = sum(r["tokens"] for r in todo)
-    gpu_hours = sum(r["gpu_hours"] or 0 for r in todo)
-    print(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
-          f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
-    if gpu_hours:
-        print(f"estimated {gpu_hours:,.1f} GPU-hours at {spec.run.gpu_tflops:g} sustained TFLOP/s per GPU "
-              f"(run.gpu_tflops)")
-    st = spec.run.stop_on_sign
-    if st is not None:
-        print(f"stop on sign: a pair stops once its sign holds for {st.looks} evaluation(s) at alpha {st.alpha:g}, "
-              f"from {st.after:.0%} of its steps on; the cost above is the most it can take")
-    for d in result["datasets"]:
-        label = d["dataset"] + (f"[{d['language']}]" if d["language"] else "")
-        state = "prepared" if d["prepared"] else "DAMAGED (rebuilt by prepare/run)" if d.get("damaged") else \
-            "not prepared yet"
-        print(f"dataset {label}: {state} at {d['path']}")
-    ls = result["lr_search"]
-    if ls:
-        found = ", ".join(f"{p}={lr:.3g}" if lr is not None else f"{p}=pending" for p, lr in ls["found"].items())
-        print(f"lr search first: {ls['trials_per_model']} Optuna trials per model over lr in "
-              f"[{ls['range'][0]:g}, {ls['range'][1]:g}], {'+'.join(ls['directions'])}, "
-              f"{ls['tokens'] / 1e6:.1f}M tokens in all; learning rates: {found}"
-              + ("" if all(v is not None for v in ls["found"].values())
-                 else " (trial ids above use defaults.optim.lr until the search has run)"))
-    if result["note"]:
-        print(result["note"])
-    if gpu:
-        known = any(r["memory"]["budget"] for r in result["trials"] if r["memory"])
-        print("gpu_mem: predicted peak per worker / its share of the GPU (micro: windows per pass x passes)"
-              + ("" if known else "; the GPU size is unknown: set run.gpu_memory_gb (or "
-                 "run.gpu_memory_gb_by_resource) to check it here, `run` asks the cluster"))
-    many = [r for r in result["trials"] if r["epochs"] is not None and r["epochs"] > MAX_EPOCHS]
-    if many:
-        print(f"warning: {len(many)} trial(s) see their training split more than {MAX_EPOCHS:g} times (up to "
-              f"{max(r['epochs'] for r in many):.0f}): they may measure memorisation, not the arrow; add data or "
-              f"train fewer steps (the report flags such pairs)")
+    print(plan_text(result, spec))
     if result["unfit"]:
         print(f"error: {result['unfit']}", file=sys.stderr)
         return 2
@@ -174,17 +112,17 @@ def _plan(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .aggregate import render
     from .spec import load_sweep_text
-    from .sweep import resolve_storage, run
-    from .tracking import resolve_uri, ui_hint
+    from .sweep import RunOptions, resolve_storage, run
 
     spec, text = load_sweep_text(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
     storage = resolve_storage(args.storage, spec)
     print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
-    out = run(spec, text, uri=uri, storage=storage, address=args.address, num_cpus=args.num_cpus,
-              num_gpus=args.num_gpus, max_concurrent_trials=args.max_concurrent_trials,
-              restart_errored=args.restart_errored, fresh=args.fresh, shared_storage=args.shared_storage,
-              stop_on_sign=args.stop_on_sign, verbose=0 if args.quiet else 1)
+    options = RunOptions(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                         max_concurrent_trials=args.max_concurrent_trials, shared_storage=args.shared_storage,
+                         stop_on_sign=args.stop_on_sign, restart_errored=args.restart_errored, fresh=args.fresh,
+                         verbose=0 if args.quiet else 1)
+    out = run(spec, text, uri=uri, storage=storage, options=options)
     print()
     print(render(out.report))
     for f in out.report["files"]:
@@ -199,7 +137,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from .aggregate import render, report, watch
-    from .tracking import check_reachable, resolve_uri
 
     path = Path(args.sweep)
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -212,8 +149,8 @@ def _report(args: argparse.Namespace) -> int:
     else:
         name, uri = args.sweep, resolve_uri(args.tracking_uri)
         storage = str(Path(args.storage or "aot_results").resolve())
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise AotError(f"no MLflow database at {uri[len('sqlite:///'):]}; run the sweep first or pass --tracking-uri")
+    if not store_exists(uri):
+        raise AotError(f"no MLflow database at {sqlite_path(uri)}; run the sweep first or pass --tracking-uri")
     check_reachable(uri)
     for flag in ("conf", "alpha"):
         if getattr(args, flag) is not None and not 0 < getattr(args, flag) < 1:
@@ -253,9 +190,6 @@ def _status(args: argparse.Namespace) -> int:
     from .aggregate import format_table
     from .spec import load_sweep
     from .sweep import status
-    from .tracking import resolve_uri
-
-    from .tracking import check_reachable
 
     spec = load_sweep(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -271,8 +205,7 @@ def _status(args: argparse.Namespace) -> int:
     print("\n" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     from .lease import holder
 
-    h = holder(uri, spec.name) if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file() \
-        else None
+    h = holder(uri, spec.name) if store_exists(uri) else None
     print(f"driver: {h.describe()}" if h else "driver: none (no `aot-ray run` of this sweep holds its lease)")
     return 0
 

@@ -4,14 +4,13 @@ Ray Train's `TuneReportCallback`. Rank 0 writes the trial's MLflow run and its c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from .errors import AotError
 from .spec.schema import TrialSpec
-from .tracking import SweepContext
+from .tracking import NODE, SweepContext, WORKERS
 
 
 def worker_resources(trial: TrialSpec) -> dict[str, float]:
@@ -20,7 +19,7 @@ def worker_resources(trial: TrialSpec) -> dict[str, float]:
     return {"CPU": r.cpu, **({"GPU": r.gpu} if r.gpu else {}), **r.custom}
 
 
-def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = print) -> None:
+def check_data_parallel_fits(trials: list[TrialSpec], own_ray: bool, say: Any = print) -> None:
     """Every trial must be able to run: a single-process trial on one node, a data-parallel trial's workers on
     the cluster at once. On a Ray this process started, nothing can grow it: refuse before anything starts (a
     trial that can never be placed would wait forever); on a cluster, say so (an autoscaler may add nodes)."""
@@ -37,7 +36,7 @@ def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = pr
             what = ", ".join(f"{v:g} {k}" for k, v in need.items() if best.get(k, 0) < v)
             where = ", ".join(f"{best.get(k, 0):g} {k}" for k, v in need.items() if best.get(k, 0) < v)
             msg = f"trial {trial.trial_id} needs {what} on one node; the largest node has {where}"
-            if fixed:
+            if own_ray:
                 raise AotError(f"{msg}: it could never start; lower resources.cpu/gpu (per_model or defaults), or "
                                f"pass --num-cpus/--num-gpus or --address of a larger cluster")
             say(f"warning: {msg}; it waits until the autoscaler adds such a node")
@@ -48,7 +47,7 @@ def check_data_parallel_fits(trials: list[TrialSpec], fixed: bool, say: Any = pr
             continue
         what = ", ".join(f"{v:g} {k} (has {have.get(k, 0):g})" for k, v in short.items())
         msg = f"trial {trial.trial_id} needs {trial.resources.workers} workers: {what}"
-        if fixed:
+        if own_ray:
             raise AotError(f"{msg}; lower resources.workers or per-worker resources, or pass --num-cpus/--num-gpus "
                            f"or --address of a larger cluster")
         say(f"warning: {msg}; it waits until the autoscaler adds nodes")
@@ -60,41 +59,34 @@ def _dp_worker(config: dict[str, Any]) -> None:
     shards the batch and wraps the model in DDP; rank 0 logs to MLflow and writes the checkpoints."""
     import ray
     import ray.train
-    import torch
 
     from .tracking import TrialTracker
-    from .train import MemoryTracker, train
+    from .train import MemoryTracker
+    from .train.tracked import train_tracked
 
     trial: TrialSpec = config["trial"]
     # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
     # named by file path, so LoggingConfig does not reach it); progress is in MLflow and Tune's table
     logging.getLogger().setLevel(logging.WARNING)
-    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
     rank = ray.train.get_context().get_world_rank()
     tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else MemoryTracker()
     if rank == 0:
-        tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
-        tracker.extra_tags["aot.workers"] = str(trial.resources.workers)
+        tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
+        tracker.extra_tags[WORKERS] = str(trial.resources.workers)
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
         ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
 
-    try:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as resume_from:
-                train(trial, tracker, [resume_from], data=config["data"], on_report=report)
-        else:
-            train(trial, tracker, None, data=config["data"], on_report=report)
-    except BaseException as e:
-        if rank == 0:
-            with contextlib.suppress(Exception):
-                if tracker.run_id is not None:
-                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
-        raise
-    if rank == 0:
-        tracker.finish("FINISHED")
+    checkpoint = ray.train.get_checkpoint()
+    closes = rank == 0  # the other ranks' trackers only follow
+    if checkpoint is not None:
+        with checkpoint.as_directory() as resume_from:
+            train_tracked(trial, tracker, [resume_from], data=config["data"], on_report=report,
+                          interrupts_resume=False, closes_run=closes)
+    else:
+        train_tracked(trial, tracker, None, data=config["data"], on_report=report, interrupts_resume=False,
+                      closes_run=closes)
 
 
 def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str) -> None:

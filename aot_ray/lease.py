@@ -42,9 +42,9 @@ class Holder:
 
 def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
     """The driver holding the sweep's lease, or None (no lease, released, or expired)."""
-    from .tracking import client, experiment_id
+    from .tracking import client, experiment_id, store_exists
 
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):
+    if not store_exists(uri):
         return None  # no store yet, so no lease (and reading would create the database)
     exp_id = experiment_id(uri, sweep, create=False)
     if exp_id is None:

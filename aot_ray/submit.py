@@ -78,4 +78,4 @@ def submit(cluster: str, sweep: str, run_args: list[str], say=print) -> None:
         f"tunnel its port (ssh -L 5000:THAT_ADDRESS:5000 to the head), then open http://127.0.0.1:5000")
     say(f"  status:        ray exec {cluster} 'aot-ray status ~/aot_ray/{rel_path(sweep)} "
         f"--tracking-uri $(cat ~/.aot_ray/mlflow_uri)'")
-    say(f"  resume:        run the same `aot-ray submit` again: finished trials are kept, the rest resume")
+    say("  resume:        run the same `aot-ray submit` again: finished trials are kept, the rest resume")

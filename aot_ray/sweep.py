@@ -13,7 +13,8 @@ from typing import Any, Callable
 from .errors import AotError, DataError, TrackingError
 from .interrupt import Interrupted, interruptible
 from .models import count_params, resolve_shape
-from .spec import SignStopSpec, SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
+from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
+from .tracking import ERROR, store_exists
 
 Say = Callable[[str], None]
 
@@ -118,7 +119,7 @@ def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
     """Finished trial ids, without creating a store that does not exist yet; (ids, note if unknown)."""
     from .tracking import check_reachable, finished_trial_ids
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if not store_exists(uri):
         return set(), None
     try:
         check_reachable(uri)
@@ -129,13 +130,14 @@ def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
 
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
-    from .data.prepare import MARKER, check_sizes
+    from .data.prepare import check_sizes
+    from .publish import MARKER
     from .data.remote import is_remote, remote_exists
     from .tune import resources_of
 
     lr_found: dict[str, float] = {}
     searched = spec  # the spec with its search settings, for the lr-search line
-    if spec.lr_search is not None and note_free(uri):
+    if spec.lr_search is not None and store_exists(uri):
         from .spec import with_learning_rates
         from .tracking import searched_lrs
 
@@ -190,7 +192,7 @@ def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: s
     """hash -> manifest of each dataset already prepared in a local storage (remote ones are not fetched)."""
     import json
 
-    from .data.prepare import MARKER
+    from .publish import MARKER
 
     out = {}
     if "://" in storage:
@@ -201,11 +203,6 @@ def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: s
             with contextlib.suppress(OSError, ValueError):
                 out[h] = json.loads((folder / "manifest.json").read_text())
     return out
-
-
-def note_free(uri: str) -> bool:
-    """Whether the tracking store exists to be read (planning never creates one)."""
-    return not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file())
 
 
 def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: str, run_spec: Any, verbose: int,
@@ -278,8 +275,7 @@ def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
     from .tracking import client, trial_runs
 
     runs: dict[str, Any] = {}
-    if done_trials(uri, spec.name)[1] is None and not (
-            uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()):
+    if done_trials(uri, spec.name)[1] is None and store_exists(uri):
         for r in trial_runs(uri, spec.name):  # newest first
             runs.setdefault(r.data.tags.get("trial_id"), r)
     c = client(uri) if runs else None
@@ -294,7 +290,7 @@ def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
             val = sorted(c.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)
             row["step"] = max(steps, default=0)
             row["val_loss"] = val[-1].value if val else None
-            row["error"] = r.data.tags.get("aot.error")
+            row["error"] = r.data.tags.get(ERROR)
         rows.append(row)
     return rows
 
@@ -311,31 +307,43 @@ class RunOutcome:
         return [o for o in self.ran if not o.ok]
 
 
-def run(
-    spec: SweepSpec,
-    spec_text: str,
-    *,
-    uri: str,
-    storage: str,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    max_concurrent_trials: int | None = None,
-    restart_errored: bool = False,
-    fresh: bool = False,
-    shared_storage: bool = False,
-    stop_on_sign: bool = False,
-    verbose: int = 1,
-    say: Say = print,
-) -> RunOutcome:
-    """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`); `fresh` starts a
-    new parent run and Tune state, leaving the earlier ones untouched."""
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The flags of `aot-ray run` beside the sweep YAML. `run_spec` is the one place where they meet the sweep's
+    `run:` section: a flag that was given wins, one that was not keeps the YAML's value."""
+    address: str | None = None  # a running Ray cluster (else $RAY_ADDRESS, else a Ray of this process's own)
+    num_cpus: int | None = None  # the resources of that own Ray
+    num_gpus: int | None = None
+    max_concurrent_trials: int | None = None
+    shared_storage: bool = False  # a local storage path every node mounts
+    stop_on_sign: bool = False  # run.stop_on_sign with its defaults, where the YAML has none
+    restart_errored: bool = False  # errored trials start over instead of resuming
+    fresh: bool = False  # a new parent run and Tune state; the earlier ones stay untouched
+    verbose: int = 1
+
+    def run_spec(self, run: RunSpec) -> RunSpec:
+        if self.max_concurrent_trials is not None:
+            run = replace(run, max_concurrent_trials=self.max_concurrent_trials)
+        if self.stop_on_sign and run.stop_on_sign is None:
+            run = replace(run, stop_on_sign=SignStopSpec())
+        if self.shared_storage:
+            run = replace(run, shared_storage=True)
+        return run
+
+
+def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: RunOptions | None = None,
+        say: Say = print, **flags: Any) -> RunOutcome:
+    """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`). `options` are the
+    command line's (`flags`: the same as keywords, RunOptions' fields)."""
     from . import aggregate, tracking
     from .data_parallel import check_data_parallel_fits
     from .gpus import gpu_size_finder
     from .lease import Lease
     from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
+    opts = options or RunOptions(**flags)
+    run_spec = opts.run_spec(spec.run)
+    verbose = opts.verbose
     tracking.check_reachable(uri)  # before anything starts
     with Lease(uri, spec.name) as lease:  # one driver per sweep: a second is refused, naming the first
         if "://" not in storage:
@@ -346,13 +354,10 @@ def run(
         trials = expand(spec)
         hashes = data_hashes(trials)  # also fails fast on missing local files
         datasets = distinct_datasets(trials, hashes)
-        run_spec = spec.run if max_concurrent_trials is None else replace(spec.run, max_concurrent_trials=max_concurrent_trials)
-        if stop_on_sign and run_spec.stop_on_sign is None:
-            run_spec = replace(run_spec, stop_on_sign=SignStopSpec())
         data_parallel = any(t.resources.workers > 1 for t in trials)
-        with ray_session(address, num_cpus, num_gpus, dashboard=data_parallel) as fixed:
-            check_cluster(storage, uri, shared_storage or spec.run.shared_storage)
-            check_data_parallel_fits(trials, fixed, say)
+        with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel) as own_ray:
+            check_cluster(storage, uri, run_spec.shared_storage)
+            check_data_parallel_fits(trials, own_ray, say)
             unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
             if unfit:
                 raise AotError(unfit)
@@ -364,7 +369,7 @@ def run(
             check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
 
             lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
-            ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=fresh)
+            ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=opts.fresh)
             if spec.lr_search is not None:
                 spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
                 trials = expand(spec)  # the searched learning rates are part of the trials' identity
@@ -385,7 +390,7 @@ def run(
                 with interruptible() as interrupted:
                     outcomes, restored = run_trials(pending, trials, ctx, data=data, storage=storage,
                                                     experiment=experiment, run=run_spec,
-                                                    restart_errored=restart_errored, verbose=verbose)
+                                                    restart_errored=opts.restart_errored, verbose=verbose)
                 if interrupted():
                     raise Interrupted("interrupted: the sweep's unfinished runs are marked interrupted (status KILLED, "
                                       "tag aot.interrupted); run the same command again to resume them")

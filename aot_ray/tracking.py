@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,21 +20,40 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import TrackingError
+from .spec.presets import arch_of
 
 ROLE = "aot.role"
 INTERRUPTED = "aot.interrupted"  # on runs ended by Ctrl-C / SIGTERM: status KILLED, resumable
 STOP_AT = "aot.stop_at"  # on both runs of a pair: the evaluation step at which its sign was established
+ERROR = "aot.error"  # on a failed run: the error's text
+AXES = "aot.axes"  # on a trial run: its grid axes (JSON)
+NODE = "aot.node"  # on a trial run: the Ray node it ran on
+WORKERS = "aot.workers"  # on a data-parallel trial run: its worker count
+LR_SEARCH = "aot.lr_search"  # on a learning-rate search run: the preset searched
+PID, HOST, ATTEMPT = "aot.pid", "aot.host", "aot.attempt"  # on a trial run: who runs it, which attempt
 TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
 T = TypeVar("T")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def store_exists(uri: str) -> bool:
+    """Whether the tracking store is there to be read: a server or database is taken as there (it is checked
+    when used); a SQLite file only when it exists (planning and status never create one)."""
+    db = sqlite_path(uri)
+    return db is None or db.is_file()
 
 
 def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str | Path | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the sweep's run.tracking_uri, else ./mlflow.db (absolute)."""
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
         # relative sqlite paths break as soon as a Ray worker runs in another directory
-        rel = uri[len("sqlite:///"):]
-        uri = "sqlite:///" + str((Path(cwd or os.getcwd()) / rel).resolve())
+        uri = "sqlite:///" + str((Path(cwd or os.getcwd()) / db).resolve())
     return uri
 
 
@@ -47,8 +67,8 @@ def ui_hint(uri: str, sweep: str) -> str:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before anything starts, when the tracking store cannot be used."""
-    if uri.startswith("sqlite:"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow database folder {db.parent} does not exist; create it or pass --tracking-uri")
         if not os.access(db.parent, os.W_OK):
@@ -114,8 +134,9 @@ def _quote(value: str) -> str:
 
 def artifact_root(uri: str) -> str | None:
     """For a local SQLite store, keep artifacts beside the database (the server decides for http stores)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    db = sqlite_path(uri)
+    if db is not None:
+        return (db.parent / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -292,11 +313,9 @@ class TrialTracker:
         tags["sweep"] = self.ctx.sweep
         if trial.language is not None:
             tags["language"] = trial.language
-        from .models import arch_of
-
         tags["arch"] = arch_of(trial.model.preset)
         # the grid axes of this trial (dotted overrides such as data.k included): what the report trends over
-        tags["aot.axes"] = json.dumps(dict(trial.axes), sort_keys=True, default=str)
+        tags[AXES] = json.dumps(dict(trial.axes), sort_keys=True, default=str)
         return retry(lambda: self.client.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags)).info.run_id
 
     def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
@@ -326,12 +345,10 @@ class TrialTracker:
                 history = retry(lambda: self.client.get_metric_history(self.run_id, key))
                 self._last_step[key] = max((m.step for m in history), default=-1)
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
-        import socket
-
-        attempt = int(existing.data.tags.get("aot.attempt", "0")) + 1 if existing is not None else 1
+        attempt = int(existing.data.tags.get(ATTEMPT, "0")) + 1 if existing is not None else 1
         retry(lambda: self.client.log_batch(self.run_id, tags=[
-            self._tag("aot.pid", str(os.getpid())), self._tag("aot.host", socket.gethostname()),
-            self._tag("aot.attempt", str(attempt)), *(self._tag(k, v) for k, v in self.extra_tags.items())]))
+            self._tag(PID, str(os.getpid())), self._tag(HOST, socket.gethostname()),
+            self._tag(ATTEMPT, str(attempt)), *(self._tag(k, v) for k, v in self.extra_tags.items())]))
 
     def _tag(self, key: str, value: str):
         from mlflow.entities import RunTag
@@ -395,9 +412,9 @@ class TrialTracker:
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
         if error:
-            retry(lambda: self.client.set_tag(self.run_id, "aot.error", error[:5000]))
+            retry(lambda: self.client.set_tag(self.run_id, ERROR, error[:5000]))
         elif status == "FINISHED":  # an earlier attempt's error or interruption does not describe a finished run
-            for tag in ("aot.error", INTERRUPTED):
+            for tag in (ERROR, INTERRUPTED):
                 with contextlib.suppress(Exception):
                     self.client.delete_tag(self.run_id, tag)
         if status == "KILLED":

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError
 from .spec.schema import RunSpec, TrialSpec
-from .tracking import SweepContext
+from .tracking import LR_SEARCH, NODE, SweepContext
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -77,11 +77,10 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
 
 def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str],
                dp_root: str = "") -> None:
-    import torch
     from ray import tune
 
     from .tracking import TrialTracker
-    from .train import train
+    from .train.tracked import train_tracked
 
     trial = trials[config["trial_id"]]
     done = finished_run(ctx, trial)
@@ -94,35 +93,24 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     if trial.resources.workers > 1:
         run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
         return
-    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
     tracker = TrialTracker(ctx, trial)
     import ray
 
-    tracker.extra_tags["aot.node"] = ray.get_runtime_context().get_node_id()
+    tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    try:
-        checkpoint = tune.get_checkpoint()
-        on_disk = checkpoint_candidates(checkpoint) if checkpoint is not None else []
-        if on_disk:  # every checkpoint of the trial, newest first: an unreadable one falls back to the next
-            train(trial, tracker, on_disk, data=data[trial.trial_id], on_report=report)
-        elif checkpoint is not None:
-            with checkpoint.as_directory() as resume_from:
-                train(trial, tracker, [resume_from], data=data[trial.trial_id], on_report=report)
-        else:
-            train(trial, tracker, None, data=data[trial.trial_id], on_report=report)
-    except BaseException as e:
-        with contextlib.suppress(Exception):  # the trial's own error is the one to report
-            if tracker.run_id is not None:
-                if isinstance(e, (KeyboardInterrupt, SystemExit)):  # stopped from outside: interrupted, resumable
-                    tracker.finish("KILLED", patience_s=30)
-                else:
-                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
-        raise
-    tracker.finish("FINISHED")
+    checkpoint = tune.get_checkpoint()
+    on_disk = checkpoint_candidates(checkpoint) if checkpoint is not None else []
+    if on_disk:  # every checkpoint of the trial, newest first: an unreadable one falls back to the next
+        train_tracked(trial, tracker, on_disk, data=data[trial.trial_id], on_report=report)
+    elif checkpoint is not None:
+        with checkpoint.as_directory() as resume_from:
+            train_tracked(trial, tracker, [resume_from], data=data[trial.trial_id], on_report=report)
+    else:
+        train_tracked(trial, tracker, None, data=data[trial.trial_id], on_report=report)
 
 
 def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
@@ -136,26 +124,17 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
 def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
     """One Optuna candidate: short runs at config["lr"] in each searched direction (one MLflow run each, role
     lr-search); the objective is their mean final validation loss."""
-    import torch
     from ray import tune
 
     from .spec import lr_search_trials
     from .tracking import TrialTracker
-    from .train import train
+    from .train.tracked import train_tracked
 
     losses = []
     for trial in lr_search_trials(spec, preset, config["lr"]):
-        torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
         tracker = TrialTracker(ctx, trial, role="lr-search")
-        tracker.extra_tags["aot.lr_search"] = preset
-        try:
-            losses.append(train(trial, tracker, None, data=data).val_loss)
-        except BaseException as e:
-            with contextlib.suppress(Exception):
-                if tracker.run_id is not None:
-                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
-            raise
-        tracker.finish("FINISHED")
+        tracker.extra_tags[LR_SEARCH] = preset
+        losses.append(train_tracked(trial, tracker, None, data=data, interrupts_resume=False).val_loss)
     tune.report({"val_loss": sum(losses) / len(losses), "lr": config["lr"]})
 
 
@@ -310,8 +289,8 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None 
 
 
 def run_trials(
-    launch: list[TrialSpec],
-    every: list[TrialSpec],
+    pending: list[TrialSpec],
+    all_trials: list[TrialSpec],
     ctx: SweepContext,
     *,
     data: dict[str, str],
@@ -323,10 +302,11 @@ def run_trials(
 ) -> tuple[list[TrialOutcome], bool]:
     """Run the sweep's Tune experiment `storage/experiment`: restore it when its state exists (finished
     trials stay finished; unfinished and errored ones continue from their checkpoints, or errored ones start
-    over with `restart_errored`), else launch `launch`. Returns (outcomes, restored)."""
+    over with `restart_errored`), else launch the `pending` trials (those of `all_trials` not finished in
+    MLflow). Returns (outcomes, restored)."""
     from ray import tune
 
-    by_id = {t.trial_id: t for t in every}
+    by_id = {t.trial_id: t for t in all_trials}
     path = f"{storage.rstrip('/')}/{experiment}"
     dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root)
@@ -341,18 +321,18 @@ def run_trials(
         with contextlib.suppress(AttributeError):
             tuner._local_tuner.get_run_config().callbacks = callbacks
             tuner._local_tuner.get_run_config().verbose = verbose  # this run's --quiet, not the first run's
-        if restart_errored and any(t.resources.workers > 1 for t in every):
+        if restart_errored and any(t.resources.workers > 1 for t in all_trials):
             # a restored result may lack its config; its folder is named by trial id (trial_dirname_creator)
             errored = [(r.config or {}).get("trial_id") or Path(r.path).name
                        for r in tuner.get_results() if r.error is not None]
             drop_data_parallel_runs(dp_root, [t for t in errored if t in by_id and by_id[t].resources.workers > 1])
-    elif not launch:
+    elif not pending:
         return [], False
     else:
         name_of = lambda t: t.config["trial_id"]  # noqa: E731
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial_id": tune.grid_search([t.trial_id for t in launch])},
+            param_space={"trial_id": tune.grid_search([t.trial_id for t in pending])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=run.max_concurrent_trials,
                 reuse_actors=True,  # saves the torch/transformers import per trial
@@ -363,7 +343,7 @@ def run_trials(
                 name=experiment,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=run.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in launch)),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
                 verbose=verbose,
                 callbacks=callbacks,
             ),

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,15 @@ def test_report_json_is_strict_json_and_bad_out_is_one_line(capsys, tmp_path):
     assert cell["delta_lo"] is None and cell["direction"] == "undetermined (1 seed)"
     assert main(["report", "tiny-done", "--tracking-uri", uri, "--out", "/proc/aot-report"]) == 2
     assert "cannot use /proc/aot-report" in _one_line(capsys)
+
+
+def test_run_flags_override_the_yaml_run_section_only_when_given():
+    from aot_ray.spec import SignStopSpec, load_sweep
+    from aot_ray.sweep import RunOptions
+
+    run = load_sweep(ROOT / "sweeps" / "quickstart.yaml").run
+    assert RunOptions().run_spec(run) == run  # nothing given: the YAML's values
+    given = RunOptions(max_concurrent_trials=7, stop_on_sign=True, shared_storage=True).run_spec(run)
+    assert (given.max_concurrent_trials, given.stop_on_sign, given.shared_storage) == (7, SignStopSpec(), True)
+    custom = replace(run, stop_on_sign=SignStopSpec(alpha=0.01))
+    assert RunOptions(stop_on_sign=True).run_spec(custom).stop_on_sign.alpha == 0.01  # the YAML's own settings kept

@@ -75,11 +75,11 @@ def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path,
 def test_a_data_parallel_trial_that_cannot_fit_is_refused_on_a_local_ray(ray_dashboard):
     trials = expand(parse_sweep(dp_spec("big", workers=4)))
     with pytest.raises(AotError, match=r"needs 4 workers: 4 CPU \(has 2\); lower resources.workers"):
-        check_data_parallel_fits(trials, fixed=True)
+        check_data_parallel_fits(trials, own_ray=True)
     said = []
-    check_data_parallel_fits(trials, fixed=False, say=said.append)  # a cluster may grow: a warning
+    check_data_parallel_fits(trials, own_ray=False, say=said.append)  # a cluster may grow: a warning
     assert len(said) == 1 and "waits until the autoscaler adds nodes" in said[0]
-    check_data_parallel_fits(expand(parse_sweep(dp_spec("fits"))), fixed=True)
+    check_data_parallel_fits(expand(parse_sweep(dp_spec("fits"))), own_ray=True)
 
 
 def test_errored_data_parallel_trial_restarts_from_scratch_when_asked(tmp_path, ray_dashboard):
@@ -108,10 +108,10 @@ def test_a_trial_no_node_can_hold_is_refused_on_a_local_ray(ray_dashboard, tmp_p
     trials = expand(parse_sweep(raw))
     with pytest.raises(AotError, match=r"trial \S+ needs 3 CPU on one node; the largest node has 2 CPU: it could "
                                        r"never start"):
-        check_data_parallel_fits(trials, fixed=True)
+        check_data_parallel_fits(trials, own_ray=True)
     said = []
-    check_data_parallel_fits(trials, fixed=False, say=said.append)
+    check_data_parallel_fits(trials, own_ray=False, say=said.append)
     assert len(said) == 1 and "waits until the autoscaler adds such a node" in said[0]
     raw["defaults"]["resources"] = {"cpu": 1, "gpu": 1}
     with pytest.raises(AotError, match=r"needs 1 GPU on one node; the largest node has 0 GPU"):
-        check_data_parallel_fits(expand(parse_sweep(raw)), fixed=True)
+        check_data_parallel_fits(expand(parse_sweep(raw)), own_ray=True)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,14 +15,12 @@ from aot_ray.data.prepare import prepare
 from aot_ray.spec import expand, parse_sweep
 from aot_ray.train import MemoryTracker, train
 
-SPEC = {
-    "name": "ddp",
-    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "val_fraction": 0.25}},
-    "defaults": {"optim": {"lr": 3e-3, "warmup_steps": 3},
-                 "train": {"steps": 20, "batch_size": 8, "grad_accum": 2, "eval_every": 10, "log_every": 5,
-                           "checkpoint_every": 10, "eval_windows": 16, "threads": 1}},
-    "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [32], "direction": ["backward"]},
-}
+from specs import tiny_sweep
+
+pytestmark = pytest.mark.slow  # real training in several processes: kept out of the fast loop
+
+SPEC = tiny_sweep("ddp", data={"val_fraction": 0.25}, optim={"warmup_steps": 3},
+                  train={"steps": 20, "grad_accum": 2, "eval_every": 10}, grid={"direction": ["backward"]})
 
 
 def _worker(rank: int, world: int, tmp: str, stop_at: int | None = None) -> None:

@@ -12,17 +12,14 @@ from aot_ray.spec import expand, parse_sweep
 from aot_ray.train import train
 from aot_ray.train import checkpoint as ckpt
 
-SPEC = {
-    "name": "resume",
-    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "val_fraction": 0.25}},
-    "defaults": {
-        "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine_restarts", "restarts": 2, "restart_decay": 0.85},
-        "model": {"dropout": 0.1},  # exercises the RNG state
-        "train": {"steps": 40, "batch_size": 8, "eval_every": 5, "log_every": 5, "checkpoint_every": 10,
-                  "eval_windows": 16, "threads": 1},
-    },
-    "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [32], "direction": ["backward"]},
-}
+from specs import tiny_sweep
+
+pytestmark = pytest.mark.slow  # trains for real, twice per case: kept out of the fast loop
+
+SPEC = tiny_sweep("resume", data={"val_fraction": 0.25},
+                  optim={"schedule": "cosine_restarts", "restarts": 2, "restart_decay": 0.85},
+                  model={"dropout": 0.1},  # exercises the RNG state
+                  train={"eval_every": 5}, grid={"direction": ["backward"]})
 
 
 class Crash(Exception):

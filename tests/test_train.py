@@ -1,34 +1,21 @@
 """Trainer: a pulse test on tiny local data, and k steps + resume + (N-k) steps == N steps."""
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from aot_ray.spec import expand, parse_sweep
 from aot_ray.data.prepare import prepare
 from aot_ray.train import MemoryTracker, train
 from aot_ray.train.schedule import make_scheduler
 from aot_ray.spec import OptimSpec
 
-SPEC = {
-    "name": "pulse",
-    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "val_fraction": 0.25}},
-    "defaults": {
-        "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "train": {"steps": 40, "batch_size": 8, "eval_every": 20, "log_every": 5, "checkpoint_every": 10,
-                  "eval_windows": 16, "threads": 1},
-    },
-    "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [32], "seed": [3]},
-}
+from specs import tiny_trials
 
 
 def trials(model="tiny", **train):
-    raw = {**SPEC, "defaults": {**SPEC["defaults"], "train": {**SPEC["defaults"]["train"], **train}},
-           "grid": {**SPEC["grid"], "model": [model]}}
-    return expand(parse_sweep(raw))
+    return tiny_trials("pulse", data={"val_fraction": 0.25}, train=train, grid={"seed": [3], "model": [model]})
 
 
 ARCHS = pytest.mark.parametrize("model", ["tiny", "lstm-tiny", "gru-tiny"])

@@ -1,10 +1,10 @@
 """The AoT report, layered: `read` (MLflow -> tidy records and per-window losses), `tables` (pure: pairs with
-intervals, seed means, trends, sign tests, sequential sign states), `plots`, `text`, and `write` (files, MLflow
-artifacts, the terminal summary, `watch`)."""
+intervals, seed means, trends, sign tests, sequential sign states), `plots`, `text` (the terminal summary,
+report.md, CSV), and `write` (files, MLflow artifacts, `watch`)."""
 
 from .tables import PAIR_COLUMNS, SUMMARY_COLUMNS, delta, pair_rows, summarize
-from .text import format_table, to_csv
-from .write import render, report, watch
+from .text import format_table, render, to_csv
+from .write import report, watch
 
 __all__ = ["PAIR_COLUMNS", "SUMMARY_COLUMNS", "delta", "format_table", "pair_rows", "render", "report",
            "summarize", "to_csv", "watch"]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..tracking import AXES, STOP_AT, client, trial_runs
+
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
 
 STEP_FILE = re.compile(r"step-(\d+)\.json$")
@@ -31,7 +33,7 @@ def record_of(run: Any) -> dict[str, Any]:
     from ..models import arch_of
 
     tags, metrics = run.data.tags, run.data.metrics
-    axes = json.loads(tags["aot.axes"]) if "aot.axes" in tags else {}  # absent on runs of older versions
+    axes = json.loads(tags[AXES]) if AXES in tags else {}  # absent on runs of older versions
     loss = metrics.get("final_val_loss", metrics.get("val_loss"))
     return {
         "trial_id": tags.get("trial_id"),
@@ -50,7 +52,7 @@ def record_of(run: Any) -> dict[str, Any]:
         "steps": int(run.data.params["train.steps"]) if "train.steps" in run.data.params else None,
         "eval_every": int(run.data.params["train.eval_every"]) if "train.eval_every" in run.data.params else None,
         # set when the sweep stopped the pair once its sign was established: the report compares it at this step
-        "stop_at": int(tags["aot.stop_at"]) if "aot.stop_at" in tags else None,
+        "stop_at": int(tags[STOP_AT]) if STOP_AT in tags else None,
     }
 
 
@@ -59,8 +61,6 @@ class Reader:
     `--watch` loop keeps one), those of running trials are read again each time."""
 
     def __init__(self, uri: str, sweep: str) -> None:
-        from ..tracking import client
-
         self.uri, self.sweep = uri, sweep
         self.client = client(uri)
         self._cache: dict[tuple[str, str], Any] = {}
@@ -68,8 +68,6 @@ class Reader:
 
     def records(self, include_running: bool = True) -> list[dict[str, Any]]:
         """Newest run per trial id, of the sweep's current parent run."""
-        from ..tracking import trial_runs
-
         out: dict[str, dict[str, Any]] = {}
         for run in trial_runs(self.uri, self.sweep):  # newest first
             if run.info.status != "FINISHED" and not (include_running and run.info.status == "RUNNING"):

@@ -1,11 +1,17 @@
-"""Text forms of the report's tables: aligned plain text for the terminal, CSV, and markdown."""
+"""Every text form of the report: aligned plain text for the terminal (`render`), report.md (`markdown`), CSV,
+and the plain-words guide to reading it. Nothing here reads or writes."""
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import math
+from pathlib import Path
 from typing import Any
+
+from .. import signs
+from . import tables
 
 
 def fmt(v: Any) -> str:
@@ -56,3 +62,109 @@ def reading(conf: int, alpha: float) -> list[str]:
         "  group beside it. For text, the reversed-characters tokenizer control shows how much of the gap the",
         "  tokenizer's own direction makes.",
     ]
+
+
+def _columns_of(result: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    pairs = result["pairs"]
+    lang = ["language"] if any(p.get("language") for p in pairs) else []
+    axes = sorted({k for p in pairs for k in p.get("axes", {}) if "." in k})
+    arch = ["arch"] if len({p.get("arch") for p in pairs}) > 1 else []
+    return lang, axes, arch
+
+
+def sequence_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The latest look of every cell, in words."""
+    return [{"cell_key": k, "step": ss[-1].step, "seeds": ss[-1].n, "delta": ss[-1].delta, "lo": ss[-1].lo,
+             "hi": ss[-1].hi, "sign": signs.word(ss), "since": ss[-1].established_at}
+            for k, ss in result["sequences"].items()]
+
+
+def _pair_columns(result: dict[str, Any]) -> list[str]:
+    lang, axes, arch = _columns_of(result)
+    overfit = ["overfit"] if any(p.get("overfit") for p in result["pairs"]) else []
+    return ["dataset", *lang, *arch, "model", "context_length", *axes, "seed", "L_fw", "L_bw", "delta", "delta_lo",
+            "delta_hi", *overfit]
+
+
+def _cell_columns(result: dict[str, Any], means: bool = False) -> list[str]:
+    lang, axes, arch = _columns_of(result)
+    null = ["null_delta", "null_lo", "null_hi"] if any("null_delta" in c for c in result["summary"]) else []
+    return ["dataset", *lang, *arch, "model", "context_length", *axes, "n_seeds",
+            *(["L_fw_mean", "L_bw_mean"] if means else []), "delta_mean", "delta_lo", "delta_hi", "direction", *null]
+
+
+def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
+    conf = int(result["conf"] * 100)
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [f"# Arrow of Time report: {sweep}", "",
+             f"{when}. {len(result['rows'])} finished trials, {len(result['running'])} running; "
+             f"{len(result['pairs'])} forward/backward pairs. delta = (L_bw - L_fw) / (0.5 (L_bw + L_fw)), "
+             f"nats/token on the same validation windows.", "", *reading(conf, result["alpha"]), ""]
+    if result["pairs"]:
+        parts += ["## Pairs", "", f"[delta_lo, delta_hi]: {conf}% over this pair's validation windows (paired "
+                  "bootstrap); it decides no direction.", "",
+                  markdown_table(tables.flat(result["pairs"]), _pair_columns(result)), ""]
+        parts += ["## Cells (mean over seeds)", "", f"[delta_lo, delta_hi]: {conf}% t interval over seeds; "
+                  "`direction` states a sign only when it excludes 0.", "",
+                  markdown_table(tables.flat(result["summary"]), _cell_columns(result) + ["delta_std"]), ""]
+    if result["trends"] or result["token_trends"]:
+        parts += ["## Trends", "", "Slope of delta per 10x of the axis (log10 scale) or per unit (linear), with its "
+                  f"{conf}% t interval; points are cell means. Along training (x = tokens) points come from one run "
+                  "and are not independent: that interval is descriptive.", "",
+                  markdown_table(result["trends"] + result["token_trends"], tables.TREND_COLUMNS), ""]
+    if result["signs"]:
+        parts += ["## Sign test", "", "Pairs (each one seed of one cell: seeds are the replication) with delta > 0 "
+                  "and < 0 per language (or dataset), exact two-sided binomial p-value.", "",
+                  markdown_table(result["signs"], tables.SIGN_COLUMNS), ""]
+    if result["sequences"]:
+        parts += ["## Sign during training (sequential test over seeds)", "", f"Per cell, at level alpha = "
+                  f"{result['alpha']} over all its looks (alpha spent as 6 alpha / (pi^2 k^2) at look k, a t interval "
+                  "over the seeds' deltas at each look): a stated sign is wrong with probability below alpha.", "",
+                  markdown_table(sequence_rows(result), ["cell_key", "step", "seeds", "delta", "lo", "hi", "sign",
+                                                         "since"]), ""]
+    if result.get("stopped"):
+        parts += [f"Stopped once their cell's sign was established (compared at that step, column stopped_at; no "
+                  f"per-position gap): {', '.join(f'{k} at step {v}' for k, v in sorted(result['stopped'].items()))}",
+                  ""]
+    if result["orphans"]:
+        parts += [f"Finished trials without a finished partner: {', '.join(result['orphans'])}", ""]
+    if images:
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    return "\n".join(parts)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The summary for the terminal."""
+    conf = int(result["conf"] * 100)
+    parts = []
+    if result["pairs"]:
+        parts.append("Arrow of Time per pair (delta = (L_bw - L_fw) / mean; > 0: forward is easier; "
+                     f"[lo, hi] {conf}% over this pair's windows: precision, not replication)")
+        parts.append(format_table(tables.flat(result["pairs"]), _pair_columns(result)))
+        parts += ["", f"Mean over seeds ([lo, hi] {conf}% over seeds; direction only where it excludes 0)"]
+        parts.append(format_table(tables.flat(result["summary"]), _cell_columns(result, means=True)))
+        if result["trends"]:
+            parts += ["", "Trends (slope of delta per 10x, or per unit when linear)"]
+            parts.append(format_table(result["trends"], ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi",
+                                                         "p_value"]))
+        if result.get("stopped"):
+            parts += ["", f"{len(result['stopped'])} pair(s) stopped once their cell's sign was established, "
+                          "compared at that step: " + ", ".join(f"{k} at {v}" for k, v in
+                                                                sorted(result["stopped"].items()))]
+        if len(result["pairs"]) > 1:
+            parts += ["", "Sign test (unit: a pair, i.e. one seed of a cell)"]
+            parts.append(format_table(result["signs"], tables.SIGN_COLUMNS))
+    else:
+        parts.append("no finished forward/backward pair yet")
+    if result.get("sequences"):
+        rows = sequence_rows(result)
+        stated = sum(r["sign"].startswith(("forward", "backward")) for r in rows)
+        parts += ["", f"Sign during training (sequential test over seeds, alpha {result['alpha']}): {stated} of "
+                      f"{len(rows)} cells have a stated sign at their latest look"]
+        parts.append(format_table(rows, ["cell_key", "step", "seeds", "delta", "lo", "hi", "sign", "since"]))
+    if result["orphans"]:
+        parts.append(f"{len(result['orphans'])} finished trial(s) without a finished partner: "
+                     f"{', '.join(result['orphans'])}")
+    if result["pairs"]:
+        parts += ["", *reading(conf, result["alpha"])]
+    return "\n".join(parts)

@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import socket
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..publish import MARKER, rename_into_place, staging
 from ..spec.expand import content_hash
 from ..spec.schema import SYNTHETIC_KINDS, DatasetSpec, TextData
 from . import remote, tokenfile
@@ -32,7 +31,6 @@ from .synthetic import ALPHABETS, generate
 from .tokenizer import CharTokenizer
 
 FORMAT_VERSION = 2
-MARKER = "_SUCCESS"
 
 
 @dataclass(frozen=True)
@@ -119,10 +117,7 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
         except DataError as e:  # damaged on disk: built again from its source, under the same hash
             warnings.warn(f"{e}; rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staging(final) as tmp:
         t0 = time.perf_counter()
         if data.kind in SYNTHETIC_KINDS:
             fields = _build_synthetic(data, tmp)
@@ -136,16 +131,8 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
                     "sha256": {split: tokenfile.sha256(tmp / f"{split}.bin") for split in ("train", "val")}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (tmp / MARKER).write_text("")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / MARKER).is_file():
-                return load(final), False  # another process published the same content first
-            shutil.rmtree(final, ignore_errors=True)  # a stale, unmarked folder from a crashed build
-            os.rename(tmp, final)
-        return load(final), True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        built = rename_into_place(tmp, final)  # False: another process published the same content first
+        return load(final), built
 
 
 def check_sizes(path: Path, m: dict) -> None:

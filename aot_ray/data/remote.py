@@ -8,14 +8,10 @@ cannot be mistaken for another corpus, and a fetched entry is reused by every tr
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 from ..errors import DataError
-
-MARKER = "_SUCCESS"
-
+from ..publish import MARKER, rename_into_place, staging
 
 def is_remote(root: str | Path) -> bool:
     return "://" in str(root)
@@ -59,20 +55,11 @@ def fetch(uri: str) -> Path:
         return local
     if not fs.exists(f"{path}/{MARKER}"):
         raise DataError(f"{uri} is not a prepared dataset (no {MARKER} marker); run `aot-ray prepare` first")
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.parent / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staging(local) as tmp:
         for entry in fs.ls(path, detail=False):
             base = entry.rstrip("/").rsplit("/", 1)[-1]
             if base != MARKER:
                 fs.get_file(entry, str(tmp / base))
         (tmp / MARKER).write_text("")
-        try:
-            os.rename(tmp, local)
-        except OSError:
-            if not (local / MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rename_into_place(tmp, local)  # a copy another trial on this node fetched first is the same
     return local

@@ -28,11 +28,8 @@ def primes_below(n: int) -> np.ndarray:
 
 
 def capacity(data: DatasetSpec) -> int:
-    """How many distinct lines the settings allow."""
-    if isinstance(data, PrimesData):
-        n = len(primes_below(10**data.digits))
-        return n * (n - 1) // 2
-    return 2**data.bits
+    """How many distinct lines the settings allow (the dataset spec's own count)."""
+    return data.capacity()
 
 
 def _distinct(rng: np.random.Generator, total: int, n: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import yaml
 
 from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
+from .presets import PRESETS, resolve_shape
 from .schema import (
     LrSearchSpec,
     DATASET_KINDS,
@@ -78,7 +79,7 @@ def load_sweep_text(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
     p = Path(path)
     source = str(path)
     if not p.is_file():
-        raise SpecError("", f"no such sweep file (give the path of a YAML file, e.g. sweeps/quickstart.yaml)", source)
+        raise SpecError("", "no such sweep file (give the path of a YAML file, e.g. sweeps/quickstart.yaml)", source)
     try:
         text = p.read_text()
     except UnicodeDecodeError:
@@ -172,8 +173,6 @@ def _parse_data(raw: Any) -> dict:
 
 
 def _check_dataset(data: Any, path: str) -> None:
-    from ..data.synthetic import capacity  # pure arithmetic on the dataset settings
-
     if data.kind not in SYNTHETIC_KINDS:
         if data.kind == "text" and not data.paths:
             raise SpecError(join(path, "paths"), "must list at least one file, glob or URL")
@@ -181,7 +180,7 @@ def _check_dataset(data: Any, path: str) -> None:
             raise SpecError(join(path, "tokenizer.vocab_size"),
                             f"must be at least 257 (256 byte symbols + <|endoftext|>), got {data.tokenizer.vocab_size}")
         return
-    limit = capacity(data)
+    limit = data.capacity()
     if data.n_samples > limit:
         raise SpecError(join(path, "n_samples"), f"{data.n_samples} exceeds the {limit} distinct lines these settings allow")
     if data.kind == "linear" and data.k > data.bits * (data.bits - 1):
@@ -189,8 +188,6 @@ def _check_dataset(data: Any, path: str) -> None:
 
 
 def _check_model(model: ModelSpec, path: str) -> None:
-    from ..models import resolve_shape  # models imports this package's schema
-
     try:
         resolve_shape(model)
     except ValueError as e:
@@ -258,8 +255,6 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
 
 
 def _parse_per_model(raw: Any) -> dict:
-    from ..models import PRESETS
-
     if not isinstance(raw, dict):
         raise SpecError("per_model", f"must be a mapping of preset -> settings, got {describe(raw)}")
     out: dict = {}

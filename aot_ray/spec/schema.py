@@ -6,6 +6,7 @@ including values that come from grid axes, and name the exact YAML path of a bad
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -18,6 +19,16 @@ def _num(default: Any, **limits: float) -> Any:
 
 
 # ---------------------------------------------------------------- data
+
+
+def count_primes_below(n: int) -> int:
+    """The number of primes below n (a sieve; n is at most 10**6 here)."""
+    sieve = bytearray([1]) * n
+    sieve[:2] = bytes(min(n, 2))
+    for p in range(2, math.isqrt(max(n - 1, 0)) + 1):
+        if sieve[p]:
+            sieve[p * p :: p] = bytes(len(range(p * p, n, p)))
+    return sum(sieve)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +45,11 @@ class PrimesData:
         # "ppp * qqq = nnnnnn\n": two factors, a 2*digits product, two 3-char separators, a newline
         return self.digits * 4 + 7
 
+    def capacity(self) -> int:
+        """How many distinct lines the settings allow: pairs p < q of primes below 10**digits."""
+        n = count_primes_below(10**self.digits)
+        return n * (n - 1) // 2
+
 
 @dataclass(frozen=True, kw_only=True)
 class LinearData:
@@ -49,6 +65,10 @@ class LinearData:
 
     def line_tokens(self) -> int:
         return self.bits * 2 + 4  # "x : y\n"
+
+    def capacity(self) -> int:
+        """How many distinct lines the settings allow: one per x."""
+        return 2**self.bits
 
 
 @dataclass(frozen=True, kw_only=True)

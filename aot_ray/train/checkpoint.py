@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from ..publish import rename_into_place, staging
 
 STATE = "state.pt"
 META = "meta.json"
@@ -41,18 +41,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def write(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write a checkpoint folder at `path` atomically (temporary sibling + rename)."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staging(final) as tmp:
         torch.save(state, tmp / STATE)
         meta = {**meta, "sha256": _digest(tmp / STATE)}  # lets a reader tell a truncated or corrupt file
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rename_into_place(tmp, final, overwrite=True)
     return final
 
 

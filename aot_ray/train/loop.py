@@ -121,22 +121,50 @@ def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
 
 
-def train(
-    trial: TrialSpec,
-    tracker: Tracker,
-    checkpoint: str | Path | list[str | Path] | None = None,
-    *,
-    data: Prepared | str | Path,
-    on_report: Report | None = None,
-    workdir: str | Path | None = None,
-) -> TrainResult:
-    """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
-    (a folder, or candidate folders newest first: an unreadable one falls back to the next).
+@dataclass
+class _Trial:
+    """What one trial's loop works with, built once by `_setup` (a fresh start or a resume)."""
+    trial: TrialSpec
+    tracker: Tracker
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    rank: int
+    n_workers: int
+    data: Prepared
+    train_w: Windows
+    order: BatchOrder
+    val_idx: np.ndarray
+    val_inputs: torch.Tensor
+    val_targets: torch.Tensor
+    model: torch.nn.Module
+    objective: LMObjective
+    net: torch.nn.Module  # the objective, wrapped in DDP under data parallelism
+    opt: torch.optim.Optimizer
+    sched: Any
+    n_params: int
+    compiled: bool
+    micro: int
+    passes: int
+    global_batch: int
+    tokens_per_step: int
+    step: int  # the step to start from: 0, or the resumed checkpoint's
 
-    Under an initialised torch.distributed process group the model is wrapped in DDP and each worker takes its
-    slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
-    rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
-    checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
+
+@dataclass
+class _Progress:
+    """The loop's running figures: the train loss being averaged, the last evaluation, the training clock."""
+    loss_sum: torch.Tensor
+    loss_count: int = 0
+    last_train: float = float("nan")
+    last_eval: Any = None
+    train_seconds: float = 0.0
+    timed_steps: int = 0
+    compile_seconds: float | None = 0.0  # None until the first (compiling) step of a compiled model is timed
+
+
+def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None,
+           data: Prepared | str | Path) -> _Trial:
+    """Device, data, model, optimizer and schedule; the checkpoint restored or the run's params logged."""
     t = trial.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -148,7 +176,6 @@ def train(
     device = pick_device(trial)
     if device.type == "cuda" and n_workers > 1:
         device = torch.device("cuda", torch.cuda.current_device())
-    autocast = autocast_for(trial, device)
     if not isinstance(data, Prepared):
         data = load(data)
     train_w = Windows(data.train, trial.context_length, trial.stride)
@@ -157,7 +184,6 @@ def train(
 
     val_idx = eval_indices(len(val_w), t.eval_windows)
     vx, vy = with_bos(orient(val_w.get(val_idx), trial.direction), data.bos_id)
-    val_inputs, val_targets = torch.from_numpy(vx).to(device), torch.from_numpy(vy).to(device)
 
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
     model = build_model(trial.model, data.vocab_size, trial.context_length, data.bos_id).to(device)
@@ -193,161 +219,175 @@ def train(
     micro, passes = micro_batches(trial, data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
                                   backend=device.type)
     global_batch = t.batch_size * t.grad_accum
-    tokens_per_step = global_batch * trial.context_length
     # metrics, not params: a retry on another GPU may resolve `auto` differently, and MLflow params are immutable
     tracker.log_metrics({"micro_batch": micro, "passes": passes, "compiled": int(compiled)}, step=step)
+    return _Trial(trial=trial, tracker=tracker, device=device, autocast=autocast_for(trial, device), rank=rank,
+                  n_workers=n_workers, data=data, train_w=train_w, order=order, val_idx=val_idx,
+                  val_inputs=torch.from_numpy(vx).to(device), val_targets=torch.from_numpy(vy).to(device),
+                  model=model, objective=objective, net=net, opt=opt, sched=sched, n_params=n_params,
+                  compiled=compiled, micro=micro, passes=passes, global_batch=global_batch,
+                  tokens_per_step=global_batch * trial.context_length, step=step)
+
+
+def _batches(r: _Trial) -> Prefetcher:
+    """The step's global batch in order; each pass's slice of it, this worker's part of that slice."""
+    trial, micro, width = r.trial, r.micro, r.micro * r.n_workers
 
     def make_batch(s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
-        # the step's global batch in order; this pass's slice of it, this worker's part of that slice
-        idx = order.indices(s * global_batch + p * micro * n_workers, micro * n_workers)[rank * micro:(rank + 1) * micro]
-        return with_bos(orient(train_w.get(idx), trial.direction), data.bos_id)
+        idx = r.order.indices(s * r.global_batch + p * width, width)[r.rank * micro:(r.rank + 1) * micro]
+        return with_bos(orient(r.train_w.get(idx), trial.direction), r.data.bos_id)
 
-    batches = Prefetcher(make_batch, step, t.steps, passes, device)
-    local_dir = Path(workdir) if workdir else None
+    return Prefetcher(make_batch, r.step, trial.train.steps, r.passes, r.device)
+
+
+def _optimizer_step(r: _Trial, step: int, batches: Prefetcher, prog: _Progress) -> None:
+    """One optimizer step over `passes` micro-batches (gradients averaged across workers once, at the last)."""
+    t = r.trial.train
+    for m in range(r.passes):
+        x, y = batches.get(step, m)
+        sync = r.net.no_sync() if r.n_workers > 1 and m < r.passes - 1 else contextlib.nullcontext()
+        try:
+            with sync:
+                with r.autocast():
+                    loss = r.net(x, y)
+                (loss / r.passes).backward()
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(
+                f"{r.device.type} out of memory at step {step + 1} of trial {r.trial.trial_id}: micro-batch "
+                f"{r.micro} x context {r.trial.context_length} on model {r.trial.model.preset}; set "
+                f"train.micro_batch: auto, or a smaller train.micro_batch (same global batch)") from None
+        if t.debug_nan_at_step is not None and step + 1 >= t.debug_nan_at_step:
+            loss = loss * float("nan")
+        prog.loss_sum += loss.detach()
+        prog.loss_count += 1
+    if r.trial.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.trial.optim.grad_clip)
+    r.opt.step()
+    r.sched.step()
+    r.opt.zero_grad(set_to_none=True)
+
+
+def _log_train_loss(r: _Trial, step: int, prog: _Progress) -> None:
+    """The train loss averaged since the last log (across workers); a NaN or infinite one stops the trial."""
+    if r.n_workers > 1:
+        dist.all_reduce(prog.loss_sum)
+        prog.loss_sum /= r.n_workers
+    prog.last_train = prog.loss_sum.item() / prog.loss_count
+    prog.loss_sum.zero_()
+    first = step - prog.loss_count // r.passes + 1
+    prog.loss_count = 0
+    if not math.isfinite(prog.last_train):
+        # checked where the loss is read anyway (every log_every steps), not with a sync per step
+        where = f"step {step}" if first == step else f"steps {first}-{step}"
+        raise TrainingDiverged(f"training loss became {prog.last_train} at {where} of trial {r.trial.trial_id}")
+    r.tracker.log_metrics({"train_loss": prog.last_train, "lr": r.sched.get_last_lr()[0]}, step=step)
+
+
+def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Report | None,
+                         local_dir: Path | None, scratch: Path) -> bool:
+    """Evaluate, log, write a checkpoint when due and hand it to `on_report`; True when the sweep asked this
+    trial to stop (its pair's sign is settled)."""
+    t = r.trial.train
+    prog.last_eval = evaluate(r.model, r.objective.per_token, r.val_inputs, r.val_targets, t.eval_batch_size,
+                              r.autocast)
+    loss = prog.last_eval.loss
+    metrics = {"step": step, "tokens": step * r.tokens_per_step, "val_loss": loss, "train_loss": prog.last_train}
+    # epochs: how many times the training split was seen (the report flags a model trained past it)
+    r.tracker.log_metrics({"val_loss": loss, "tokens": step * r.tokens_per_step,
+                           "epochs": step * r.global_batch / len(r.train_w)}, step=step)
+    # per-window losses at every evaluation: the report pairs them for intervals and the sign test
+    r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist()}, f"eval/windows/step-{step:08d}.json")
+    r.tracker.flush()
+    due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
+    path = None
+    if r.rank == 0 and due and (on_report is not None or local_dir is not None):
+        state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+                 "rng": ckpt.rng_state()}
+        meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.global_batch,
+                "tokens": step * r.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
+        path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
+        if on_report is None:
+            ckpt.prune(local_dir, t.keep_checkpoints)
+    if on_report is not None:
+        on_report(metrics, path)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)  # the reporter has persisted it
+    if step < t.steps and _stop_requested(r.tracker, r.n_workers, r.device) is not None:
+        r.tracker.log_metrics({"stopped_at_step": step}, step=step)
+        return True
+    return False
+
+
+def _summary(r: _Trial, step: int, prog: _Progress) -> TrainResult:
+    """The final figures and per-window / per-position losses, logged and returned."""
+    t = r.trial.train
+    if prog.last_eval is None:  # resumed from the final checkpoint: nothing left to train
+        prog.last_eval = evaluate(r.model, r.objective.per_token, r.val_inputs, r.val_targets, t.eval_batch_size,
+                                  r.autocast)
+    ev = prog.last_eval
+    tokens_per_s = (prog.timed_steps * r.tokens_per_step) / prog.train_seconds if prog.train_seconds else float("nan")
+    r.tracker.log_metrics({"final_val_loss": ev.loss, "final_train_loss": prog.last_train,
+                           "train_tokens_per_s": tokens_per_s}, step=step)
+    r.tracker.log_dict({"window_index": r.val_idx.tolist(), "loss": ev.per_window.tolist(),
+                        "direction": r.trial.direction}, "eval/per_window.json")
+    r.tracker.log_dict({"position": list(range(r.trial.context_length)), "loss": ev.per_position.tolist(),
+                        "direction": r.trial.direction}, "eval/per_position.json")
+    r.tracker.flush()
+    return TrainResult(trial_id=r.trial.trial_id, steps=step, tokens=step * r.tokens_per_step, n_params=r.n_params,
+                       val_loss=ev.loss, train_loss=prog.last_train, train_seconds=prog.train_seconds,
+                       tokens_per_s=tokens_per_s, per_window=ev.per_window, per_position=ev.per_position,
+                       compile_seconds=prog.compile_seconds or 0.0)
+
+
+def train(
+    trial: TrialSpec,
+    tracker: Tracker,
+    checkpoint: str | Path | list[str | Path] | None = None,
+    *,
+    data: Prepared | str | Path,
+    on_report: Report | None = None,
+    workdir: str | Path | None = None,
+) -> TrainResult:
+    """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
+    (a folder, or candidate folders newest first: an unreadable one falls back to the next).
+
+    Under an initialised torch.distributed process group the model is wrapped in DDP and each worker takes its
+    slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
+    rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
+    checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
+    r = _setup(trial, tracker, checkpoint, data)
+    t, step = trial.train, r.step
+    prog = _Progress(loss_sum=torch.zeros((), device=r.device), compile_seconds=None if r.compiled else 0.0)
+    batches = _batches(r)
     scratch = Path(tempfile.mkdtemp(prefix="aot-ckpt-"))
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    last_train = float("nan")
-    last_eval = None
-    train_seconds = 0.0
-    timed_steps = 0
-    compile_seconds = None if compiled else 0.0
-    model.train()
-    score = objective.per_token
+    r.model.train()
 
     def now() -> float:
         # steps are queued on the GPU without a host sync; the clock is read only where the queue is drained
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if r.device.type == "cuda":
+            torch.cuda.synchronize(r.device)
         return time.perf_counter()
 
     segment = time.perf_counter()  # training time runs in segments between evaluations
     try:
         while step < t.steps:
-            for m in range(passes):
-                x, y = batches.get(step, m)
-                # gradients are averaged across workers once per optimizer step, not per micro-batch
-                sync = net.no_sync() if n_workers > 1 and m < passes - 1 else contextlib.nullcontext()
-                try:
-                    with sync:
-                        with autocast():
-                            loss = net(x, y)
-                        (loss / passes).backward()
-                except torch.OutOfMemoryError:
-                    raise OutOfMemory(
-                        f"{device.type} out of memory at step {step + 1} of trial {trial.trial_id}: micro-batch "
-                        f"{micro} x context {trial.context_length} on model {trial.model.preset}; set "
-                        f"train.micro_batch: auto, or a smaller train.micro_batch (same global batch)") from None
-                if t.debug_nan_at_step is not None and step + 1 >= t.debug_nan_at_step:
-                    loss = loss * float("nan")
-                loss_sum += loss.detach()
-                loss_count += 1
-            if trial.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), trial.optim.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(r, step, batches, prog)
             step += 1
-
             if step % t.log_every == 0 or step == t.steps:
-                if n_workers > 1:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= n_workers
-                last_train = loss_sum.item() / loss_count
-                loss_sum.zero_()
-                first = step - loss_count // passes + 1
-                loss_count = 0
-                if not math.isfinite(last_train):
-                    # checked where the loss is read anyway (every log_every steps), not with a sync per step
-                    where = f"step {step}" if first == step else f"steps {first}-{step}"
-                    raise TrainingDiverged(f"training loss became {last_train} at {where} of trial {trial.trial_id}")
-                tracker.log_metrics({"train_loss": last_train, "lr": sched.get_last_lr()[0]}, step=step)
-            if compile_seconds is None:
+                _log_train_loss(r, step, prog)
+            if prog.compile_seconds is None:
                 # the first step compiles the model: its time is logged apart and kept out of tokens/s
-                compile_seconds = now() - segment
-                tracker.log_metrics({"compile_seconds": compile_seconds}, step=step)
+                prog.compile_seconds = now() - segment
+                r.tracker.log_metrics({"compile_seconds": prog.compile_seconds}, step=step)
                 segment = time.perf_counter()
             else:
-                timed_steps += 1
-
+                prog.timed_steps += 1
             if step % t.eval_every == 0 or step == t.steps:
-                train_seconds += now() - segment  # steps and their logging; validation is not training
-                last_eval = evaluate(model, score, val_inputs, val_targets, t.eval_batch_size, autocast)
-                metrics = {
-                    "step": step,
-                    "tokens": step * tokens_per_step,
-                    "val_loss": last_eval.loss,
-                    "train_loss": last_train,
-                }
-                # epochs: how many times the training split was seen (the report flags a model trained past it)
-                tracker.log_metrics({"val_loss": last_eval.loss, "tokens": step * tokens_per_step,
-                                     "epochs": step * global_batch / len(train_w)}, step=step)
-                # per-window losses at every evaluation: the report pairs them for intervals and the sign test
-                tracker.log_dict({"step": step, "loss": last_eval.per_window.tolist()},
-                                 f"eval/windows/step-{step:08d}.json")
-                tracker.flush()
-                due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
-                path = None
-                if rank == 0 and due and (on_report is not None or local_dir is not None):
-                    state = {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "rng": ckpt.rng_state(),
-                    }
-                    meta = {
-                        "trial_id": trial.trial_id,
-                        "step": step,
-                        "samples_seen": step * global_batch,
-                        "tokens": step * tokens_per_step,
-                        "run_id": tracker.run_id,
-                        "val_loss": last_eval.loss,
-                    }
-                    where = (scratch if on_report is not None else local_dir) / f"step-{step:08d}"
-                    path = ckpt.write(where, state, meta)
-                    if on_report is None:
-                        ckpt.prune(local_dir, t.keep_checkpoints)
-                if on_report is not None:
-                    on_report(metrics, path)
-                if path is not None and on_report is not None:
-                    shutil.rmtree(path, ignore_errors=True)  # the reporter has persisted it
-                if step < t.steps and _stop_requested(tracker, n_workers, device) is not None:
-                    tracker.log_metrics({"stopped_at_step": step}, step=step)
+                prog.train_seconds += now() - segment  # steps and their logging; validation is not training
+                if _evaluate_and_report(r, step, prog, on_report, Path(workdir) if workdir else None, scratch):
                     break
                 segment = time.perf_counter()
     finally:
         batches.close()
         shutil.rmtree(scratch, ignore_errors=True)
-
-    if last_eval is None:  # resumed from the final checkpoint: nothing left to train
-        last_eval = evaluate(model, score, val_inputs, val_targets, t.eval_batch_size, autocast)
-    tokens_per_s = (timed_steps * tokens_per_step) / train_seconds if train_seconds else float("nan")
-    summary = {
-        "final_val_loss": last_eval.loss,
-        "final_train_loss": last_train,
-        "train_tokens_per_s": tokens_per_s,
-    }
-    tracker.log_metrics(summary, step=step)
-    tracker.log_dict(
-        {"window_index": val_idx.tolist(), "loss": last_eval.per_window.tolist(), "direction": trial.direction},
-        "eval/per_window.json",
-    )
-    tracker.log_dict(
-        {"position": list(range(trial.context_length)), "loss": last_eval.per_position.tolist(),
-         "direction": trial.direction},
-        "eval/per_position.json",
-    )
-    tracker.flush()
-    return TrainResult(
-        trial_id=trial.trial_id,
-        steps=step,
-        tokens=step * tokens_per_step,
-        n_params=n_params,
-        val_loss=last_eval.loss,
-        train_loss=last_train,
-        train_seconds=train_seconds,
-        tokens_per_s=tokens_per_s,
-        per_window=last_eval.per_window,
-        per_position=last_eval.per_position,
-        compile_seconds=compile_seconds or 0.0,
-    )
+    return _summary(r, step, prog)

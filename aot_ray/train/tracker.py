@@ -21,6 +21,10 @@ class Tracker(Protocol):
         """A step at which the trial's pair was settled (the trainer then stops at this evaluation), or None."""
         ...
 
+    def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
+        """Close the run (train_tracked calls it; the trainer itself never does)."""
+        ...
+
 
 class MemoryTracker:
     """Keeps everything in memory: for tests, benchmarks and running the trainer without MLflow."""
@@ -50,3 +54,6 @@ class MemoryTracker:
 
     def stop_requested(self) -> int | None:
         return self.stop_at
+
+    def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
+        self.status, self.error = status, error

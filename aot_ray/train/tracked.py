@@ -1,0 +1,40 @@
+"""A trial trained under a tracker whose run is always closed: FINISHED when `train` returns, FAILED with the
+error as a tag when it raises, KILLED (resumable, tagged interrupted) when it is stopped from outside. The one
+helper the Ray adapters share (Tune trials, lr-search candidates, data-parallel workers); no Ray here."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from ..spec.schema import TrialSpec
+from .loop import Report, TrainResult, train
+from .tracker import Tracker
+
+
+def set_threads(trial: TrialSpec) -> None:
+    """torch's intra-op threads: train.threads, else the CPUs the trial was given."""
+    torch.set_num_threads(trial.train.threads or max(1, int(trial.resources.cpu)))
+
+
+def train_tracked(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None, *,
+                  data: str | Path, on_report: Report | None = None, interrupts_resume: bool = True,
+                  closes_run: bool = True) -> TrainResult:
+    """`train`, then the run closed. `interrupts_resume`: KeyboardInterrupt / SystemExit close it KILLED (the
+    sweep resumes it), not FAILED. `closes_run` False: a worker that only follows (a data-parallel rank > 0)."""
+    set_threads(trial)
+    try:
+        result = train(trial, tracker, checkpoint, data=data, on_report=on_report)
+    except BaseException as e:
+        if closes_run and tracker.run_id is not None:
+            with contextlib.suppress(Exception):  # the trial's own error is the one to report
+                if interrupts_resume and isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    tracker.finish("KILLED", patience_s=30)
+                else:
+                    tracker.finish("FAILED", error=f"{type(e).__name__}: {e}", patience_s=30)
+        raise
+    if closes_run:
+        tracker.finish("FINISHED")
+    return result
