@@ -78,7 +78,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path, sig):
     """Ctrl-C (SIGINT) or SIGTERM while trials train: Tune saves its state, the driver exits 130 saying how to
     resume, the parent and the unfinished trial runs are KILLED with tag aot.interrupted (not FAILED or
-    FINISHED, no aot.error); the same command then finishes them, and a finished run carries no error tag."""
+    FINISHED, no aot.error); the same command then finishes them (checked after SIGINT: both signals take the same
+    path), and a finished run carries no error tag."""
     raw = spec_dict("intr", steps=400)
     uri, cmd, env = driver_command(tmp_path, raw)
     with open(tmp_path / "first.log", "w") as log:  # not quiet: the resumed run below is, and must stay so
@@ -113,6 +114,8 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
     assert trials and all(r.info.status == "KILLED" and r.data.tags.get("aot.interrupted") == "1"
                           and "aot.error" not in r.data.tags for r in trials if r.info.status != "FINISHED")
     assert any(r.info.status == "KILLED" for r in trials)
+    if sig == signal.SIGTERM:
+        return  # both signals stop through the same graceful path: the resume after it is checked once, below
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
