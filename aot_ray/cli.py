@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import AotError
-from .tracking import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
+from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
 def _sets(p: argparse.ArgumentParser) -> None:
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace) -> int:
     from .render import plan_text
     from .spec import load_sweep
-    from .sweep import plan, resolve_storage
+    from .planning import plan, resolve_storage
 
     spec = load_sweep(args.sweep, args.sets)
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
@@ -112,7 +112,8 @@ def _plan(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .aggregate import render
     from .spec import load_sweep_text
-    from .sweep import RunOptions, resolve_storage, run
+    from .planning import resolve_storage
+    from .sweep import RunOptions, run
 
     spec, text = load_sweep_text(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -141,7 +142,7 @@ def _report(args: argparse.Namespace) -> int:
     path = Path(args.sweep)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         from .spec import load_sweep
-        from .sweep import resolve_storage
+        from .planning import resolve_storage
 
         spec = load_sweep(args.sweep, args.sets)
         name, uri = spec.name, resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -189,7 +190,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .aggregate import format_table
     from .spec import load_sweep
-    from .sweep import status
+    from .planning import status
 
     spec = load_sweep(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -212,7 +213,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from .spec import load_sweep
-    from .sweep import prepare_local, resolve_storage
+    from .planning import resolve_storage
+    from .sweep import prepare_local
 
     spec = load_sweep(args.sweep, args.sets)
     storage = resolve_storage(args.storage, spec)

@@ -42,7 +42,8 @@ class Holder:
 
 def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
     """The driver holding the sweep's lease, or None (no lease, released, or expired)."""
-    from .tracking import client, experiment_id, store_exists
+    from .store import client, store_exists
+    from .tracking import experiment_id
 
     if not store_exists(uri):
         return None  # no store yet, so no lease (and reading would create the database)

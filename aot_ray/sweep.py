@@ -1,208 +1,20 @@
-"""Sweep orchestration: plan (what would run, what is done, what it costs), prepare each distinct dataset
-once, and run (tracking check, data preparation as Ray tasks, Tune, then the AoT report)."""
+"""Sweep orchestration: prepare each distinct dataset once, and run (tracking check, data preparation as Ray
+tasks, Tune, then the AoT report). What would run and what it costs is `planning`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AotError, DataError, TrackingError
+from .errors import AotError, DataError
 from .interrupt import Interrupted, interruptible
-from .models import count_params, resolve_shape
-from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand, lr_search_trials
-from .tracking import ERROR, store_exists
+from .planning import data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
+from .store import check_reachable
+from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand
 
 Say = Callable[[str], None]
-
-
-def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
-    raw = flag or spec.run.storage or "aot_results"
-    if "://" in raw:
-        return raw
-    return str((Path(cwd or os.getcwd()) / raw).resolve())
-
-
-def where_of(trial: TrialSpec) -> str:
-    return f"data.{trial.dataset}"
-
-
-def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
-    """Parameters, training tokens, 6*N*D FLOPs and, for GPU trials, GPU-hours at `gpu_tflops` per GPU."""
-    from .data.prepare import vocab_size_of
-
-    vocab = vocab_size_of(trial.data)
-    n = count_params(resolve_shape(trial.model), vocab, trial.context_length, trial.model.tie_embeddings)
-    tokens = trial.train.steps * trial.train.batch_size * trial.train.grad_accum * trial.context_length
-    flops = 6 * n * tokens
-    gpus = trial.resources.gpu
-    # a fractional GPU is shared: the trial gets about that fraction of its throughput, for as many GPU-hours
-    gpu_hours = flops / (gpu_tflops * 1e12) / 3600 if gpus else None
-    return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours}
-
-
-GpuSize = Callable[[TrialSpec], "tuple[int | None, str]"]
-
-
-def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | None = None) -> dict[str, Any]:
-    """trial id -> MemoryCheck for every GPU trial: its micro-batch against its share of the GPU it will get. The
-    GPU's size comes from the cluster (`discovered`), else from what the sweep declares, else it is unknown."""
-    from .data.prepare import vocab_size_of
-    from .memory import check_trial, declared_gpu_bytes
-
-    out = {}
-    for t in trials:
-        if t.resources.gpu <= 0:
-            continue
-        gpu_bytes, source = discovered(t) if discovered else (None, "")
-        if gpu_bytes is None:
-            gpu_bytes, source = declared_gpu_bytes(t, run_spec.gpu_memory_gb, run_spec.gpu_memory_gb_by_resource)
-        out[t.trial_id] = check_trial(t, vocab_size_of(t.data), gpu_bytes, source)
-    return out
-
-
-def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None:
-    """One line naming the first trial that cannot fit its GPU share (and how many others), or None."""
-    from .data.prepare import vocab_size_of
-    from .memory import refusal
-
-    bad = [t for t in trials if t.trial_id in checks and checks[t.trial_id].fits is False]
-    if not bad:
-        return None
-    more = f" ({len(bad) - 1} more trial(s) do not fit either)" if len(bad) > 1 else ""
-    return refusal(bad[0], vocab_size_of(bad[0].data), checks[bad[0].trial_id]) + more
-
-
-def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
-    """Tokens in the trial's training split: computed for synthetic data, read from a prepared manifest."""
-    from .spec.schema import SYNTHETIC_KINDS, split_sizes
-
-    if trial.data.kind in SYNTHETIC_KINDS:
-        return split_sizes(trial.data)[0] * trial.data.line_tokens()
-    return int(manifest["tokens"]["train"]) if manifest else None
-
-
-def epochs_of(trial: TrialSpec, train_tokens: int | None) -> float | None:
-    """How many times the trial sees its training split: steps x global batch / training windows."""
-    if not train_tokens or train_tokens < trial.context_length:
-        return None
-    windows = (train_tokens - trial.context_length) // trial.stride + 1
-    return trial.train.steps * trial.train.batch_size * trial.train.grad_accum / windows
-
-
-def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
-    """trial id -> content hash of the prepared data it reads."""
-    from .data.prepare import data_hash
-
-    cache: dict[int, str] = {}
-    out = {}
-    for t in trials:
-        key = id(t.data)
-        if key not in cache:
-            cache[key] = data_hash(t.data, where_of(t))
-        out[t.trial_id] = cache[key]
-    return out
-
-
-def distinct_datasets(trials: list[TrialSpec], hashes: dict[str, str]) -> dict[str, tuple[str, Any, str | None]]:
-    """hash -> (where, dataset spec, language) for each distinct dataset of the sweep."""
-    out: dict[str, tuple[str, Any, str | None]] = {}
-    for t in trials:
-        out.setdefault(hashes[t.trial_id], (where_of(t), t.data, t.language))
-    return out
-
-
-def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
-    """Finished trial ids, without creating a store that does not exist yet; (ids, note if unknown)."""
-    from .tracking import check_reachable, finished_trial_ids
-
-    if not store_exists(uri):
-        return set(), None
-    try:
-        check_reachable(uri)
-        return finished_trial_ids(uri, sweep), None
-    except (TrackingError, Exception) as e:  # planning must work offline: say so instead of failing
-        return set(), f"tracking store not readable ({str(e).splitlines()[0]}); status unknown"
-
-
-def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
-    """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
-    from .data.prepare import check_sizes
-    from .publish import MARKER
-    from .data.remote import is_remote, remote_exists
-    from .tune import resources_of
-
-    lr_found: dict[str, float] = {}
-    searched = spec  # the spec with its search settings, for the lr-search line
-    if spec.lr_search is not None and store_exists(uri):
-        from .spec import with_learning_rates
-        from .tracking import searched_lrs
-
-        with contextlib.suppress(Exception):  # planning works offline
-            lr_found = searched_lrs(uri, spec.name)
-        if set(spec.grid.model) <= set(lr_found):
-            spec = with_learning_rates(spec, lr_found)
-    trials = expand(spec)
-    hashes = data_hashes(trials)
-    done, note = done_trials(uri, spec.name)
-    checks = memory_checks(trials, spec.run)
-    manifests = _local_manifests(trials, hashes, storage)
-    rows = []
-    for t in trials:
-        mem = checks.get(t.trial_id)
-        rows.append({
-            "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
-            "dataset": t.dataset, "language": t.language, "model": t.model.preset,
-            "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
-            "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
-            "epochs": epochs_of(t, train_tokens_of(t, manifests.get(hashes[t.trial_id]))),
-            "memory": None if mem is None else {
-                "micro_batch": mem.micro, "passes": mem.passes, "predicted": mem.estimate.as_dict(),
-                "budget": mem.budget, "gpu_bytes": mem.gpu_bytes, "source": mem.source, "fits": mem.fits},
-        })
-    data = []
-    for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
-        path = f"{storage.rstrip('/')}/data/{d.kind}-{h}"
-        damaged = None
-        try:
-            done_ = remote_exists(path) if is_remote(storage) else (Path(path) / MARKER).is_file()
-            if done_ and h in manifests:
-                check_sizes(Path(path), manifests[h])  # cheap; the content hash is checked when trials load it
-        except DataError as e:
-            done_, damaged = False, str(e)
-        except Exception:  # an unreachable object store: planning still works, status unknown
-            done_ = False
-        data.append({"dataset": where.partition(".")[2], "language": lang, "hash": h, "path": path,
-                     "prepared": done_, "damaged": damaged})
-    lr_search = None
-    if searched.lr_search is not None:
-        ls = searched.lr_search
-        probe_cost = sum(trial_cost(t, spec.run.gpu_tflops)["tokens"] for p in spec.grid.model
-                         for t in lr_search_trials(searched, p, ls.low))
-        lr_search = {"trials_per_model": ls.trials, "range": [ls.low, ls.high], "directions": list(ls.directions),
-                     "tokens": probe_cost * ls.trials, "found": {p: lr_found.get(p) for p in spec.grid.model}}
-    return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
-            "note": note, "lr_search": lr_search, "unfit": unfit_message(trials, checks)}
-
-
-def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: str) -> dict[str, dict]:
-    """hash -> manifest of each dataset already prepared in a local storage (remote ones are not fetched)."""
-    import json
-
-    from .publish import MARKER
-
-    out = {}
-    if "://" in storage:
-        return out
-    for h, (_, d, _) in distinct_datasets(trials, hashes).items():
-        folder = Path(storage) / "data" / f"{d.kind}-{h}"
-        if (folder / MARKER).is_file():
-            with contextlib.suppress(OSError, ValueError):
-                out[h] = json.loads((folder / "manifest.json").read_text())
-    return out
 
 
 def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: str, run_spec: Any, verbose: int,
@@ -266,35 +78,6 @@ def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: boo
     return manifests
 
 
-MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING",
-                   "SCHEDULED": "PENDING"}
-
-
-def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
-    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error."""
-    from .tracking import client, trial_runs
-
-    runs: dict[str, Any] = {}
-    if done_trials(uri, spec.name)[1] is None and store_exists(uri):
-        for r in trial_runs(uri, spec.name):  # newest first
-            runs.setdefault(r.data.tags.get("trial_id"), r)
-    c = client(uri) if runs else None
-    rows = []
-    for t in expand(spec):
-        r = runs.get(t.trial_id)
-        row = {"trial_id": t.trial_id, "state": "PENDING", "step": 0, "val_loss": None, "error": None,
-               "direction": t.direction, "pair_key": t.pair_key}
-        if r is not None:
-            row["state"] = MLFLOW_TO_STATE.get(r.info.status, r.info.status)
-            steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
-            val = sorted(c.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)
-            row["step"] = max(steps, default=0)
-            row["val_loss"] = val[-1].value if val else None
-            row["error"] = r.data.tags.get(ERROR)
-        rows.append(row)
-    return rows
-
-
 @dataclass
 class RunOutcome:
     ran: list[Any]
@@ -344,7 +127,7 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
     opts = options or RunOptions(**flags)
     run_spec = opts.run_spec(spec.run)
     verbose = opts.verbose
-    tracking.check_reachable(uri)  # before anything starts
+    check_reachable(uri)  # before anything starts
     with Lease(uri, spec.name) as lease:  # one driver per sweep: a second is refused, naming the first
         if "://" not in storage:
             try:

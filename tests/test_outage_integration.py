@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from aot_ray import tracking
+from aot_ray import store, tracking
 from aot_ray.data.prepare import prepare
 from aot_ray.errors import TrackingError
 from aot_ray.spec import expand, parse_sweep
@@ -90,4 +90,4 @@ def test_training_survives_an_mlflow_outage(tmp_path):
 
 def test_unreachable_server_at_start_is_an_error_before_training():
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server"):
-        tracking.check_reachable(f"http://127.0.0.1:{free_port()}")
+        store.check_reachable(f"http://127.0.0.1:{free_port()}")

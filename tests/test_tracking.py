@@ -3,11 +3,12 @@ attempt already wrote are not written again, a failed write keeps the buffer, a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from aot_ray import tracking
+from aot_ray import store, tracking
 from aot_ray.tracking import ERROR, INTERRUPTED, SweepContext, TrialTracker
 
 from specs import tiny_trials
@@ -136,15 +137,15 @@ def test_a_finished_run_is_never_reopened(fake):
 
 
 def test_the_ui_hint_is_the_servers_address_or_the_command_that_serves_a_file_store():
-    assert tracking.ui_hint("http://10.0.0.1:5000/", "s").startswith("MLflow UI: http://10.0.0.1:5000   ")
-    assert "--backend-store-uri" not in tracking.ui_hint("https://mlflow.lab:443", "s")
-    assert tracking.ui_hint("sqlite:////tmp/m.db", "s").startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:")
+    assert store.ui_hint("http://10.0.0.1:5000/", "s").startswith("MLflow UI: http://10.0.0.1:5000   ")
+    assert "--backend-store-uri" not in store.ui_hint("https://mlflow.lab:443", "s")
+    assert store.ui_hint("sqlite:////tmp/m.db", "s").startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:")
 
 
 def test_sqlite_paths_and_whether_a_store_is_there(tmp_path):
-    assert tracking.sqlite_path("sqlite:////a/b.db") == tracking.Path("/a/b.db")
-    assert tracking.sqlite_path("http://h:5000") is None
-    assert tracking.store_exists("http://h:5000") and not tracking.store_exists(f"sqlite:///{tmp_path}/none.db")
+    assert store.sqlite_path("sqlite:////a/b.db") == Path("/a/b.db")
+    assert store.sqlite_path("http://h:5000") is None
+    assert store.store_exists("http://h:5000") and not store.store_exists(f"sqlite:///{tmp_path}/none.db")
     (tmp_path / "m.db").write_bytes(b"")
-    assert tracking.store_exists(f"sqlite:///{tmp_path}/m.db")
-    assert tracking.resolve_uri("sqlite:///rel.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/rel.db"
+    assert store.store_exists(f"sqlite:///{tmp_path}/m.db")
+    assert store.resolve_uri("sqlite:///rel.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/rel.db"

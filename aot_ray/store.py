@@ -1,0 +1,109 @@
+"""Which MLflow store a command uses and whether it can be used: the URI (flag, environment, sweep, default),
+the SQLite file behind it, a fail-fast reachability check, the MLflow client with retries, and where to look at
+the runs. `tracking` builds the sweep's experiment and runs on top of it."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from .errors import TrackingError
+
+T = TypeVar("T")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def store_exists(uri: str) -> bool:
+    """Whether the tracking store is there to be read: a server or database is taken as there (it is checked
+    when used); a SQLite file only when it exists (planning and status never create one)."""
+    db = sqlite_path(uri)
+    return db is None or db.is_file()
+
+
+def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str | Path | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the sweep's run.tracking_uri, else ./mlflow.db (absolute)."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec or "sqlite:///mlflow.db"
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
+        # relative sqlite paths break as soon as a Ray worker runs in another directory
+        uri = "sqlite:///" + str((Path(cwd or os.getcwd()) / db).resolve())
+    return uri
+
+
+def ui_hint(uri: str, sweep: str) -> str:
+    """Where to look at a sweep's runs: a server's own address (it serves the UI), else the command that serves
+    a file store (`mlflow ui --backend-store-uri` takes a store, not a server's URL)."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {uri.rstrip('/')}   (experiment '{sweep}'; from another machine: ssh -L to that port)"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{sweep}')"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before anything starts, when the tracking store cannot be used."""
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow database folder {db.parent} does not exist; create it or pass --tracking-uri")
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"MLflow database folder {db.parent} is not writable; pass another --tracking-uri")
+        if db.is_file():
+            head = _sqlite_head(db)
+            if head != b"SQLite format 3\x00":
+                what = "an empty file" if not head else "not an SQLite database"
+                raise TrackingError(f"{db} is {what}, not an MLflow database; remove it or pass another "
+                                    f"--tracking-uri") from None
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                f"(mlflow server --host 127.0.0.1 --port 5000) or pass --tracking-uri sqlite:////abs/path/mlflow.db"
+            ) from None
+        return
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as e:  # any backend MLflow supports: report its own reason on one line
+        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {str(e).splitlines()[0]}") from None
+
+
+def _sqlite_head(db: Path, settle_s: float = 10.0) -> bytes:
+    """The first 16 bytes of a database file. An empty file that was just created may be a database another
+    process (a concurrent driver, a report) is initialising right now: it gets `settle_s` to become one."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        with db.open("rb") as f:
+            head = f.read(16)
+        fresh = time.time() - db.stat().st_mtime < settle_s
+        if head or not fresh or time.monotonic() > deadline:
+            return head
+        time.sleep(0.2)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def retry(fn: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(delay * 2**i)
+    raise AssertionError("unreachable")
