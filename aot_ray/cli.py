@@ -13,8 +13,14 @@ from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_h
 
 def _sets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a YAML field before validation, e.g. --set train.steps=100 or "
-                        "--set data.local.paths='[\"corpora/{lang}.txt\"]' (repeatable)")
+                   help="override a YAML field before validation (repeatable): a dotted path, e.g. --set "
+                        "defaults.train.steps=100, --set data.local.paths='[\"corpora/{lang}.txt\"]'; under grid the "
+                        "rest is the axis name: --set grid.seed='[0, 1]', --set grid.optim.lr='[1e-3, 2e-3]'")
+
+
+def _parent(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run to read (its id or a prefix of it; "
+                                                      "default: the newest, i.e. the last --fresh start)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
+    _parent(p)
     _sets(p)
 
     p = sub.add_parser("report", help="the AoT report from MLflow: pairs with intervals, seed means, trends, "
@@ -86,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=float, default=None,
                    help="flag a trial that saw its training split more times than this (default 20)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
+    _parent(p)
     _sets(p)
     return ap
 
@@ -123,7 +131,10 @@ def _run(args: argparse.Namespace) -> int:
                          max_concurrent_trials=args.max_concurrent_trials, shared_storage=args.shared_storage,
                          stop_on_sign=args.stop_on_sign, restart_errored=args.restart_errored, fresh=args.fresh,
                          verbose=0 if args.quiet else 1)
-    out = run(spec, text, uri=uri, storage=storage, options=options)
+    from .interrupt import terminable
+
+    with terminable():  # SIGTERM, like Ctrl-C, at any moment: the driver's clean-up runs
+        out = run(spec, text, uri=uri, storage=storage, options=options)
     print()
     print(render(out.report))
     for f in out.report["files"]:
@@ -152,7 +163,7 @@ def _report(args: argparse.Namespace) -> int:
         storage = str(Path(args.storage or "aot_results").resolve())
     if not store_exists(uri):
         raise AotError(f"no MLflow database at {sqlite_path(uri)}; run the sweep first or pass --tracking-uri")
-    check_reachable(uri)
+    check_reachable(uri, write=False)  # a read-only store is read; what cannot be written is said
     for flag in ("conf", "alpha"):
         if getattr(args, flag) is not None and not 0 < getattr(args, flag) < 1:
             raise AotError(f"--{flag} must be between 0 and 1, got {getattr(args, flag)}")
@@ -160,7 +171,8 @@ def _report(args: argparse.Namespace) -> int:
     overfit = {k: v for k, v in (("rise", args.overfit_rise), ("max_epochs", args.max_epochs)) if v is not None}
     if any(v <= 0 for v in overfit.values()):
         raise AotError("--overfit-rise and --max-epochs must be positive")
-    options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots, "overfit": overfit}
+    options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots, "overfit": overfit,
+               "parent": args.parent}
     if args.watch is not None:
         watch(uri, name, out_dir, args.watch, **options)
         return 0
@@ -194,13 +206,20 @@ def _status(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
-    check_reachable(uri)  # an unreachable or invalid store is an error, not a sweep where nothing ran
-    rows = status(spec, uri)
+    check_reachable(uri, write=False)  # an unreachable or invalid store is an error, not a sweep where nothing ran
+    rows = status(spec, uri, args.parent)
     if args.json:
         print(json.dumps(_json_safe([{k: r[k] for k in ("trial_id", "state", "step", "val_loss", "error")}
                                      for r in rows]), indent=2, allow_nan=False))
         return 0
     print(format_table(rows, ["trial_id", "state", "step", "val_loss", "error"]))
+    from .aggregate.text import parent_info, parent_text
+    from .tracking import chosen_parent
+
+    if store_exists(uri):
+        chosen, others = chosen_parent(uri, spec.name, args.parent)
+        if chosen is not None:
+            print("\n" + parent_text(parent_info(chosen), [parent_info(r) for r in others]))
     counts = {s: sum(r["state"] == s for r in rows) for s in ("TERMINATED", "RUNNING", "ERROR", "INTERRUPTED",
                                                               "PENDING")}
     print("\n" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))

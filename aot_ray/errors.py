@@ -31,3 +31,29 @@ class DataError(AotError):
 
 class TrackingError(AotError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class DiskFull(AotError):
+    """A write ran out of space; the message names the path, the size that did not fit and what is free."""
+
+
+def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> DiskFull | None:
+    """A DiskFull naming `path` when `e` is a no-space-left error (errno ENOSPC, also as pyarrow words it), else
+    None."""
+    import errno
+    import shutil
+
+    if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
+        return None
+    free = ""
+    if "://" not in path:
+        try:
+            from pathlib import Path
+
+            probe = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+            free = f", {shutil.disk_usage(probe).free / 1e6:.1f} MB free"
+        except (OSError, StopIteration):
+            pass
+    need = f" ({need_bytes / 1e6:.1f} MB to write{free})" if need_bytes else (f" ({free[2:]})" if free else "")
+    return DiskFull(f"no space left on device at {path}{need}; free space there or pass another --storage, then "
+                    f"run the same command: the sweep resumes from its saved checkpoints")

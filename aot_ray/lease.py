@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .errors import AotError
 
@@ -25,6 +26,7 @@ LEASE, RENEWED = "aot.driver", "aot.driver_renewed"
 TTL_S = 90.0
 RENEW_S = 20.0
 SETTLE_S = 1.5
+CHECK_S = 2.0  # how often the renewing thread looks at the store (a stat of a SQLite file: cheap)
 
 
 @dataclass(frozen=True)
@@ -75,17 +77,55 @@ def _dead_here(info: dict) -> bool:
     return False
 
 
+def sqlite_identity(uri: str) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite store's file, None for other stores."""
+    from .store import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    try:
+        st = db.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def sqlite_gone(uri: str, identity: tuple[int, int] | None) -> str | None:
+    """Why a SQLite store can no longer take this driver's writes (its file deleted, replaced or made
+    read-only), else None. Other stores show it by refusing writes."""
+    from .store import sqlite_path, store_writable
+
+    db = sqlite_path(uri)
+    if db is None or identity is None:
+        return None
+    now = sqlite_identity(uri)
+    if now is None:
+        return f"database file {db} was deleted"
+    if now != identity:
+        return f"database file {db} was replaced by another file"
+    if not store_writable(uri):
+        return f"database file {db} is no longer writable"
+    return None
+
+
 class Lease:
     """`with Lease(uri, sweep) as lease:` refuses at once (AotError naming the holder) when another driver holds
     the sweep's lease, without writing anything; `lease.acquire()` inside the block takes it (just before the
     sweep's runs are opened), and leaving the block releases it."""
 
-    def __init__(self, uri: str, sweep: str) -> None:
+    def __init__(self, uri: str, sweep: str, patience_s: float = 60.0,
+                 on_lost: Callable[[str], Any] | None = None) -> None:
         self.uri, self.sweep = uri, sweep
         self.token = uuid.uuid4().hex
         self.who = f"aot-ray run on {socket.gethostname()} (pid {os.getpid()})"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the store watch: a driver whose writes all fail for `patience_s` (or whose SQLite file is gone) stops
+        # its sweep through `on_lost`, before its lease expires and another driver could take the sweep over
+        self.patience_s = min(patience_s, TTL_S - RENEW_S)
+        self.on_lost = on_lost
+        self.lost: str | None = None  # why the store was given up, once it was
 
     def _write(self, since: float) -> None:
         from .tracking import client, experiment_id, retry
@@ -123,11 +163,26 @@ class Lease:
     def _renew(self) -> None:
         since = holder(self.uri, self.sweep)
         start = since.since if since else time.time()
-        while not self._stop.wait(RENEW_S):
-            try:
-                self._write(start)
-            except Exception:  # a tracking hiccup: the next renewal tries again, well inside the TTL
-                continue
+        file = sqlite_identity(self.uri)
+        last_ok = last_try = time.monotonic()
+        error = ""
+        while not self._stop.wait(CHECK_S):
+            now = time.monotonic()
+            gone = sqlite_gone(self.uri, file)
+            if gone is None and now - last_try >= RENEW_S:
+                last_try = now
+                try:
+                    self._write(start)
+                    last_ok, error = time.monotonic(), ""
+                except Exception as e:  # a tracking hiccup: the next renewal tries again, well inside the TTL
+                    error = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if gone is None and now - last_ok > self.patience_s:
+                gone = f"refused every write for {now - last_ok:.0f} s ({error})"
+            if gone is not None:
+                self.lost = gone
+                if self.on_lost is not None:
+                    self.on_lost(gone)
+                return
 
     def release(self) -> None:
         from .tracking import client, experiment_id

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DataError, TrackingError
+from .errors import DataError, DiskFull, TrackingError
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand, lr_search_trials
 from .store import check_reachable, client, store_exists
@@ -37,7 +37,31 @@ def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
     gpus = trial.resources.gpu
     # a fractional GPU is shared: the trial gets about that fraction of its throughput, for as many GPU-hours
     gpu_hours = flops / (gpu_tflops * 1e12) / 3600 if gpus else None
-    return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours}
+    return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours,
+            "checkpoint_bytes": checkpoint_bytes(n)}
+
+
+def checkpoint_bytes(n_params: int) -> int:
+    """One checkpoint in storage: fp32 weights and AdamW's two moments, plus RNG states and metadata."""
+    return n_params * 4 * 3 + 64 * 1024
+
+
+def storage_need(trials: list[TrialSpec]) -> int:
+    """Bytes of checkpoints the trials hold in storage at once: train.keep_checkpoints each, one more in flight."""
+    return sum(trial_cost(t)["checkpoint_bytes"] * (t.train.keep_checkpoints + 1) for t in trials)
+
+
+def check_space(trials: list[TrialSpec], storage: str) -> None:
+    """Refuse, before the trials start, a local storage without room for their checkpoints."""
+    import shutil
+
+    if "://" in storage or not trials:
+        return
+    need, free = storage_need(trials), shutil.disk_usage(storage).free
+    if free < need:
+        raise DiskFull(f"storage {storage} has {free / 1e6:.1f} MB free; the {len(trials)} trial(s) to run keep about "
+                       f"{need / 1e6:.1f} MB of checkpoints there (train.keep_checkpoints each); free space or pass "
+                       f"another --storage")
 
 
 GpuSize = Callable[[TrialSpec], "tuple[int | None, str]"]
@@ -79,6 +103,23 @@ def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | Non
     if trial.data.kind in SYNTHETIC_KINDS:
         return split_sizes(trial.data)[0] * trial.data.line_tokens()
     return int(manifest["tokens"]["train"]) if manifest else None
+
+
+def val_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
+    """Tokens in the trial's validation split: computed for synthetic data, read from a prepared manifest."""
+    from .spec.schema import SYNTHETIC_KINDS, split_sizes
+
+    if trial.data.kind in SYNTHETIC_KINDS:
+        return split_sizes(trial.data)[1] * trial.data.line_tokens()
+    return int(manifest["tokens"]["val"]) if manifest else None
+
+
+def eval_windows_of(trial: TrialSpec, val_tokens: int | None) -> int | None:
+    """The validation windows the trial evaluates on: train.eval_windows, cut to what the split holds (the
+    trainer takes the same number and logs it as the effective value); None when the split's size is unknown."""
+    if val_tokens is None or val_tokens < trial.context_length:
+        return None
+    return min(trial.train.eval_windows, (val_tokens - trial.context_length) // trial.context_length + 1)
 
 
 def epochs_of(trial: TrialSpec, train_tokens: int | None) -> float | None:
@@ -153,6 +194,8 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
             "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
             "epochs": epochs_of(t, train_tokens_of(t, manifests.get(hashes[t.trial_id]))),
+            "eval_windows": {"requested": t.train.eval_windows,
+                             "effective": eval_windows_of(t, val_tokens_of(t, manifests.get(hashes[t.trial_id])))},
             "memory": None if mem is None else {
                 "micro_batch": mem.micro, "passes": mem.passes, "predicted": mem.estimate.as_dict(),
                 "budget": mem.budget, "gpu_bytes": mem.gpu_bytes, "source": mem.source, "fits": mem.fits},
@@ -178,7 +221,9 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
                          for t in lr_search_trials(searched, p, ls.low))
         lr_search = {"trials_per_model": ls.trials, "range": [ls.low, ls.high], "directions": list(ls.directions),
                      "tokens": probe_cost * ls.trials, "found": {p: lr_found.get(p) for p in spec.grid.model}}
+    todo = [t for t in trials if t.trial_id not in done]
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
+            "storage_need": storage_need(todo),
             "note": note, "lr_search": lr_search, "unfit": unfit_message(trials, checks)}
 
 
@@ -203,12 +248,15 @@ MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTER
                    "SCHEDULED": "PENDING"}
 
 
-def status(spec: SweepSpec, uri: str) -> list[dict[str, Any]]:
-    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error. The caller
-    has checked that the store answers (`store.check_reachable`)."""
+def status(spec: SweepSpec, uri: str, parent: str | None = None) -> list[dict[str, Any]]:
+    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error, from the
+    sweep's newest parent run or `parent`. The caller has checked that the store answers (`store.check_reachable`)."""
+    from .tracking import chosen_parent
+
     runs: dict[str, Any] = {}
-    if store_exists(uri):
-        for r in trial_runs(uri, spec.name):  # newest first
+    chosen = chosen_parent(uri, spec.name, parent)[0] if store_exists(uri) else None
+    if chosen is not None:
+        for r in trial_runs(uri, spec.name, parent_run_id=chosen.info.run_id):  # newest first
             runs.setdefault(r.data.tags.get("trial_id"), r)
     c = client(uri) if runs else None
     rows = []

@@ -44,6 +44,9 @@ def plan_text(result: dict[str, Any], spec: SweepSpec) -> str:
     gpu_hours = sum(r["gpu_hours"] or 0 for r in todo)
     out.append(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
           f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
+    if result.get("storage_need"):
+        out.append(f"checkpoints: about {result['storage_need'] / 1e6:,.1f} MB in {result['storage']} while the "
+                   f"trials to run keep theirs (train.keep_checkpoints each)")
     if gpu_hours:
         out.append(f"estimated {gpu_hours:,.1f} GPU-hours at {spec.run.gpu_tflops:g} sustained TFLOP/s per GPU "
               f"(run.gpu_tflops)")
@@ -71,9 +74,19 @@ def plan_text(result: dict[str, Any], spec: SweepSpec) -> str:
         out.append("gpu_mem: predicted peak per worker / its share of the GPU (micro: windows per pass x passes)"
               + ("" if known else "; the GPU size is unknown: set run.gpu_memory_gb (or "
                  "run.gpu_memory_gb_by_resource) to check it here, `run` asks the cluster"))
+    cut: dict[str, tuple[int, int]] = {}
+    for r in result["trials"]:
+        ew = r.get("eval_windows") or {}
+        if ew.get("effective") is not None and ew["effective"] < ew["requested"]:
+            cut.setdefault(f"{r['dataset']}{'[' + r['language'] + ']' if r['language'] else ''} at context "
+                           f"{r['context_length']}", (ew["requested"], ew["effective"]))
+    for where, (asked, got) in cut.items():
+        out.append(f"note: train.eval_windows {asked} -> {got} on {where}: its validation split holds {got} windows "
+                   f"(the trials evaluate on all of them and log train.eval_windows={got})")
     many = [r for r in result["trials"] if r["epochs"] is not None and r["epochs"] > MAX_EPOCHS]
     if many:
         out.append(f"warning: {len(many)} trial(s) see their training split more than {MAX_EPOCHS:g} times (up to "
               f"{max(r['epochs'] for r in many):.0f}): they may measure memorisation, not the arrow; add data or "
               f"train fewer steps (the report flags such pairs)")
     return "\n".join(out)
+

@@ -46,14 +46,26 @@ def ui_hint(uri: str, sweep: str) -> str:
     return f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{sweep}')"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before anything starts, when the tracking store cannot be used."""
+def store_writable(uri: str) -> bool:
+    """Whether this process may write the store, as far as can be told without writing: a SQLite file and its
+    folder (the journal goes there) must be writable; a server is taken as writable (its refusal is caught)."""
+    db = sqlite_path(uri)
+    if db is None:
+        return True
+    return os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def check_reachable(uri: str, timeout: float = 5.0, write: bool = True) -> None:
+    """Fail fast, before anything starts, when the tracking store cannot be used; `write` False: reading is
+    enough (plan, status, report work on a read-only store)."""
     db = sqlite_path(uri)
     if db is not None:
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow database folder {db.parent} does not exist; create it or pass --tracking-uri")
-        if not os.access(db.parent, os.W_OK):
-            raise TrackingError(f"MLflow database folder {db.parent} is not writable; pass another --tracking-uri")
+        if write and not store_writable(uri):
+            what = f"folder {db.parent}" if not os.access(db.parent, os.W_OK) else f"file {db}"
+            raise TrackingError(f"MLflow database {what} is not writable (a sweep writes its runs there); pass "
+                                f"another --tracking-uri")
         if db.is_file():
             head = _sqlite_head(db)
             if head != b"SQLite format 3\x00":

@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AotError, DataError
-from .interrupt import Interrupted, interruptible
-from .planning import data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
+from .errors import AotError, DataError, TrackingError
+from .interrupt import Interrupted, interruptible, stop_tune
+from .planning import check_space, data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
 from .store import check_reachable
 from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand
 
@@ -18,9 +18,10 @@ Say = Callable[[str], None]
 
 
 def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: str, run_spec: Any, verbose: int,
-                           say: Say) -> SweepSpec:
+                           say: Say, stopped: Callable[[], bool] = lambda: False) -> SweepSpec:
     """The sweep with each preset's learning rate from its Optuna search: a search already recorded on the parent
-    run is reused, so a resumed sweep keeps its trial ids."""
+    run is reused, so a resumed sweep keeps its trial ids. A search cut short (`stopped`: a signal, a lost
+    store) records nothing: the next run resumes it from its finished candidates."""
     from . import tracking
     from .data.prepare import data_hash
     from .spec import lr_search_trials, with_learning_rates
@@ -37,6 +38,8 @@ def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: s
         lr, loss = search_lr(spec, preset, ctx, data=data, storage=storage,
                              experiment=f"{spec.name}-{ctx.parent_run_id[:8]}-lr-{preset}", run=run_spec,
                              verbose=verbose)
+        if stopped():
+            return spec
         tracking.record_lr(ctx, preset, lr, loss, ls.trials)
         lrs[preset] = lr
         say(f"lr for {preset}: {lr:.3g} (best of {ls.trials} Optuna trials over [{ls.low:g}, {ls.high:g}], "
@@ -116,45 +119,75 @@ class RunOptions:
 
 def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: RunOptions | None = None,
         say: Say = print, **flags: Any) -> RunOutcome:
-    """Run the sweep, resuming its Tune state when there is one (see `tune.run_trials`). `options` are the
+    """Run the sweep, resuming where an earlier run of it stopped (see `tune.run_trials`). `options` are the
     command line's (`flags`: the same as keywords, RunOptions' fields)."""
-    from . import aggregate, tracking
-    from .data_parallel import check_data_parallel_fits
-    from .gpus import gpu_size_finder
+    from . import aggregate
     from .lease import Lease
-    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     opts = options or RunOptions(**flags)
     run_spec = opts.run_spec(spec.run)
-    verbose = opts.verbose
     check_reachable(uri)  # before anything starts
-    with Lease(uri, spec.name) as lease:  # one driver per sweep: a second is refused, naming the first
+    # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store
+    with Lease(uri, spec.name, patience_s=run_spec.tracking_patience_s, on_lost=lambda _: stop_tune()) as lease:
         if "://" not in storage:
             try:
                 Path(storage).mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
-        trials = expand(spec)
-        hashes = data_hashes(trials)  # also fails fast on missing local files
-        datasets = distinct_datasets(trials, hashes)
-        data_parallel = any(t.resources.workers > 1 for t in trials)
-        with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel) as own_ray:
-            check_cluster(storage, uri, run_spec.shared_storage)
-            check_data_parallel_fits(trials, own_ray, say)
-            unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
-            if unfit:
-                raise AotError(unfit)
-            prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
-                                      progress=verbose > 0 and sys.stderr.isatty())
-            for h, (path, built, manifest) in prepared.items():
-                where, _, lang = datasets[h]
-                say(summary_line(where, lang, h, path, built, manifest))
-            check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
+        outcomes, skipped, prepared = _drive(spec, spec_text, uri, storage, opts, run_spec, lease, say)
+        out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
+        result = aggregate.report(uri, spec.name, out_dir)
+        return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)
 
-            lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
-            ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=opts.fresh)
+
+def _lost(lease: Any, uri: str) -> TrackingError:
+    return TrackingError(f"the tracking store {uri} is lost: {lease.lost}; the sweep stopped, its checkpoints "
+                         f"and its runs' last state are kept: bring the store back (or pass --tracking-uri of "
+                         f"one that holds its runs) and run the same command to resume")
+
+
+def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOptions, run_spec: RunSpec,
+           lease: Any, say: Say) -> tuple[list[Any], list[str], dict]:
+    """Ray, the data, the lr search and Tune, under the lease; (outcomes, skipped trial ids, prepared data)."""
+    from . import tracking
+    from .data_parallel import check_data_parallel_fits
+    from .gpus import gpu_size_finder
+    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
+
+    verbose = opts.verbose
+    trials = expand(spec)
+    hashes = data_hashes(trials)  # also fails fast on missing local files
+    datasets = distinct_datasets(trials, hashes)
+    data_parallel = any(t.resources.workers > 1 for t in trials)
+    with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel,
+                     owner=content_hash([uri, spec.name, storage]), say=say) as own_ray:
+        check_cluster(storage, uri, run_spec.shared_storage)
+        check_data_parallel_fits(trials, own_ray, say)
+        unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
+        if unfit:
+            raise AotError(unfit)
+        prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
+                                  progress=verbose > 0 and sys.stderr.isatty())
+        for h, (path, built, manifest) in prepared.items():
+            where, _, lang = datasets[h]
+            say(summary_line(where, lang, h, path, built, manifest))
+        check_fits(trials, hashes, {h: m for h, (_, _, m) in prepared.items()})
+
+        lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
+        ctx = tracking.start_sweep(uri, spec.name, spec_text, fresh=opts.fresh)
+        status = "FINISHED"
+        outcomes: list[Any] = []
+        skipped: list[str] = []
+        try:
             if spec.lr_search is not None:
-                spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say)
+                with interruptible() as interrupted:
+                    spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say,
+                                                  stopped=lambda: interrupted() or lease.lost is not None)
+                if lease.lost:
+                    raise _lost(lease, uri)
+                if interrupted():
+                    raise Interrupted("interrupted during the learning-rate search; run the same command again to "
+                                      "resume it (its finished candidates count)")
                 trials = expand(spec)  # the searched learning rates are part of the trials' identity
                 hashes = data_hashes(trials)
             ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
@@ -166,27 +199,27 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
             experiment = f"{spec.name}-{ctx.parent_run_id[:8]}-{content_hash(sorted(t.trial_id for t in trials))}"
             if skipped:
                 say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
-            outcomes = []
-            status = "FINISHED"
-            try:
-                data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
-                with interruptible() as interrupted:
-                    outcomes, restored = run_trials(pending, trials, ctx, data=data, storage=storage,
-                                                    experiment=experiment, run=run_spec,
-                                                    restart_errored=opts.restart_errored, verbose=verbose)
-                if interrupted():
-                    raise Interrupted("interrupted: the sweep's unfinished runs are marked interrupted (status KILLED, "
-                                      "tag aot.interrupted); run the same command again to resume them")
-                if restored:
-                    say(f"resumed Tune state {storage.rstrip('/')}/{experiment}")
-                outcomes = [o for o in outcomes if o.trial_id not in done or not o.ok]
-                if any(not o.ok for o in outcomes):
-                    status = "FAILED"
-            except BaseException:
-                status = "KILLED"  # interrupted or broken off: its unfinished runs resume on the next `run`
-                raise
-            finally:
-                tracking.end_sweep(ctx, status)
-        out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
-        result = aggregate.report(uri, spec.name, out_dir)
-        return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)
+            check_space(pending, storage)
+            data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
+            with interruptible() as interrupted:
+                outcomes, _ = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
+                                         run=run_spec, restart_errored=opts.restart_errored, verbose=verbose,
+                                         say=say)
+            if lease.lost:
+                raise _lost(lease, uri)
+            if interrupted():
+                raise Interrupted("interrupted: the sweep's unfinished runs are marked interrupted (status KILLED, "
+                                  "tag aot.interrupted); run the same command again to resume them")
+            outcomes = [o for o in outcomes if o.trial_id not in done or not o.ok]
+            if any(not o.ok for o in outcomes):
+                status = "FAILED"
+        except BaseException:
+            status = "KILLED"  # interrupted or broken off: its unfinished runs resume on the next `run`
+            raise
+        finally:
+            if not lease.lost:  # a lost store takes no writes: the runs stay as they were, for the resume
+                try:
+                    tracking.end_sweep(ctx, status)
+                except Exception as e:
+                    say(f"warning: the sweep's runs could not be closed in {uri} ({str(e).splitlines()[0]})")
+    return outcomes, skipped, prepared

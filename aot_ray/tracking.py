@@ -73,6 +73,28 @@ def find_parent(uri: str, exp_id: str, sweep: str):
     return runs[0] if runs else None
 
 
+def parents(uri: str, exp_id: str, sweep: str) -> list:
+    """Every parent run of the sweep (one per `--fresh` start), newest first."""
+    return client(uri).search_runs(
+        [exp_id], filter_string=f"tags.`{ROLE}` = 'sweep' and tags.sweep = '{_quote(sweep)}'",
+        order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def chosen_parent(uri: str, sweep: str, run_id: str | None = None) -> tuple[Any, list]:
+    """(the parent run a report reads, the sweep's other parent runs newest first): `run_id` when given (it must be
+    a parent run of this sweep), else the newest. (None, []) when the sweep has no run yet."""
+    exp_id = experiment_id(uri, sweep, create=False)
+    every = parents(uri, exp_id, sweep) if exp_id is not None else []
+    if run_id is None:
+        return (every[0], every[1:]) if every else (None, [])
+    match = [r for r in every if r.info.run_id == run_id or r.info.run_id.startswith(run_id)]
+    if len(match) != 1:
+        known = ", ".join(r.info.run_id for r in every) or "none"
+        raise TrackingError(f"--parent {run_id}: {'no' if not match else 'more than one'} parent run of sweep "
+                            f"{sweep!r} matches (its parent runs: {known})")
+    return match[0], [r for r in every if r.info.run_id != match[0].info.run_id]
+
+
 def start_sweep(uri: str, sweep: str, spec_text: str, fresh: bool = False) -> SweepContext:
     """Get or create the sweep's experiment and parent run (a new one with `fresh`); record the sweep YAML."""
     exp_id = experiment_id(uri, sweep, create=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from .errors import AotError
+from .errors import AotError, disk_full
 from .spec.schema import RunSpec, TrialSpec
 from .tracking import LR_SEARCH, NODE, SweepContext
 
@@ -76,11 +76,15 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
 
 
 def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str],
-               dp_root: str = "") -> None:
+               dp_root: str = "", root: str = "", from_storage: frozenset[str] = frozenset()) -> None:
+    """One Tune trial. `root`: the experiment's folder in storage, where each trial's checkpoints are found
+    again; `from_storage`: the trials that resume from those checkpoints even though Tune offers none (its state
+    was rebuilt)."""
     from ray import tune
 
     from .tracking import TrialTracker
     from .train.tracked import train_tracked
+    from .tune_state import trial_checkpoints
 
     trial = trials[config["trial_id"]]
     done = finished_run(ctx, trial)
@@ -97,17 +101,27 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     import ray
 
     tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
+    where = f"{root.rstrip('/')}/{trial.trial_id}"
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None
-        tune.report(metrics, checkpoint=checkpoint)
+        try:
+            tune.report(metrics, checkpoint=checkpoint)
+        except OSError as e:  # Tune persists the checkpoint into storage here
+            size = sum(f.stat().st_size for f in Path(path).iterdir()) if path is not None else None
+            full = disk_full(e, where, size)
+            if full is None:
+                raise
+            raise full from None
 
-    checkpoint = tune.get_checkpoint()
-    on_disk = checkpoint_candidates(checkpoint) if checkpoint is not None else []
-    if on_disk:  # every checkpoint of the trial, newest first: an unreadable one falls back to the next
+    registered = tune.get_checkpoint()
+    resume = registered is not None or trial.trial_id in from_storage
+    # every checkpoint of the trial in storage, newest step first: an unreadable one falls back to the next
+    on_disk = trial_checkpoints(root, trial.trial_id) if resume and root else []
+    if on_disk:
         train_tracked(trial, tracker, on_disk, data=data[trial.trial_id], on_report=report)
-    elif checkpoint is not None:
-        with checkpoint.as_directory() as resume_from:
+    elif registered is not None:
+        with registered.as_directory() as resume_from:
             train_tracked(trial, tracker, [resume_from], data=data[trial.trial_id], on_report=report)
     else:
         train_tracked(trial, tracker, None, data=data[trial.trial_id], on_report=report)
@@ -123,73 +137,94 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
 
 def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
     """One Optuna candidate: short runs at config["lr"] in each searched direction (one MLflow run each, role
-    lr-search); the objective is their mean final validation loss."""
+    lr-search); the objective is their mean final validation loss. A direction already FINISHED in MLflow (a
+    driver killed after it) counts as it is, never trained or reopened again."""
     from ray import tune
 
     from .spec import lr_search_trials
-    from .tracking import TrialTracker
+    from .tracking import TrialTracker, find_trial_run, retry
     from .train.tracked import train_tracked
 
     losses = []
     for trial in lr_search_trials(spec, preset, config["lr"]):
+        run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id,
+                                           "lr-search"))
+        if run is not None and run.info.status == "FINISHED" and "final_val_loss" in run.data.metrics:
+            losses.append(run.data.metrics["final_val_loss"])
+            continue
         tracker = TrialTracker(ctx, trial, role="lr-search")
         tracker.extra_tags[LR_SEARCH] = preset
         losses.append(train_tracked(trial, tracker, None, data=data, interrupts_resume=False).val_loss)
     tune.report({"val_loss": sum(losses) / len(losses), "lr": config["lr"]})
 
 
+def searched_candidates(ctx: SweepContext, spec: Any, preset: str) -> dict[float, float]:
+    """lr -> mean final validation loss of every candidate of this preset's search whose runs (one per searched
+    direction) are all FINISHED under this sweep's parent run: they count as trials of a resumed search."""
+    from .tracking import ROLE, client, retry
+
+    c = client(ctx.uri)
+    runs = retry(lambda: c.search_runs(
+        [ctx.experiment_id], filter_string=f"tags.`{ROLE}` = 'lr-search' and tags.`{LR_SEARCH}` = '{preset}' and "
+                                         f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and "
+                                         f"attributes.status = 'FINISHED'", max_results=10000))
+    by_lr: dict[float, dict[str, float]] = {}
+    for r in runs:
+        if "optim.lr" in r.data.params and "final_val_loss" in r.data.metrics:
+            by_lr.setdefault(float(r.data.params["optim.lr"]), {})[r.data.tags.get("direction", "")] = \
+                r.data.metrics["final_val_loss"]
+    need = set(spec.lr_search.directions)
+    return {lr: sum(d[k] for k in need) / len(need) for lr, d in by_lr.items() if need <= set(d)}
+
+
 def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: str, experiment: str,
               run: RunSpec, verbose: int = 1) -> tuple[float, float]:
-    """Ray Tune with Optuna's TPE sampler over log-uniform lr for one preset; returns (best lr, its loss)."""
+    """Ray Tune with Optuna's TPE sampler over log-uniform lr for one preset; returns (best lr, its loss).
+    MLflow is the search's record: a resumed search tells Optuna the candidates that finished earlier (they
+    count towards lr_search.trials, and the sampler learns from them) and runs only the rest."""
     from ray import tune
 
     from .spec import lr_search_trials
 
     ls = spec.lr_search
-    probe = lr_search_trials(spec, preset, ls.low)[0]
-    trainable = tune.with_parameters(_lr_trainable, spec=spec, preset=preset, ctx=ctx, data=data)
-    trainable = tune.with_resources(trainable, tune_resources(probe))
-    path = f"{storage.rstrip('/')}/{experiment}"
-    if tune.Tuner.can_restore(path):  # an interrupted search continues, with its sampler's state
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = _new_search(trainable, ls, run, experiment, storage, verbose)
-    grid = tuner.fit()
-    ok = [r for r in grid if r.error is None and r.metrics and r.metrics.get("val_loss") is not None]
-    if not ok:
-        errors = "; ".join(str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None)
-        raise AotError(f"the learning-rate search for {preset} had no successful trial ({errors or 'no results'})")
-    best = min(ok, key=lambda r: r.metrics["val_loss"])
-    return float(best.config["lr"]), float(best.metrics["val_loss"])
+    done = searched_candidates(ctx, spec, preset)
+    results = dict(done)
+    remaining = ls.trials - len(done)
+    if remaining > 0:
+        probe = lr_search_trials(spec, preset, ls.low)[0]
+        trainable = tune.with_parameters(_lr_trainable, spec=spec, preset=preset, ctx=ctx, data=data)
+        trainable = tune.with_resources(trainable, tune_resources(probe))
+        grid = _new_search(trainable, ls, run, experiment, storage, verbose, done, remaining).fit()
+        errors = []
+        for r in grid:
+            if r.error is None and r.metrics and r.metrics.get("val_loss") is not None:
+                results[float(r.config["lr"])] = float(r.metrics["val_loss"])
+            elif r.error is not None:
+                errors.append(str(r.error).strip().splitlines()[-1])
+        if not results:
+            raise AotError(f"the learning-rate search for {preset} had no successful trial "
+                           f"({'; '.join(errors) or 'no results'})")
+    best = min(results, key=results.__getitem__)
+    return best, results[best]
 
 
-def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: str, verbose: int) -> Any:
+def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: str, verbose: int,
+                done: dict[float, float], samples: int) -> Any:
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    search = OptunaSearch(
+        space={"lr": optuna.distributions.FloatDistribution(ls.low, ls.high, log=True)}, metric="val_loss",
+        mode="min", sampler=optuna.samplers.TPESampler(seed=ls.seed),
+        points_to_evaluate=[{"lr": lr} for lr in done] or None, evaluated_rewards=list(done.values()) or None)
     return tune.Tuner(
         trainable,
-        param_space={"lr": tune.loguniform(ls.low, ls.high)},
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric="val_loss", mode="min", sampler=optuna.samplers.TPESampler(seed=ls.seed)),
-            num_samples=ls.trials,
-            max_concurrent_trials=run.max_concurrent_trials,
-            reuse_actors=True,
-        ),
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=samples,
+                                    max_concurrent_trials=run.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=verbose,
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures)),
     )
-
-
-def checkpoint_candidates(registered: Any) -> list[str]:
-    """All checkpoint folders of the trial on local storage, newest first: Tune's experiment state may name an
-    older one than the newest on disk (its state is saved less often than checkpoints are), or one since
-    deleted. Empty for remote storage (Tune's registered checkpoint is then the one)."""
-    path = Path(registered.path)
-    if "://" in str(registered.path) or not path.parent.is_dir():
-        return []
-    return [str(p) for p in sorted(path.parent.glob("checkpoint_*"), reverse=True) if p.is_dir()]
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False) -> bool:
@@ -214,17 +249,31 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-                dashboard: bool = False) -> Iterator[bool]:
+                dashboard: bool = False, owner: str | None = None, say: Any = print) -> Iterator[bool]:
     """Ray for the duration of a sweep: connect or start, and shut down only what this call started.
-    Yields whether this call started a Ray of its own (no autoscaler can add nodes to it)."""
+    Yields whether this call started a Ray of its own (no autoscaler can add nodes to it). `owner` (a key of
+    the sweep): a Ray of its own is recorded (`own_ray`), and what a killed earlier driver of the same sweep left
+    of its own Ray is stopped first."""
     import ray
 
+    from . import own_ray
+
+    own = not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+    if own and owner:
+        left = own_ray.clean_up_left(owner)
+        if left:
+            say(f"stopped {len(left)} process(es) that a killed earlier driver of this sweep left of its own Ray "
+                f"(pids {', '.join(map(str, left))})")
     started = init_ray(address, num_cpus, num_gpus, dashboard)
+    if started and own and owner:
+        own_ray.record(owner)
     try:
-        yield started and not (address or os.environ.get("RAY_ADDRESS"))
+        yield started and own
     finally:
         if started:
             ray.shutdown()
+            if own and owner:
+                own_ray.forget(owner)
 
 
 def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bool) -> dict[str, tuple[str, bool, dict]]:
@@ -299,56 +348,66 @@ def run_trials(
     run: RunSpec,
     restart_errored: bool = False,
     verbose: int = 1,
+    say: Any = print,
 ) -> tuple[list[TrialOutcome], bool]:
-    """Run the sweep's Tune experiment `storage/experiment`: restore it when its state exists (finished
-    trials stay finished; unfinished and errored ones continue from their checkpoints, or errored ones start
-    over with `restart_errored`), else launch the `pending` trials (those of `all_trials` not finished in
-    MLflow). Returns (outcomes, restored)."""
+    """Run the `pending` trials (those of `all_trials` not finished in MLflow) as the Tune experiment
+    `storage/experiment`. Returns (outcomes, resumed: whether an earlier run of it left state behind).
+
+    Tune's saved state is a cache, never restored: MLflow says which trials are finished (they are not pending)
+    and the checkpoints in storage where the others stand. So a resumed sweep continues each unfinished or
+    errored trial from its newest readable checkpoint (errored ones start over with `restart_errored`), runs
+    with this run's callbacks and verbosity, and an unreadable state (a disk that filled up while Tune saved it)
+    costs one line: it is set aside and the experiment goes on."""
     from ray import tune
 
-    by_id = {t.trial_id: t for t in all_trials}
+    from . import tune_state
+
     path = f"{storage.rstrip('/')}/{experiment}"
+    resumed = tune.Tuner.can_restore(path)
+    if resumed:
+        bad = tune_state.problem(path)
+        if bad is not None:
+            aside = tune_state.set_aside(path)
+            say(f"Tune state at {path} is unreadable ({bad}); set aside in {aside}; rebuilt from MLflow (finished "
+                f"trials are kept) and the checkpoints in storage")
+    if not pending:
+        return [], resumed
+    by_id = {t.trial_id: t for t in all_trials}
     dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
-    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root)
+    errored = failed_trial_ids(ctx, pending) if restart_errored and resumed else set()
+    drop_data_parallel_runs(dp_root, [t for t in errored if by_id[t].resources.workers > 1])
+    from_storage = frozenset(t.trial_id for t in pending if t.trial_id not in errored) if resumed else frozenset()
+    if resumed:
+        say(f"resuming {len(from_storage)} unfinished trial(s) of {path} from their newest checkpoints"
+            + (f"; {len(errored)} errored trial(s) start over" if errored else ""))
+    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root, root=path,
+                                     from_storage=from_storage)
     trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))
-    restored = tune.Tuner.can_restore(path)
-    callbacks = [sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign)]
-    if restored:
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=not restart_errored,
-                                   restart_errored=restart_errored)
-        # a restored Tuner keeps the callbacks it was created with; this run's sign settings (--stop-on-sign
-        # given on resume, say) must apply, and Tuner.restore has no argument for them
-        with contextlib.suppress(AttributeError):
-            tuner._local_tuner.get_run_config().callbacks = callbacks
-            tuner._local_tuner.get_run_config().verbose = verbose  # this run's --quiet, not the first run's
-        if restart_errored and any(t.resources.workers > 1 for t in all_trials):
-            # a restored result may lack its config; its folder is named by trial id (trial_dirname_creator)
-            errored = [(r.config or {}).get("trial_id") or Path(r.path).name
-                       for r in tuner.get_results() if r.error is not None]
-            drop_data_parallel_runs(dp_root, [t for t in errored if t in by_id and by_id[t].resources.workers > 1])
-    elif not pending:
-        return [], False
-    else:
-        name_of = lambda t: t.config["trial_id"]  # noqa: E731
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial_id": tune.grid_search([t.trial_id for t in pending])},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=run.max_concurrent_trials,
-                reuse_actors=True,  # saves the torch/transformers import per trial
-                trial_name_creator=name_of,
-                trial_dirname_creator=name_of,
-            ),
-            run_config=tune.RunConfig(
-                name=experiment,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=run.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
-                verbose=verbose,
-                callbacks=callbacks,
-            ),
-        )
-    grid = tuner.fit()
+    name_of = lambda t: t.config["trial_id"]  # noqa: E731
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search([t.trial_id for t in pending])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=run.max_concurrent_trials,
+            reuse_actors=True,  # saves the torch/transformers import per trial
+            trial_name_creator=name_of,
+            trial_dirname_creator=name_of,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
+            verbose=verbose,
+            callbacks=[sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign)],
+        ),
+    )
+    try:
+        grid = tuner.fit()
+    except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
+        say(f"Tune's results could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"the trials' outcomes are MLflow's")
+        return outcomes_from_mlflow(ctx, pending), resumed
     outcomes = []
     for result in grid:
         err = None
@@ -357,4 +416,33 @@ def run_trials(
             err = text.splitlines()[-1] if text else type(result.error).__name__
         loss = (result.metrics or {}).get("val_loss")
         outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
-    return outcomes, restored
+    return outcomes, resumed
+
+
+def failed_trial_ids(ctx: SweepContext, trials: list[TrialSpec]) -> set[str]:
+    """The trials whose run under this sweep's parent run ended FAILED."""
+    from .tracking import trial_runs
+
+    ids = {t.trial_id for t in trials}
+    return {r.data.tags.get("trial_id") for r in trial_runs(ctx.uri, ctx.sweep, "FAILED", ctx.parent_run_id)
+            if r.data.tags.get("trial_id") in ids}
+
+
+def outcomes_from_mlflow(ctx: SweepContext, trials: list[TrialSpec]) -> list[TrialOutcome]:
+    """Each trial's outcome as its MLflow run records it (where Tune's own record cannot be read)."""
+    from .tracking import ERROR, trial_runs
+
+    runs: dict[str, Any] = {}
+    for r in trial_runs(ctx.uri, ctx.sweep, parent_run_id=ctx.parent_run_id):  # newest first
+        runs.setdefault(r.data.tags.get("trial_id"), r)
+    out = []
+    for t in trials:
+        r = runs.get(t.trial_id)
+        if r is not None and r.info.status == "FINISHED":
+            m = r.data.metrics
+            out.append(TrialOutcome(t.trial_id, True, None, m.get("final_val_loss", m.get("val_loss"))))
+        else:
+            why = (r.data.tags.get(ERROR) if r is not None else None) or \
+                f"did not finish ({r.info.status if r is not None else 'never started'})"
+            out.append(TrialOutcome(t.trial_id, False, why.strip().splitlines()[-1], None))
+    return out

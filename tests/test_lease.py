@@ -61,6 +61,7 @@ def test_a_dead_drivers_lease_expires(tmp_path):
 
 def test_the_lease_is_renewed_while_held(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "RENEW_S", 0.1)
+    monkeypatch.setattr(L, "CHECK_S", 0.05)
     uri = f"sqlite:///{tmp_path}/m.db"
     with L.Lease(uri, "sw") as held:
         held.acquire()

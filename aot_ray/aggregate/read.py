@@ -60,16 +60,17 @@ class Reader:
     """Reads one sweep's runs; artifact downloads of finished runs are cached for the life of the reader (a
     `--watch` loop keeps one), those of running trials are read again each time."""
 
-    def __init__(self, uri: str, sweep: str) -> None:
+    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None) -> None:
         self.uri, self.sweep = uri, sweep
+        self.parent_run_id = parent_run_id  # None: the sweep's newest parent run
         self.client = client(uri)
         self._cache: dict[tuple[str, str], Any] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="aot-report-")
 
     def records(self, include_running: bool = True) -> list[dict[str, Any]]:
-        """Newest run per trial id, of the sweep's current parent run."""
+        """Newest run per trial id, of the reader's parent run (else the sweep's newest)."""
         out: dict[str, dict[str, Any]] = {}
-        for run in trial_runs(self.uri, self.sweep):  # newest first
+        for run in trial_runs(self.uri, self.sweep, parent_run_id=self.parent_run_id):  # newest first
             if run.info.status != "FINISHED" and not (include_running and run.info.status == "RUNNING"):
                 continue
             rec = record_of(run)

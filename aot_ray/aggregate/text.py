@@ -99,7 +99,10 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
     parts = [f"# Arrow of Time report: {sweep}", "",
              f"{when}. {len(result['rows'])} finished trials, {len(result['running'])} running; "
              f"{len(result['pairs'])} forward/backward pairs. delta = (L_bw - L_fw) / (0.5 (L_bw + L_fw)), "
-             f"nats/token on the same validation windows.", "", *reading(conf, result["alpha"]), ""]
+             f"nats/token on the same validation windows.", "",
+             *([parent_text(result["parent"], result.get("other_parents", [])) + ".", ""] if "parent" in result
+               else []),
+             *reading(conf, result["alpha"]), ""]
     if result["pairs"]:
         parts += ["## Pairs", "", f"[delta_lo, delta_hi]: {conf}% over this pair's validation windows (paired "
                   "bootstrap); it decides no direction.", "",
@@ -133,10 +136,30 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
     return "\n".join(parts)
 
 
+def parent_info(run: Any) -> dict[str, Any]:
+    """What the report says of a parent run: id, start, status."""
+    return {"run_id": run.info.run_id, "status": run.info.status,
+            "start": _dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def parent_text(chosen: dict[str, Any] | None, others: list[dict[str, Any]]) -> str:
+    """Which parent run (one per `--fresh` start) was read, and the others that could have been."""
+    if chosen is None:
+        return "no parent run of this sweep yet"
+    line = f"parent run {chosen['run_id']} (started {chosen['start']}, {chosen['status']})"
+    if others:
+        shown = ", ".join(f"{r['run_id']} (started {r['start']}, {r['status']})" for r in others[:5])
+        line += (f"; the experiment holds {len(others)} other parent run(s), newest first: {shown}"
+                 f"{', ...' if len(others) > 5 else ''}; read another with --parent RUN_ID")
+    return line
+
+
 def render(result: dict[str, Any]) -> str:
     """The summary for the terminal."""
     conf = int(result["conf"] * 100)
     parts = []
+    if "parent" in result:
+        parts += [parent_text(result["parent"], result.get("other_parents", [])), ""]
     if result["pairs"]:
         parts.append("Arrow of Time per pair (delta = (L_bw - L_fw) / mean; > 0: forward is easier; "
                      f"[lo, hi] {conf}% over this pair's windows: precision, not replication)")
@@ -167,4 +190,5 @@ def render(result: dict[str, Any]) -> str:
                      f"{', '.join(result['orphans'])}")
     if result["pairs"]:
         parts += ["", *reading(conf, result["alpha"])]
+    parts += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(parts)

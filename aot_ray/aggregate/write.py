@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import signs
-from ..tracking import experiment_id, find_parent, sign_rule
+from ..store import store_writable
+from ..tracking import chosen_parent, sign_rule
 from . import plots, tables
 from .read import Reader
-from .text import markdown, render, to_csv
+from .text import markdown, parent_info, render, to_csv
 
 
 def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: int = 2000,
@@ -125,29 +126,41 @@ def _columns(base: list[str], rows: list[dict[str, Any]]) -> list[str]:
 
 def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_parent: bool = True, *,
            conf: float = 0.95, alpha: float | None = None, with_plots: bool = True, reader: Reader | None = None,
-           overfit: dict[str, float] | None = None) -> dict[str, Any]:
+           overfit: dict[str, float] | None = None, parent: str | None = None) -> dict[str, Any]:
     """Read the sweep, write the report files under `out_dir` (and attach them to the parent run under
     `report/`), log the sequential sign test on the trial runs; returns the tables. The sign test is the one
-    the sweep ran with (its alpha and start, recorded on the parent run); `alpha` overrides its level."""
+    the sweep ran with (its alpha and start, recorded on the parent run); `alpha` overrides its level.
+    `parent`: the id (or a prefix) of the parent run to read, else the newest. A store that refuses writes
+    (read-only) still gets its report: what could not be written to MLflow is said in `notes`."""
     own = reader is None
-    reader = reader or Reader(uri, sweep)
+    chosen, others = chosen_parent(uri, sweep, parent)
+    reader = reader or Reader(uri, sweep, chosen.info.run_id if chosen is not None else None)
     try:
-        exp_id = experiment_id(uri, sweep, create=False)
-        parent = find_parent(uri, exp_id, sweep) if exp_id else None
-        rule = (sign_rule(parent) if parent is not None else None) or (signs.DEFAULT.alpha, signs.DEFAULT.after)
+        rule = (sign_rule(chosen) if chosen is not None else None) or (signs.DEFAULT.alpha, signs.DEFAULT.after)
         result = build(reader, conf=conf, alpha=alpha or rule[0], after=rule[1], overfit=overfit)
-        result["sign_looks_logged"] = (signs.log_metrics(reader, result["sequences"], result["sign_cells"])
-                                       if log_to_parent else 0)
+        result["parent"] = None if chosen is None else parent_info(chosen)
+        result["other_parents"] = [parent_info(r) for r in others]
+        result["notes"] = []
+        writable = log_to_parent and store_writable(uri)
+        if log_to_parent and not writable:
+            result["notes"].append(f"the tracking store {uri} is read-only: the sign test's metrics and the report "
+                                   f"files were not written to MLflow")
+        result["sign_looks_logged"] = 0
+        if writable:
+            try:
+                result["sign_looks_logged"] = signs.log_metrics(reader, result["sequences"], result["sign_cells"])
+            except Exception as e:  # a store that refuses writes (a read-only server): the report still stands
+                writable = False
+                result["notes"].append(f"not written to MLflow ({str(e).splitlines()[0][:200]})")
         scratch = None
         if out_dir is None:
             scratch = Path(tempfile.mkdtemp(prefix="aot-report-"))
         out = Path(out_dir) if out_dir is not None else scratch
         files = write_files(result, out, sweep, with_plots) if (result["pairs"] or result["sequences"]) else []
         result["files"] = files if scratch is None else []
-        if log_to_parent and files:
-            if parent is not None:
-                for f in files:
-                    reader.client.log_artifact(parent.info.run_id, str(f), "report")
+        if writable and files and chosen is not None:
+            for f in files:
+                reader.client.log_artifact(chosen.info.run_id, str(f), "report")
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         return result
@@ -157,16 +170,16 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
 
 
 def watch(uri: str, sweep: str, out_dir: str | Path | None, interval: float, say: Callable[[str], None] = print,
-          **kw: Any) -> dict[str, Any]:
+          parent: str | None = None, **kw: Any) -> dict[str, Any]:
     """Re-render every `interval` seconds while the sweep's parent run is RUNNING; a last render after it ends."""
-    reader = Reader(uri, sweep)
+    chosen, _ = chosen_parent(uri, sweep, parent)
+    reader = Reader(uri, sweep, chosen.info.run_id if chosen is not None else None)
     try:
         while True:
-            result = report(uri, sweep, out_dir, reader=reader, **kw)
+            result = report(uri, sweep, out_dir, reader=reader, parent=parent, **kw)
             say(f"--- {time.strftime('%H:%M:%S')} ---\n{render(result)}")
-            exp_id = experiment_id(uri, sweep, create=False)
-            parent = find_parent(uri, exp_id, sweep) if exp_id else None
-            if parent is None or parent.info.status != "RUNNING":
+            now, _ = chosen_parent(uri, sweep, parent)
+            if now is None or now.info.status != "RUNNING":
                 return result
             time.sleep(interval)
     finally:

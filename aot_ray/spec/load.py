@@ -31,6 +31,11 @@ SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": Tr
 # fields that have a named axis of their own, or that identify a dataset's type
 RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# a sweep's name becomes folder names (`<name>-<parent>-<hash>`, `<name>-<parent>-lr-<preset>` under storage and
+# under Ray's session folder) and its MLflow experiment: a file name may have at most 255 bytes, and Ray nests the
+# experiment folder in deep paths of its own
+MAX_NAME = 100
+MAX_TRIAL_ID = 200
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -53,24 +58,39 @@ def load_sweep(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Swee
 
 
 def apply_sets(raw: Any, sets: list[str] | tuple[str, ...]) -> Any:
-    """Apply `--set dotted.key=yaml_value` overrides to the parsed YAML before validation."""
+    """Apply `--set dotted.key=yaml_value` overrides to the parsed YAML before validation.
+
+    A key is split at dots, except where a mapping already has a key with dots in it (a longer existing key wins)
+    and under `grid`, whose axis names are dotted fields themselves: `grid.optim.lr=[1e-3,2e-3]` sets the axis
+    `optim.lr`, `grid.seed=[0,1]` the axis `seed`."""
     for item in sets:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise SpecError(f"--set {item}", "expected KEY=VALUE, e.g. --set data.local.paths='[\"a/{lang}.txt\"]'")
+            raise SpecError(f"--set {item}", "expected KEY=VALUE, e.g. --set defaults.train.steps=100")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise SpecError(f"--set {key}", f"value is not valid YAML: {value}") from None
-        node = raw
-        *parents, last = key.split(".")
-        for i, part in enumerate(parents):
-            if not isinstance(node, dict):
-                raise SpecError(f"--set {key}", f"{'.'.join(parents[:i]) or 'the sweep'} is not a mapping")
+        if not isinstance(raw, dict):
+            raise SpecError(f"--set {key}", "the sweep is not a mapping")
+        node, path, rest = raw, [], key.split(".")
+        while True:
+            if not rest or not all(rest):
+                raise SpecError(f"--set {key}", "empty field name (two dots, or a dot at an end)")
+            if path == ["grid"]:
+                part = ".".join(rest)  # the rest is one axis name, dotted or not
+            else:
+                # the longest run of parts that names an existing key (dataset names may hold dots)
+                part = next((".".join(rest[:n]) for n in range(len(rest), 1, -1) if ".".join(rest[:n]) in node),
+                            rest[0])
+            rest = rest[len(part.split(".")):]
+            path.append(part)
+            if not rest:
+                node[part] = parsed
+                break
             node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"--set {key}", f"{'.'.join(parents)} is not a mapping")
-        node[last] = parsed
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}", f"{'.'.join(path)} is not a mapping")
     return raw
 
 
@@ -113,6 +133,9 @@ def parse_sweep(raw: Any) -> SweepSpec:
     if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or not name[0].isalnum():
         raise SpecError("name", f"must be letters, digits, '-', '_', '.', starting with a letter or digit (it names "
                                 f"folders and the MLflow experiment); got {describe(name)}")
+    if len(name) > MAX_NAME:
+        raise SpecError("name", f"is {len(name)} characters long; at most {MAX_NAME} (it names storage folders, whose "
+                                f"names the file system limits)")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SpecError("description", f"must be a string, got {describe(description)}")
@@ -322,6 +345,9 @@ def _check_trials(spec: SweepSpec) -> None:
 
     for trial in expand(spec):
         axes = dict(trial.axes)
+        if len(trial.trial_id) > MAX_TRIAL_ID:  # Tune names each trial's folder by its id
+            raise SpecError("grid", f"trial id {trial.trial_id[:40]}... is {len(trial.trial_id)} characters long, at "
+                                    f"most {MAX_TRIAL_ID} (it names the trial's folder); use shorter axis values")
         ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
         if trial.data.kind not in SYNTHETIC_KINDS:
             lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts

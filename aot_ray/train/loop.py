@@ -213,7 +213,11 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
         tracker.log_metrics({"resumed_from_step": step}, step=step)
     else:
         tracker.begin(None)
-        tracker.log_params({**flatten(trial), "n_params": n_params, "vocab_size": data.vocab_size})
+        params = {**flatten(trial), "n_params": n_params, "vocab_size": data.vocab_size}
+        if len(val_idx) < t.eval_windows:  # the split holds fewer windows: the param says what was evaluated
+            params["train.eval_windows"] = len(val_idx)
+            params["train.eval_windows_requested"] = t.eval_windows
+        tracker.log_params(params)
         tracker.log_metrics({"n_params": n_params}, step=0)
 
     micro, passes = micro_batches(trial, data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
