@@ -11,11 +11,13 @@ from .errors import AotError
 from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
+SET_HELP = ("override a YAML field before validation (repeatable): a dotted path, e.g. --set "
+            "defaults.train.steps=100, --set data.local.paths='[\"corpora/{lang}.txt\"]'; under grid the rest is the "
+            "axis name: --set grid.seed='[0,1]', --set grid.optim.lr='[1.0e-3,2.0e-3]'")
+
+
 def _sets(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a YAML field before validation (repeatable): a dotted path, e.g. --set "
-                        "defaults.train.steps=100, --set data.local.paths='[\"corpora/{lang}.txt\"]'; under grid the "
-                        "rest is the axis name: --set grid.seed='[0, 1]', --set grid.optim.lr='[1e-3, 2e-3]'")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
 
 def _parent(p: argparse.ArgumentParser) -> None:

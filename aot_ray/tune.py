@@ -9,6 +9,7 @@ adapts it to `tune.report` / `tune.get_checkpoint`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -402,6 +403,7 @@ def run_trials(
             callbacks=[sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign)],
         ),
     )
+    one_line_tune_errors()
     try:
         grid = tuner.fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
@@ -417,6 +419,30 @@ def run_trials(
         loss = (result.metrics or {}).get("val_loss")
         outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
     return outcomes, resumed
+
+
+class _OneLine(logging.Filter):
+    """Tune logs a failed trial, or a failed save of its state, with the whole traceback. Where the cause is one
+    of ours (an AotError says what to do in one line) or a full disk, the line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = str(exc) if exc is not None else record.getMessage()
+        if "aot_ray.errors." in text or "No space left on device" in text:
+            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            head = record.getMessage().strip().splitlines()
+            record.msg = f"{head[0] if head else ''} {lines[-1] if lines else ''}".strip()
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def one_line_tune_errors() -> None:
+    """Put `_OneLine` on the loggers of Tune's controller, its experiment state and its storage sync (once)."""
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state",
+                 "ray.train._internal.syncer"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in log.filters):
+            log.addFilter(_OneLine())
 
 
 def failed_trial_ids(ctx: SweepContext, trials: list[TrialSpec]) -> set[str]:

@@ -106,21 +106,3 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     assert any("falling back to the previous one" in str(w.message) for w in caught)
     assert tracker.resumed_from == 30
     assert abs(resumed.val_loss - straight.val_loss) < 1e-6
-
-
-def test_resume_candidates_are_every_checkpoint_on_disk_newest_first(tmp_path):
-    """Tune registered step 50 while 100 and 150 were written later; then the registered folder was deleted:
-    the trainer is offered 150, 100 (and whatever else is there), newest first."""
-    import shutil
-    from types import SimpleNamespace
-
-    from aot_ray.tune import checkpoint_candidates
-
-    trial_dir = tmp_path / "trial"
-    for i in (0, 1, 2, 3):
-        (trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True)
-    registered = SimpleNamespace(path=str(trial_dir / "checkpoint_000001"))
-    assert checkpoint_candidates(registered) == [str(trial_dir / f"checkpoint_{i:06d}") for i in (3, 2, 1, 0)]
-    shutil.rmtree(trial_dir / "checkpoint_000001")
-    assert checkpoint_candidates(registered) == [str(trial_dir / f"checkpoint_{i:06d}") for i in (3, 2, 0)]
-    assert checkpoint_candidates(SimpleNamespace(path="s3://b/x/checkpoint_000001")) == []
