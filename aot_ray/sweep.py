@@ -35,9 +35,14 @@ def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: s
             continue
         probe = lr_search_trials(spec, preset, ls.low)[0]
         data = prepared[data_hash(probe.data, where_of(probe))][0]
-        lr, loss = search_lr(spec, preset, ctx, data=data, storage=storage,
-                             experiment=f"{spec.name}-{ctx.parent_run_id[:8]}-lr-{preset}", run=run_spec,
-                             verbose=verbose)
+        try:
+            lr, loss = search_lr(spec, preset, ctx, data=data, storage=storage,
+                                 experiment=f"{spec.name}-{ctx.parent_run_id[:8]}-lr-{preset}", run=run_spec,
+                                 verbose=verbose)
+        except AotError:
+            if stopped():  # stopped before any candidate finished: the stop is the news, not the empty search
+                return spec
+            raise
         if stopped():
             return spec
         tracking.record_lr(ctx, preset, lr, loss, ls.trials)
