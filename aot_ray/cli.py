@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                         "gap (run.stop_on_sign in the YAML sets the level and when; this flag adds the defaults)")
     p.add_argument("--shared-storage", action="store_true",
                    help="the local --storage path (and SQLite file) is on a file system every node mounts")
+    p.add_argument("--fixed-cluster", action="store_true",
+                   help="the cluster at --address cannot grow (a Slurm job): a trial no node can hold is refused "
+                        "instead of waiting for an autoscaler")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--restart-errored", action="store_true",
                        help="when resuming, start errored trials from scratch instead of from their checkpoints")
@@ -71,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("cluster", help="cluster YAML (cluster/aws.yaml, gcp.yaml, onprem.yaml)")
     p.add_argument("sweep", help="sweep YAML, inside this project")
     p.add_argument("run_args", nargs=argparse.REMAINDER, help="options for `aot-ray run` on the head, after --")
+
+    p = sub.add_parser("slurm", help="check a sweep, then queue it as a Slurm job (cluster/slurm.sbatch): Ray on the "
+                                     "job's nodes, requeued at its time limit until the sweep is done")
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--nodes", type=_count(1), default=1, help="nodes of the job (default 1)")
+    p.add_argument("--gpus-per-node", type=_count(0), default=0, help="GPUs per node (default 0)")
+    p.add_argument("--cpus-per-task", type=_count(1), help="CPUs per node for Ray (default: Slurm's, usually 1)")
+    p.add_argument("--time", dest="time_limit", help="time limit of each job, e.g. 24:00:00 (it requeues itself)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--sbatch", dest="sbatch_args", action="append", default=[], metavar="ARG",
+                   help="another sbatch option, e.g. --sbatch=--qos=long (repeatable)")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, help="options for `aot-ray run` in the job, after --")
 
     p = sub.add_parser("status", help="list the sweep's trials with state, step, last validation loss and error")
     p.add_argument("sweep", help="sweep YAML")
@@ -131,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: tracking {uri}, storage {storage}")
     options = RunOptions(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                          max_concurrent_trials=args.max_concurrent_trials, shared_storage=args.shared_storage,
+                         fixed_cluster=args.fixed_cluster,
                          stop_on_sign=args.stop_on_sign, restart_errored=args.restart_errored, fresh=args.fresh,
                          verbose=0 if args.quiet else 1)
     from .interrupt import terminable
@@ -190,6 +207,18 @@ def _report(args: argparse.Namespace) -> int:
         print(render(result))
         for f in result["files"]:
             print(f"wrote {f}")
+    return 0
+
+
+def _slurm(args: argparse.Namespace) -> int:
+    from .slurm_job import submit
+
+    rest = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    job = submit(args.sweep, rest, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                 cpus_per_task=args.cpus_per_task, time_limit=args.time_limit, partition=args.partition,
+                 account=args.account, sbatch_args=args.sbatch_args)
+    print(f"queued Slurm job {job}: watch with `squeue -j {job}` and `tail -f aot-ray-aot-ray-{job}.out`; cancel "
+          f"with `scancel {job}` (a cancelled job does not requeue; `aot-ray slurm` again resumes the sweep)")
     return 0
 
 
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare, "status": _status,
-                "submit": _submit}[args.command](args)
+                "submit": _submit, "slurm": _slurm}[args.command](args)
     except AotError as e:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2

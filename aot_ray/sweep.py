@@ -107,6 +107,7 @@ class RunOptions:
     num_gpus: int | None = None
     max_concurrent_trials: int | None = None
     shared_storage: bool = False  # a local storage path every node mounts
+    fixed_cluster: bool = False  # the cluster cannot grow (a Slurm job): a trial no node can hold is refused
     stop_on_sign: bool = False  # run.stop_on_sign with its defaults, where the YAML has none
     restart_errored: bool = False  # errored trials start over instead of resuming
     fresh: bool = False  # a new parent run and Tune state; the earlier ones stay untouched
@@ -167,7 +168,7 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
     with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel,
                      owner=content_hash([uri, spec.name, storage]), say=say) as own_ray:
         check_cluster(storage, uri, run_spec.shared_storage)
-        check_data_parallel_fits(trials, own_ray, say)
+        check_data_parallel_fits(trials, own_ray or opts.fixed_cluster, say)
         unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
         if unfit:
             raise AotError(unfit)

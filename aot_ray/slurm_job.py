@@ -1,0 +1,287 @@
+"""The batch step of a Slurm job (`python -m aot_ray.slurm_job SWEEP.yaml [-- run options]`, what
+cluster/slurm.sbatch runs) and `aot-ray slurm`, which checks a sweep before `sbatch` queues it. The facts of the
+allocation, the job's ports and each node's `ray start` are `aot_ray.slurm`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .errors import AotError
+from .slurm import Allocation, Ports, SlurmError
+
+USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
+JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
+MLFLOW_WAIT_S = float(os.environ.get("AOT_MLFLOW_WAIT", "300"))
+SBATCH = Path(__file__).resolve().parents[1] / "cluster" / "slurm.sbatch"
+
+
+def split_args(argv: list[str]) -> tuple[str, list[str]]:
+    if not argv or argv[0].startswith("-"):
+        raise SlurmError(USAGE)
+    rest = argv[1:]
+    return argv[0], rest[1:] if rest[:1] == ["--"] else rest
+
+
+def run_args(sweep: str, rest: list[str]) -> Any:
+    """The `aot-ray run` options, parsed by the CLI's own parser (a bad option is its one-line error)."""
+    from .cli import _parser
+
+    return _parser().parse_args(["run", sweep, *rest])
+
+
+def check_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) -> None:
+    """Every trial must fit what the job was given: one node's CPUs and GPUs per process, the whole job for a
+    data-parallel trial's workers (Slurm adds no nodes, so a trial that does not fit would wait forever)."""
+    from .spec import expand
+
+    for t in expand(spec):
+        r = t.resources
+        if r.cpu > max(alloc_cpus) or r.gpu > alloc_gpus:
+            raise SlurmError(f"trial {t.trial_id} asks for {r.cpu:g} CPU and {r.gpu:g} GPU per process; the job "
+                             f"has {max(alloc_cpus)} CPU and {alloc_gpus} GPU per node: ask sbatch for more "
+                             f"(--cpus-per-task, --gpus-per-node) or lower resources.cpu/gpu")
+        if r.workers > 1 and (r.workers * r.cpu > sum(alloc_cpus) or r.workers * r.gpu > alloc_gpus * nodes):
+            raise SlurmError(f"trial {t.trial_id} runs {r.workers} workers of {r.cpu:g} CPU and {r.gpu:g} GPU; the "
+                             f"job has {sum(alloc_cpus)} CPU and {alloc_gpus * nodes} GPU in all")
+
+
+def check_shared(storage: str, alloc: Allocation, job_dir: Path) -> None:
+    """A local storage path must be the same folder on every node of the job (a shared file system)."""
+    if "://" in storage or len(alloc.nodes) == 1:
+        return
+    marker = job_dir / f"shared-{secrets.token_hex(4)}"
+    marker.write_text("aot_ray")
+    try:
+        for node in alloc.nodes[1:]:
+            p = subprocess.run(["srun", "--overlap", "-N1", "-n1", "-w", node, "test", "-f", str(marker)],
+                               capture_output=True, text=True, timeout=120)
+            if p.returncode != 0:
+                raise SlurmError(f"storage {storage} is not shared: node {node} does not see {marker}; pass "
+                                 f"--storage on a file system every node mounts, or s3://... / gs://...")
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+class MlflowServer:
+    """The job's tracking server on its first node: database and artifacts in the shared storage (artifacts
+    written straight to that folder by every node, so the files outlive the server)."""
+
+    def __init__(self, storage: str, host: str, port: int, log: Path) -> None:
+        root = Path(storage) / "mlflow"
+        root.mkdir(parents=True, exist_ok=True)
+        self.db = root / "mlflow.db"
+        self.uri = f"http://{host}:{port}"
+        allowed = ",".join(f"{h}{p}" for h in (host, "localhost", "127.0.0.1") for p in ("", f":{port}"))
+        mlflow = Path(sys.executable).parent / "mlflow"
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--host", host, "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.db}", "--default-artifact-root", str(root / "artifacts"),
+             "--no-serve-artifacts", "--allowed-hosts", allowed],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + MLFLOW_WAIT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SlurmError(f"the job's MLflow server exited before answering (log: {log})")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=3):
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise SlurmError(f"the job's MLflow server at {self.uri} did not answer within {MLFLOW_WAIT_S:.0f} s "
+                         f"(log: {log})")
+
+    def stop(self) -> None:
+        _stop_group(self.proc, 30)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except (OSError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait(10)
+
+
+class JobRay:
+    """This job's Ray: one `srun` step per node running `ray start --block`; stopping the steps stops it (and
+    no other Ray: never a bare `ray stop`)."""
+
+    def __init__(self, alloc: Allocation, ports: Ports, job_dir: Path, env: dict[str, str]) -> None:
+        self.alloc, self.ports = alloc, ports
+        self.address = f"{alloc.addresses[0]}:{ports.gcs}"
+        self.steps: list[subprocess.Popen] = []
+        for i, (node, addr) in enumerate(zip(alloc.nodes, alloc.addresses)):
+            gpus = [f"--gres=gpu:{alloc.gpus}"] if alloc.gpus else []
+            temp = f"/tmp/aot-{alloc.job_id}-{i}"  # short: Unix socket paths are limited to 107 bytes
+            cmd = ["srun", "--overlap", "-N1", "-n1", "-w", node, "--kill-on-bad-exit=0", *gpus, sys.executable,
+                   "-m", "aot_ray.slurm", "node", str(i), addr, alloc.addresses[0], temp, str(ports.base),
+                   str(alloc.cpus[i])]
+            self.steps.append(subprocess.Popen(cmd, env=env, stdout=(job_dir / f"ray-{node}.log").open("ab"),
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               start_new_session=True))
+
+    def wait_joined(self) -> None:
+        """ray.init on the head's address once it answers, then every node alive, within JOIN_S."""
+        import ray
+
+        deadline = time.monotonic() + JOIN_S
+        while True:
+            dead = [n for n, s in zip(self.alloc.nodes, self.steps) if s.poll() is not None]
+            if dead:
+                raise SlurmError(f"Ray did not start on node(s) {', '.join(dead)} (see ray-<node>.log in the job "
+                                 f"folder)")
+            try:
+                if not ray.is_initialized():
+                    ray.init(address=self.address, logging_level="WARNING", configure_logging=True)
+                alive = [n for n in ray.nodes() if n.get("Alive")]
+                if len(alive) >= len(self.alloc.nodes):
+                    return
+            except Exception:  # the head's GCS is not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise SlurmError(f"only part of the job's {len(self.alloc.nodes)} nodes joined its Ray at "
+                                 f"{self.address} within {JOIN_S:.0f} s (AOT_SLURM_JOIN_S)")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        for s in reversed(self.steps):  # workers first, the head last
+            _stop_group(s, 60)
+
+
+def requeue(job_id: int) -> None:
+    """Put this job back in the queue (it resumes the sweep); quiet when Slurm already requeues it."""
+    p = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True, timeout=60)
+    if p.returncode == 0:
+        print(f"aot-ray: job {job_id} requeued: the next run of it resumes the sweep", flush=True)
+    else:
+        print(f"aot-ray: job {job_id} not requeued here ({p.stderr.strip() or p.stdout.strip()})", flush=True)
+
+
+def job(argv: list[str]) -> int:
+    """The batch step; its exit code is aot-ray run's (130 when stopped by a signal, then requeued)."""
+    from .cli import main as cli_main
+    from .planning import resolve_storage
+    from .spec import load_sweep
+    from .store import check_reachable, resolve_uri
+
+    sweep, rest = split_args(argv)
+    submit_dir = os.environ.get("SLURM_SUBMIT_DIR", os.getcwd())
+    os.chdir(submit_dir)  # relative paths in a sweep mean what they mean where it was submitted
+    args = run_args(sweep, rest)
+    spec = load_sweep(sweep, args.sets)
+    alloc = Allocation.from_env()
+    check_fits(spec, list(alloc.cpus), alloc.gpus, len(alloc.nodes))
+    storage = resolve_storage(args.storage, spec)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.run.tracking_uri
+    if uri:
+        uri = resolve_uri(uri)
+        check_reachable(uri)
+    if "://" in storage:
+        job_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"aot-ray-slurm-{alloc.job_id}"
+    else:
+        job_dir = Path(storage) / ".aot_ray" / "slurm" / str(alloc.job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    check_shared(storage, alloc, job_dir)
+    ports = Ports.of_job(alloc.job_id)
+    token = job_dir / "ray_auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env = {**os.environ}
+    print(f"aot-ray: job {alloc.job_id} on {len(alloc.nodes)} node(s) {','.join(alloc.nodes)} "
+          f"({', '.join(map(str, alloc.cpus))} CPU, {alloc.gpus} GPU per node); Ray at {alloc.addresses[0]}:"
+          f"{ports.gcs}; files in {job_dir}", flush=True)
+    server = ray_ = None
+    rc = 1
+    try:
+        if not uri:
+            server = MlflowServer(storage, alloc.addresses[0], ports.mlflow, job_dir / "mlflow.log")
+            uri = server.uri
+            (job_dir / "mlflow_uri").write_text(uri)
+            print(f"aot-ray: MLflow UI at {uri}; from your machine: ssh -L 5000:{alloc.addresses[0]}:{ports.mlflow} "
+                  f"<login node>, then http://localhost:5000. After the job: aot-ray report {sweep} "
+                  f"--tracking-uri sqlite:///{server.db}", flush=True)
+        ray_ = JobRay(alloc, ports, job_dir, env)
+        ray_.wait_joined()
+        cmd = ["run", sweep, "--address", ray_.address, "--shared-storage", "--fixed-cluster", *rest]
+        if not args.tracking_uri:
+            cmd += ["--tracking-uri", uri]
+        if not args.storage:
+            cmd += ["--storage", storage]
+        rc = cli_main(cmd)
+    except KeyboardInterrupt:
+        rc = 130
+    finally:
+        if ray_ is not None:
+            ray_.stop()
+        if server is not None:
+            server.stop()
+    if rc == 130 and os.environ.get("AOT_SLURM_REQUEUE", "1") != "0":
+        requeue(alloc.job_id)
+    return rc
+
+
+def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int | None = None,
+           time_limit: str | None = None, partition: str | None = None, account: str | None = None,
+           sbatch_args: list[str] = ()) -> str:
+    """`aot-ray slurm`: check the sweep and its run options here, then queue cluster/slurm.sbatch; returns the
+    job id. Nothing is queued for a sweep that does not load or trials that cannot fit the allocation asked for."""
+    import shutil
+
+    from .spec import load_sweep
+
+    args = run_args(sweep, rest)
+    spec = load_sweep(sweep, args.sets)
+    check_fits(spec, [cpus_per_task or 1] * nodes, gpus_per_node, nodes)
+    if not SBATCH.is_file():
+        raise SlurmError(f"{SBATCH} is missing: aot-ray slurm runs from a checkout of the project")
+    if shutil.which("sbatch") is None:
+        raise SlurmError("sbatch is not on PATH: run this on a login node of the cluster")
+    cmd = ["sbatch", "--parsable", f"--nodes={nodes}"]
+    cmd += [f"--gpus-per-node={gpus_per_node}"] if gpus_per_node else []
+    cmd += [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    cmd += [f"--time={time_limit}"] if time_limit else []
+    cmd += [f"--partition={partition}"] if partition else []
+    cmd += [f"--account={account}"] if account else []
+    cmd += [*sbatch_args, str(SBATCH), sweep, *(["--", *rest] if rest else [])]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise SlurmError(f"sbatch refused the job: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+    return p.stdout.strip().split(";")[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .interrupt import terminable
+
+    try:
+        with terminable():
+            return job(sys.argv[1:] if argv is None else argv)
+    except AotError as e:
+        print(f"aot-ray: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
