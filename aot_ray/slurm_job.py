@@ -20,6 +20,7 @@ from .slurm import Allocation, Ports, SlurmError
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
 MLFLOW_WAIT_S = float(os.environ.get("AOT_MLFLOW_WAIT", "300"))
+REQUEUE_WAIT_S = 120.0  # longer than Slurm's KillWait (30 s by default): the requeue ends this process first
 SBATCH = Path(__file__).resolve().parents[1] / "cluster" / "slurm.sbatch"
 
 
@@ -172,6 +173,9 @@ def requeue(job_id: int) -> None:
     p = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True, timeout=60)
     if p.returncode == 0:
         print(f"aot-ray: job {job_id} requeued: the next run of it resumes the sweep", flush=True)
+        # Slurm now ends this run of the job and queues it again; exiting first would record this run as FAILED
+        # (exit 130) on the way
+        time.sleep(REQUEUE_WAIT_S)
     else:
         print(f"aot-ray: job {job_id} not requeued here ({p.stderr.strip() or p.stdout.strip()})", flush=True)
 
