@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="Slurm account")
     p.add_argument("--sbatch", dest="sbatch_args", action="append", default=[], metavar="ARG",
                    help="another sbatch option, e.g. --sbatch=--qos=long (repeatable)")
-    p.add_argument("run_args", nargs=argparse.REMAINDER, help="options for `aot-ray run` in the job, after --")
+    # options for `aot-ray run` in the job go after `--` (split off in main: a REMAINDER positional here would
+    # also swallow this command's own options written after the sweep)
+    p.set_defaults(run_args=[])
 
     p = sub.add_parser("status", help="list the sweep's trials with state, step, last validation loss and error")
     p.add_argument("sweep", help="sweep YAML")
@@ -213,8 +215,7 @@ def _report(args: argparse.Namespace) -> int:
 def _slurm(args: argparse.Namespace) -> int:
     from .slurm_job import submit
 
-    rest = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
-    job = submit(args.sweep, rest, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+    job = submit(args.sweep, args.run_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                  cpus_per_task=args.cpus_per_task, time_limit=args.time_limit, partition=args.partition,
                  account=args.account, sbatch_args=args.sbatch_args)
     print(f"queued Slurm job {job}: watch with `squeue -j {job}` and `tail -f aot-ray-aot-ray-{job}.out`; cancel "
@@ -300,7 +301,14 @@ def _json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = None
+    if argv[:1] == ["slurm"] and "--" in argv:  # `aot-ray slurm SWEEP [options] -- [aot-ray run options]`
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
     args = _parser().parse_args(argv)
+    if rest is not None:
+        args.run_args = rest
     try:
         return {"plan": _plan, "run": _run, "report": _report, "prepare": _prepare, "status": _status,
                 "submit": _submit, "slurm": _slurm}[args.command](args)

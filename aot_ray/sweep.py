@@ -25,7 +25,7 @@ def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: s
     from . import tracking
     from .data.prepare import data_hash
     from .spec import lr_search_trials, with_learning_rates
-    from .tune import search_lr
+    from .lr_search import search_lr
 
     lrs = tracking.searched_lrs(ctx.uri, spec.name, ctx.parent_run_id)
     ls = spec.lr_search

@@ -1,5 +1,5 @@
-"""The only module that drives Ray Tune: one Tune trial per expanded trial, resources from the spec, and the
-Optuna learning-rate search (`search_lr`, Tune's OptunaSearch) that can precede the grid.
+"""The module that drives Ray Tune's grid: one Tune trial per expanded trial, resources from the spec (the
+Optuna learning-rate search that can precede it is `lr_search`).
 
 The expanded trials travel once through the object store (`tune.with_parameters`); each Tune trial's config
 holds only its trial id, so Tune's tables and folders are named by it. The trainer stays Ray-free: `_trainable`
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError, disk_full
 from .spec.schema import RunSpec, TrialSpec
-from .tracking import LR_SEARCH, NODE, SweepContext
+from .tracking import NODE, SweepContext
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -134,98 +134,6 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
 
     run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id))
     return run if run is not None and run.info.status == "FINISHED" else None
-
-
-def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
-    """One Optuna candidate: short runs at config["lr"] in each searched direction (one MLflow run each, role
-    lr-search); the objective is their mean final validation loss. A direction already FINISHED in MLflow (a
-    driver killed after it) counts as it is, never trained or reopened again."""
-    from ray import tune
-
-    from .spec import lr_search_trials
-    from .tracking import TrialTracker, find_trial_run, retry
-    from .train.tracked import train_tracked
-
-    losses = []
-    for trial in lr_search_trials(spec, preset, config["lr"]):
-        run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id,
-                                           "lr-search"))
-        if run is not None and run.info.status == "FINISHED" and "final_val_loss" in run.data.metrics:
-            losses.append(run.data.metrics["final_val_loss"])
-            continue
-        tracker = TrialTracker(ctx, trial, role="lr-search")
-        tracker.extra_tags[LR_SEARCH] = preset
-        losses.append(train_tracked(trial, tracker, None, data=data, interrupts_resume=False).val_loss)
-    tune.report({"val_loss": sum(losses) / len(losses), "lr": config["lr"]})
-
-
-def searched_candidates(ctx: SweepContext, spec: Any, preset: str) -> dict[float, float]:
-    """lr -> mean final validation loss of every candidate of this preset's search whose runs (one per searched
-    direction) are all FINISHED under this sweep's parent run: they count as trials of a resumed search."""
-    from .tracking import ROLE, client, retry
-
-    c = client(ctx.uri)
-    runs = retry(lambda: c.search_runs(
-        [ctx.experiment_id], filter_string=f"tags.`{ROLE}` = 'lr-search' and tags.`{LR_SEARCH}` = '{preset}' and "
-                                         f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and "
-                                         f"attributes.status = 'FINISHED'", max_results=10000))
-    by_lr: dict[float, dict[str, float]] = {}
-    for r in runs:
-        if "optim.lr" in r.data.params and "final_val_loss" in r.data.metrics:
-            by_lr.setdefault(float(r.data.params["optim.lr"]), {})[r.data.tags.get("direction", "")] = \
-                r.data.metrics["final_val_loss"]
-    need = set(spec.lr_search.directions)
-    return {lr: sum(d[k] for k in need) / len(need) for lr, d in by_lr.items() if need <= set(d)}
-
-
-def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: str, experiment: str,
-              run: RunSpec, verbose: int = 1) -> tuple[float, float]:
-    """Ray Tune with Optuna's TPE sampler over log-uniform lr for one preset; returns (best lr, its loss).
-    MLflow is the search's record: a resumed search tells Optuna the candidates that finished earlier (they
-    count towards lr_search.trials, and the sampler learns from them) and runs only the rest."""
-    from ray import tune
-
-    from .spec import lr_search_trials
-
-    ls = spec.lr_search
-    done = searched_candidates(ctx, spec, preset)
-    results = dict(done)
-    remaining = ls.trials - len(done)
-    if remaining > 0:
-        probe = lr_search_trials(spec, preset, ls.low)[0]
-        trainable = tune.with_parameters(_lr_trainable, spec=spec, preset=preset, ctx=ctx, data=data)
-        trainable = tune.with_resources(trainable, tune_resources(probe))
-        grid = _new_search(trainable, ls, run, experiment, storage, verbose, done, remaining).fit()
-        errors = []
-        for r in grid:
-            if r.error is None and r.metrics and r.metrics.get("val_loss") is not None:
-                results[float(r.config["lr"])] = float(r.metrics["val_loss"])
-            elif r.error is not None:
-                errors.append(str(r.error).strip().splitlines()[-1])
-        if not results:
-            raise AotError(f"the learning-rate search for {preset} had no successful trial "
-                           f"({'; '.join(errors) or 'no results'})")
-    best = min(results, key=results.__getitem__)
-    return best, results[best]
-
-
-def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: str, verbose: int,
-                done: dict[float, float], samples: int) -> Any:
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    search = OptunaSearch(
-        space={"lr": optuna.distributions.FloatDistribution(ls.low, ls.high, log=True)}, metric="val_loss",
-        mode="min", sampler=optuna.samplers.TPESampler(seed=ls.seed),
-        points_to_evaluate=[{"lr": lr} for lr in done] or None, evaluated_rewards=list(done.values()) or None)
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=search, num_samples=samples,
-                                    max_concurrent_trials=run.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=verbose,
-                                  failure_config=tune.FailureConfig(max_failures=run.max_failures)),
-    )
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False) -> bool:
