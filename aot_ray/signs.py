@@ -5,7 +5,9 @@ The unit that replicates an arrow is the seed: a cell's sign is decided from the
 (`stats.seed_sign_sequence`), never from one pair's validation windows. A look is an evaluation step at or after
 `after` x train.steps (the gap moves early in training, so alpha is not spent there); alpha is split evenly over
 the looks the cell will have (its evaluations from there to the end of training, known in advance); at each look
-the test uses every pair of the cell with both directions evaluated at that step. `run.stop_on_sign` stops a cell (all of its
+the test uses every pair of the cell with both directions evaluated at that step. While a sweep runs, a step is a
+look only once every pair of the cell planned to reach it has (`waiting`): deciding on the seeds that happen to
+report first would spend a look on fewer seeds than the report later finds there. `run.stop_on_sign` stops a cell (all of its
 pairs together, tag `aot.stop_at`) once the test has held one sign at `looks` consecutive looks.
 
 Used while a sweep runs (a Tune callback, `tune.sign_callback`) and by the report (`aggregate.write`), which reads
@@ -56,9 +58,11 @@ def plan_looks(cells: dict[str, dict[str, dict[str, dict]]], after: float) -> tu
 
 
 def sequences(curves: Curves, *, alpha: float = DEFAULT.alpha, start: dict[str, float] | None = None,
-              planned: dict[str, int] | None = None) -> dict[str, list[stats.SignState]]:
+              planned: dict[str, int] | None = None, waiting: dict[str, set[str]] | None = None
+              ) -> dict[str, list[stats.SignState]]:
     """cell_key -> the sequential test over its looks (pure); alpha is spent over `planned[cell]` looks where
-    known, else as 6 alpha / (pi^2 k^2)."""
+    known, else as 6 alpha / (pi^2 k^2). With `waiting` (cell_key -> the pairs still expected to evaluate), a
+    step counts only once each of those pairs has both directions there."""
     from .stats import delta
 
     by_cell: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -68,8 +72,24 @@ def sequences(curves: Curves, *, alpha: float = DEFAULT.alpha, start: dict[str, 
             l_bw = bw.get(step)
             if step >= first and l_bw is not None and l_fw == l_fw and l_bw == l_bw:
                 by_cell[cell][step].append(float(delta(l_fw, l_bw)))
-    return {cell: stats.seed_sign_sequence(sorted(steps.items()), alpha, (planned or {}).get(cell))
+
+    def reached(cell: str, step: int) -> bool:
+        return all(p in curves and step in curves[p][1] and step in curves[p][2] for p in (waiting or {}).get(cell, ()))
+
+    return {cell: stats.seed_sign_sequence(sorted((st, d) for st, d in steps.items() if reached(cell, st)), alpha,
+                                           (planned or {}).get(cell))
             for cell, steps in sorted(by_cell.items())}
+
+
+def waiting_pairs(cells: dict[str, dict[str, dict[str, dict]]], expected: dict[str, set[str]]
+                  ) -> dict[str, set[str]]:
+    """cell_key -> the planned pairs of the cell that are still to report: not both directions finished (a pair
+    not started yet, or failed, counts as to report, so the cell waits for it)."""
+    out = {}
+    for cell, pairs in expected.items():
+        have = cells.get(cell, {})
+        out[cell] = {p for p in pairs if not (p in have and all(r["finished"] for r in have[p].values()))}
+    return out
 
 
 def stop_step(states: list[stats.SignState], *, looks: int) -> int | None:
@@ -100,19 +120,24 @@ def read_curves(reader: Any, cells: dict[str, dict[str, dict[str, dict]]]) -> Cu
             for cell, pairs in cells.items() for pair, s in pairs.items()}
 
 
-def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.alpha, after: float = DEFAULT.after
+def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.alpha, after: float = DEFAULT.after,
+             expected: dict[str, set[str]] | None = None
              ) -> tuple[dict[str, list[stats.SignState]], dict[str, dict[str, dict[str, dict]]]]:
-    """(cell_key -> states, cell_key -> pairs) for the records (running trials included)."""
+    """(cell_key -> states, cell_key -> pairs) for the records (running trials included); with `expected`
+    (cell_key -> its planned pair keys) a step is a look only once every unfinished planned pair reached it."""
     cells = cells_of(records)
     first, planned = plan_looks(cells, after)
-    return sequences(read_curves(reader, cells), alpha=alpha, start=first, planned=planned), cells
+    waiting = waiting_pairs(cells, expected) if expected is not None else None
+    return sequences(read_curves(reader, cells), alpha=alpha, start=first, planned=planned, waiting=waiting), cells
 
 
-def update(reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None) -> int:
+def update(reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None,
+           expected: dict[str, set[str]] | None = None) -> int:
     """What a running sweep refreshes: the test on every cell, logged on its trial runs; with `stop`, stop
-    requests for settled cells. Returns how many new looks were logged."""
+    requests for settled cells. `expected` (cell_key -> planned pair keys) makes a look wait for every seed.
+    Returns how many new looks were logged."""
     rule = stop or DEFAULT
-    seqs, cells = evaluate(reader, reader.records(include_running=True), alpha or rule.alpha, rule.after)
+    seqs, cells = evaluate(reader, reader.records(include_running=True), alpha or rule.alpha, rule.after, expected)
     n = log_metrics(reader, seqs, cells)
     if stop is not None:
         request_stops(reader, seqs, cells, stop)

@@ -209,11 +209,21 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
-def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None = None) -> Any:
+def expected_pairs(trials: list[TrialSpec]) -> dict[str, set[str]]:
+    """cell_key -> its pair keys, for the live sign test to wait on."""
+    out: dict[str, set[str]] = {}
+    for t in trials:
+        out.setdefault(t.cell_key, set()).add(t.pair_key)
+    return out
+
+
+def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None = None,
+                  expected: dict[str, set[str]] | None = None, parent_run_id: str | None = None) -> Any:
     """A Tune callback that refreshes the sequential sign test over seeds (`signs.update`: metrics aot_sign* on
     the trial runs) while the sweep runs, at most every `every_s` seconds, and once more at the end; with `stop`
     (a SignStopSpec) it also asks settled cells to stop (their trainers see the request at their next
-    evaluation). A failure only warns."""
+    evaluation). `expected` (cell_key -> the sweep's pair keys) makes each look wait for all of a cell's seeds.
+    A failure only warns."""
     import warnings
 
     from ray.tune import Callback
@@ -228,8 +238,8 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None 
 
         def _update(self) -> None:
             try:
-                self.reader = self.reader or Reader(uri, sweep)
-                signs.update(self.reader, stop)
+                self.reader = self.reader or Reader(uri, sweep, parent_run_id)
+                signs.update(self.reader, stop, expected=expected)
             except Exception as e:  # tracking hiccups must not stop the sweep
                 warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             self.last = time.monotonic()
@@ -308,7 +318,8 @@ def run_trials(
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
             verbose=verbose,
-            callbacks=[sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign)],
+            callbacks=[sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign,
+                                     expected_pairs(all_trials), ctx.parent_run_id)],
         ),
     )
     one_line_tune_errors()

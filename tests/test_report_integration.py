@@ -121,7 +121,7 @@ STOP_SWEEP = {
 
 def test_stop_on_sign_ends_the_cell_early_and_the_report_compares_it_at_the_stop_step(tmp_path, ray_local):
     """3000 steps asked for, three seeds of one cell (3-digit primes, micro GPT) running together: once the
-    sequential test over seeds has held one sign at two looks, all six runs carry that step, end at an evaluation
+    sequential test over seeds (each look waiting for all three seeds) holds one sign, all six runs carry that step, end at an evaluation
     at or after it (each sees the request at its next evaluation), and the report compares every pair there."""
     import json
     import yaml

@@ -131,6 +131,29 @@ def test_looks_start_at_after_and_use_the_pairs_evaluated():
     assert first == {"c": 250, "e": 262.5} and planned == {"c": 8, "e": 9}  # 300..1000; 300..1000 and 1050
 
 
+def test_a_live_look_waits_for_every_planned_seed_of_the_cell():
+    """Two seeds that agree closely at step 200 would settle the sign on their own; the third seed has not
+    evaluated 200 yet (and the fourth has not started), so 200 is not a look while they are awaited, and a finished
+    pair that ended before a step does not block it."""
+    agree = {100: 2.0, 200: 1.9}
+    curves = {"p0": ("c", agree, {100: 2.1, 200: 2.0}), "p1": ("c", agree, {100: 2.1, 200: 2.0001}),
+              "p2": ("c", {100: 2.0}, {100: 2.0})}
+    records = [{"pair_key": p, "cell_key": "c", "direction": d, "finished": False}
+               for p in ("p0", "p1", "p2") for d in ("forward", "backward")]
+    cells = signs.cells_of(records)
+    waiting = signs.waiting_pairs(cells, {"c": {"p0", "p1", "p2", "p3"}})
+    assert waiting == {"c": {"p0", "p1", "p2", "p3"}}
+    assert signs.sequences(curves, alpha=0.5, waiting=waiting) == {"c": []}  # p3 has reported nothing
+    waiting["c"].discard("p3")  # say it finished (failed runs are not in the records: those stay awaited)
+    (state,) = signs.sequences(curves, alpha=0.5, waiting=waiting)["c"]
+    assert (state.step, state.n) == (100, 3)
+    free = signs.sequences(curves, alpha=0.5)["c"]  # the report (every run finished) uses what is there
+    assert [(s.step, s.n) for s in free] == [(100, 3), (200, 2)] and free[1].sign == 1  # what the bug stopped on
+    for r in records:
+        r["finished"] = r["pair_key"] == "p2"
+    assert signs.waiting_pairs(signs.cells_of(records), {"c": {"p0", "p1", "p2"}}) == {"c": {"p0", "p1"}}
+
+
 def FakeReader():
     """A reader that records the tags set through its client (the report tests' fake, with nothing to read)."""
     from test_aggregate import FakeReader as Reader
