@@ -44,6 +44,19 @@ class Ports:
     def of_job(cls, job_id: int) -> "Ports":
         return cls(20000 + (job_id % 200) * PORT_BLOCK)
 
+    @classmethod
+    def free_for_job(cls, job_id: int, host: str) -> "Ports":
+        """The job's block, or the next one whose head ports are free on `host` (job ids 200 apart, another
+        user's job or a service may hold the first)."""
+        for k in range(200):
+            ports = cls.of_job(job_id + k)
+            if all(_free(host, p) for p in ports.head_ports()):
+                return ports
+        raise SlurmError(f"no free block of {PORT_BLOCK} ports in 20000-59999 on {host}")
+
+    def head_ports(self) -> list[int]:
+        return [self.gcs, self.dashboard, self.client_server, self.mlflow, *self.node(0).values()]
+
     @property
     def gcs(self) -> int:
         return self.base
@@ -69,6 +82,15 @@ class Ports:
     @property
     def workers(self) -> tuple[int, int]:
         return self.base + 100, self.base + PORT_BLOCK - 1
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def expand_counts(text: str) -> list[int]:

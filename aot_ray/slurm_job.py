@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,8 +169,20 @@ class JobRay:
             _stop_group(s, 60)
 
 
+def slurm_state(job_id: int) -> str | None:
+    """The job's JobState as the controller has it now (None when it cannot say)."""
+    p = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=60)
+    fields = dict(kv.split("=", 1) for kv in p.stdout.split() if "=" in kv)
+    return fields.get("JobState") if p.returncode == 0 else None
+
+
 def requeue(job_id: int) -> None:
-    """Put this job back in the queue (it resumes the sweep); quiet when Slurm already requeues it."""
+    """Put this job back in the queue (it resumes the sweep); quiet when Slurm already requeues it, and never
+    for a job its user cancelled (scancel also sends SIGTERM, which stopped the sweep the same way)."""
+    state = slurm_state(job_id)
+    if state == "CANCELLED":
+        print(f"aot-ray: job {job_id} cancelled: not requeued; the same sbatch command resumes the sweep", flush=True)
+        return
     p = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True, timeout=60)
     if p.returncode == 0:
         print(f"aot-ray: job {job_id} requeued: the next run of it resumes the sweep", flush=True)
@@ -203,9 +216,15 @@ def job(argv: list[str]) -> int:
         job_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"aot-ray-slurm-{alloc.job_id}"
     else:
         job_dir = Path(storage) / ".aot_ray" / "slurm" / str(alloc.job_id)
+    made = next((d for d in reversed([job_dir, *job_dir.parents]) if not d.exists()), None)  # topmost new folder
     job_dir.mkdir(parents=True, exist_ok=True)
-    check_shared(storage, alloc, job_dir)
-    ports = Ports.of_job(alloc.job_id)
+    try:
+        check_shared(storage, alloc, job_dir)
+    except SlurmError:
+        if made is not None:  # a refused job leaves nothing in the storage
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    ports = Ports.free_for_job(alloc.job_id, alloc.addresses[0])
     token = job_dir / "ray_auth_token"
     if not token.exists():
         token.write_text(secrets.token_hex(32))

@@ -59,8 +59,10 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscr
 
 
 @contextlib.contextmanager
-def private_slurm(root: Path, cpus: int = 1) -> Iterator[dict[str, str]]:
-    """Yields the environment (SLURM_CONF) under which sbatch, squeue and scontrol use this Slurm."""
+def private_slurm(root: Path, cpus: int = 1, unshared: Path | None = None) -> Iterator[dict[str, str]]:
+    """Yields the environment (SLURM_CONF) under which sbatch, squeue and scontrol use this Slurm. With
+    `unshared`, n2's slurmd (and so its job steps) runs in a mount namespace of its own where that folder is an
+    empty tmpfs: a folder that n1 and n2 do not share, as on two machines without a shared file system."""
     root.mkdir(parents=True, exist_ok=True)
     for d in ("state", "spool"):
         (root / d).mkdir(exist_ok=True)
@@ -78,7 +80,12 @@ def private_slurm(root: Path, cpus: int = 1) -> Iterator[dict[str, str]]:
     try:
         subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True)
         for node in ("n1", "n2"):
-            subprocess.run(["slurmd", "-f", str(conf), "-N", node], env=env, check=True)
+            cmd = ["slurmd", "-f", str(conf), "-N", node]
+            if node == "n2" and unshared is not None:
+                unshared.mkdir(parents=True, exist_ok=True)
+                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f'mount -t tmpfs -o size=16m aot-unshared "{unshared}" && exec "$@"', "sh", *cmd]
+            subprocess.run(cmd, env=env, check=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-N", "-h", "-o", "%N %t"], env=env, capture_output=True, text=True).stdout

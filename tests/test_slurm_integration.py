@@ -1,6 +1,7 @@
 """`sbatch cluster/slurm.sbatch SWEEP.yaml` on a real Slurm (a private slurmctld and two slurmd "nodes" on this
 machine, tests/slurm_util.py): a sweep on both nodes through a requeue from outside, a time limit that requeues
-until the sweep is done, two jobs on one node, and bad input refused in one line. No mock of Slurm or Ray.
+until the sweep is done, two jobs on one node, bad input refused in one line, and scancel then a resubmission.
+No mock of Slurm or Ray.
 
 Root only (slurmd runs jobs as root here); AOT_SLURM_TEST=require (set by .ci/run) turns a skip into a failure.
 A requeued job waits for its BeginTime (Slurm holds it about two minutes); the tests move that to now."""
@@ -26,13 +27,13 @@ AOT_RAY = [sys.executable, "-m", "aot_ray.cli"]
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    why = available() or (None if os.environ.get("AOT_SLURM_TEST") else "opt-in until issue 20 is done: AOT_SLURM_TEST=1")
+    why = available()
     if why:
         if os.environ.get("AOT_SLURM_TEST") == "require":
             pytest.fail(f"the Slurm test cannot run: {why} (AOT_SLURM_TEST=require)")
         pytest.skip(why)
     root = tmp_path_factory.mktemp("slurm")
-    with private_slurm(root / "slurm", cpus=2) as env:
+    with private_slurm(root / "slurm", cpus=2, unshared=root / "node-local") as env:
         yield env, root
     left = subprocess.run(["pgrep", "-af", f"slurmctld -f {root}|slurmd -f {root}|/tmp/aot-|{root}"],
                           capture_output=True, text=True).stdout
@@ -49,14 +50,19 @@ def sbatch(env, args: list[str], out: Path) -> str:
 def wait_job(env, job: str, until: tuple[str, ...], timeout: float = 420, out: Path | None = None) -> dict:
     """Wait for one of the states `until`; a job held by its requeue BeginTime is let go at once."""
     deadline = time.time() + timeout
+    seen: list[str] = []  # the job's states in order, for the failure message
     while time.time() < deadline:
         s = job_state(env, job)
+        now = f"{s.get('JobState')}/{s.get('Reason')}/{s.get('Restarts')}"
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        s["seen"] = " -> ".join(seen)
         if s.get("JobState") in until:
             return s
         if s.get("JobState") == "PENDING" and s.get("Reason") == "BeginTime":
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
         time.sleep(1)
-    raise AssertionError(f"job {job} never reached {until}: {job_state(env, job)}\n"
+    raise AssertionError(f"job {job} never reached {until} ({' -> '.join(seen)}): {job_state(env, job)}\n"
                          + (out.read_text()[-4000:] if out and out.exists() else ""))
 
 
@@ -124,7 +130,7 @@ def test_a_time_limit_requeues_the_job_until_the_sweep_is_done(slurm):
                        "--quiet", *sets], out)
     state = wait_job(env, job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=600, out=out)
     log = out.read_text()
-    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) >= 1, log[-4000:]
+    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) >= 1, state["seen"] + "\n" + log[-4000:]
     assert log.count("requeued: the next run of it resumes the sweep") == int(state["Restarts"])
     assert "Traceback" not in log
     assert_one_curve_each(storage / "mlflow" / "mlflow.db", "limit", 2500, 2)
@@ -166,6 +172,15 @@ def test_two_jobs_share_a_node_and_bad_input_is_one_line(slurm):
     state = wait_job(env, job, ("COMPLETED", "FAILED"), out=out)
     errors = [ln for ln in out.read_text().splitlines() if ln.startswith("aot-ray: error:")]
     assert state["JobState"] == "FAILED" and len(errors) == 1 and "cannot reach the MLflow" in errors[0]
+    # a storage that n2 does not see (its own folder there): the same, and nothing left in it
+    out = root / "unshared.out"
+    job = sbatch(env, ["-N2", "--cpus-per-task=2", "cluster/slurm.sbatch", "sweeps/cluster-check.yaml", "--",
+                       "--storage", str(root / "node-local" / "s")], out)
+    state = wait_job(env, job, ("COMPLETED", "FAILED"), out=out)
+    errors = [ln for ln in out.read_text().splitlines() if ln.startswith("aot-ray: error:")]
+    assert state["JobState"] == "FAILED" and state["ExitCode"].startswith("2:"), out.read_text()[-3000:]
+    assert len(errors) == 1 and "is not shared: node n2" in errors[0], out.read_text()[-3000:]
+    assert not (root / "node-local" / "s").exists()
     # the wrapper refuses a bad sweep before anything is queued
     bad = root / "bad.yaml"
     bad.write_text("name: bad\ndata: {}\n")
@@ -186,3 +201,42 @@ def test_two_jobs_share_a_node_and_bad_input_is_one_line(slurm):
     job = p.stdout.split("queued Slurm job ")[1].split(":")[0]
     state = wait_job(env, job, ("COMPLETED", "FAILED"), out=root / "wrapped.out")
     assert state["JobState"] == "COMPLETED", (root / "wrapped.out").read_text()[-3000:]
+
+
+def test_scancel_stops_the_sweep_without_a_requeue_and_the_same_sbatch_resumes_it(slurm):
+    env, root = slurm
+    storage = root / "cancel"
+    args = ["-N1", "-w", "n2", "--cpus-per-task=2", "cluster/slurm.sbatch", "sweeps/cluster-check.yaml", "--",
+            "--storage", str(storage), "--quiet", "--set", "name=cancel", "--set", "grid.seed=[0]",
+            "--set", "defaults.resources.cpu=1", "--set", "defaults.train.steps=600",
+            "--set", "defaults.train.checkpoint_every=50", "--set", "defaults.train.eval_every=50"]
+    out = root / "cancel.out"
+    job = sbatch(env, args, out)
+    db = storage / "mlflow" / "mlflow.db"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            c = tracking.client(f"sqlite:///{db}")
+            if any(max((m.step for m in c.get_metric_history(r.info.run_id, "val_loss")), default=0) >= 100
+                   for r in trial_runs(db, "cancel")):
+                break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], env=env, check=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
+                                                    text=True).stdout.strip():
+        time.sleep(1)
+    state = job_state(env, job)
+    log = out.read_text()
+    assert state["JobState"] == "CANCELLED" and state["Restarts"] == "0", log[-3000:]
+    assert "cancelled: not requeued" in log and "requeued: the next run" not in log, log[-3000:]
+    assert {r.info.status for r in trial_runs(db, "cancel")} <= {"KILLED", "FINISHED"}  # stopped, not left RUNNING
+    out2 = root / "cancel2.out"
+    job2 = sbatch(env, args, out2)
+    state = wait_job(env, job2, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), out=out2)
+    log2 = out2.read_text()
+    assert state["JobState"] == "COMPLETED", log2[-3000:]
+    assert "resuming" in log2 and "unfinished trial(s)" in log2, log2[-3000:]
+    assert_one_curve_each(db, "cancel", 600, 2)
