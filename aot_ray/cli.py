@@ -218,8 +218,9 @@ def _slurm(args: argparse.Namespace) -> int:
     job = submit(args.sweep, args.run_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                  cpus_per_task=args.cpus_per_task, time_limit=args.time_limit, partition=args.partition,
                  account=args.account, sbatch_args=args.sbatch_args)
-    print(f"queued Slurm job {job}: watch with `squeue -j {job}` and `tail -f aot-ray-aot-ray-{job}.out`; cancel "
-          f"with `scancel {job}` (a cancelled job does not requeue; `aot-ray slurm` again resumes the sweep)")
+    print(f"queued Slurm job {job}: watch with `squeue -j {job}` and `tail -f aot-ray-aot-ray-{job}.out`; stop "
+          f"gracefully with `scancel --batch --signal=INT {job}` (neither that nor `scancel {job}` requeues; "
+          f"`aot-ray slurm` again resumes the sweep)")
     return 0
 
 

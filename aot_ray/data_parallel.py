@@ -4,6 +4,7 @@ Ray Train's `TuneReportCallback`. Rank 0 writes the trial's MLflow run and its c
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def _dp_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from .tracking import TrialTracker
+    from .tracking import TrialTracker, client, run_holds
     from .train import MemoryTracker
     from .train.tracked import train_tracked
 
@@ -82,7 +83,13 @@ def _dp_worker(config: dict[str, Any]) -> None:
     closes = rank == 0  # the other ranks' trackers only follow
     if checkpoint is not None:
         with checkpoint.as_directory() as resume_from:
-            train_tracked(trial, tracker, [resume_from], data=config["data"], on_report=report,
+            # every rank decides alike (from the same MLflow run) whether the checkpoint may be resumed from
+            try:
+                meta = json.loads((Path(resume_from) / "meta.json").read_text())
+                held = run_holds(client(config["ctx"].uri), meta.get("run_id"), int(meta["step"]))
+            except (OSError, ValueError, KeyError):
+                held = True  # an unreadable checkpoint is the trainer's to refuse, on every rank alike
+            train_tracked(trial, tracker, [resume_from] if held else None, data=config["data"], on_report=report,
                           interrupts_resume=False, closes_run=closes)
     else:
         train_tracked(trial, tracker, None, data=config["data"], on_report=report, interrupts_resume=False,

@@ -17,6 +17,13 @@ from typing import Any, Callable, Iterator
 
 HARD_EXIT_S = 20.0
 _tune_running = threading.Event()
+_last_signal: list[int] = []  # the signals that stopped this process, in order
+
+
+def last_signal() -> int | None:
+    """The signal that stopped the command (SIGINT: a person's Ctrl-C or `scancel --signal=INT`; SIGTERM: a
+    scheduler's time limit or preemption), None when none came."""
+    return _last_signal[-1] if _last_signal else None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,9 +42,34 @@ def terminable() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        _last_signal.append(signum)
         raise Interrupted("terminated: run the same command again to resume")
 
+    def on_int(signum: int, frame: Any) -> None:
+        _last_signal.append(signum)
+        raise KeyboardInterrupt
+
     old = signal.signal(signal.SIGTERM, handler)
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int is signal.default_int_handler:  # SIGINT ignored from the start stays ignored
+        signal.signal(signal.SIGINT, on_int)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
+
+
+@contextlib.contextmanager
+def keep_sigterm() -> Iterator[None]:
+    """Around `ray.init` and `ray.shutdown`: init installs a SIGTERM handler of its own (`sys.exit(15)`), and
+    shutdown leaves the process-level handler at the default, which would turn a SIGTERM between connecting and
+    Tune's start (data preparation, say) or after Tune (the report) into exit 15 or death, with no graceful
+    stop, no resume hint and, in a Slurm job, no requeue. This puts the handler back."""
+    if not _main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
@@ -63,6 +95,7 @@ def interruptible() -> Iterator[Callable[[], bool]]:
     count = [0]
 
     def handler(signum: int, frame: Any) -> None:
+        _last_signal.append(signum)
         count[0] += 1
         if count[0] >= 3:
             os._exit(130)

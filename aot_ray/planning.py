@@ -266,10 +266,15 @@ def status(spec: SweepSpec, uri: str, parent: str | None = None) -> list[dict[st
                "direction": t.direction, "pair_key": t.pair_key}
         if r is not None:
             row["state"] = MLFLOW_TO_STATE.get(r.info.status, r.info.status)
-            steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
-            val = sorted(c.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)
-            row["step"] = max(steps, default=0)
-            row["val_loss"] = val[-1].value if val else None
+            m = r.data.metrics  # the latest value of each metric, from the search: no read per run
+            if "train_step" in m or "train_loss" not in m:
+                row["step"] = int(m.get("train_step", 0))
+                row["val_loss"] = m.get("val_loss")
+            else:  # a run of an older version: its histories say
+                steps = [x.step for x in c.get_metric_history(r.info.run_id, "train_loss")]
+                val = sorted(c.get_metric_history(r.info.run_id, "val_loss"), key=lambda x: x.step)
+                row["step"] = max(steps, default=0)
+                row["val_loss"] = val[-1].value if val else None
             row["error"] = r.data.tags.get(ERROR)
         rows.append(row)
     return rows

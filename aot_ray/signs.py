@@ -24,7 +24,8 @@ from . import stats
 from .spec.schema import SignStopSpec
 from .tracking import STOP_AT
 
-SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds")
+# aot_sign_step: the look's step as a value, so one search tells how far each run's looks are logged
+SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds", "aot_sign_step")
 DEFAULT = SignStopSpec()  # alpha and the start of the looks when the sweep does not stop on sign
 
 Curves = dict[str, "tuple[str, dict[int, float], dict[int, float]]"]  # pair_key -> (cell_key, fw, bw val loss)
@@ -133,15 +134,100 @@ def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.
 
 def update(reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None,
            expected: dict[str, set[str]] | None = None) -> int:
-    """What a running sweep refreshes: the test on every cell, logged on its trial runs; with `stop`, stop
-    requests for settled cells. `expected` (cell_key -> planned pair keys) makes a look wait for every seed.
-    Returns how many new looks were logged."""
-    rule = stop or DEFAULT
-    seqs, cells = evaluate(reader, reader.records(include_running=True), alpha or rule.alpha, rule.after, expected)
-    n = log_metrics(reader, seqs, cells)
-    if stop is not None:
-        request_stops(reader, seqs, cells, stop)
-    return n
+    """One refresh from scratch (`Watcher` keeps its state between refreshes). Returns how many new looks were
+    logged (counted per run)."""
+    return Watcher(reader, stop, alpha, expected).refresh()
+
+
+def _mark(rec: dict[str, Any]) -> tuple:
+    """What changes when a run has a new evaluation (`eval_step`; on runs of older versions the latest val_loss)."""
+    return rec.get("eval_step"), rec.get("val_loss"), rec.get("status")
+
+
+class Watcher:
+    """The live sign test of one sweep, at the cost of what changed: each refresh is one search of the sweep's
+    runs (their latest metrics), then the validation history of only the runs with a new evaluation, the test
+    on every cell (pure, from curves kept here), and writes of only the new looks and stop requests. Which looks
+    a run already carries is read once per run, and only from runs an earlier driver logged them on. I/O per
+    refresh runs on `threads` threads (the MLflow server answers concurrent requests)."""
+
+    def __init__(self, reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None,
+                 expected: dict[str, set[str]] | None = None, threads: int = 8) -> None:
+        self.reader, self.stop, self.expected = reader, stop, expected
+        self.rule = stop or DEFAULT
+        self.alpha = alpha or self.rule.alpha
+        self.threads = threads
+        self.curves: dict[str, dict[int, float]] = {}  # run_id -> step -> val_loss
+        self.marks: dict[str, tuple] = {}  # run_id -> _mark when its curve was read
+        self.logged: dict[str, set[int]] = {}  # run_id -> steps of aot_sign on the run (above `floor`)
+        self.floor: dict[str, int] = {}  # run_id -> every look up to this step is on the run
+        self.last = {"runs": 0, "read": 0, "looks": 0}  # the last refresh, in counts
+
+    def _each(self, fn: Any, items: list) -> list:
+        if len(items) <= 1 or self.threads <= 1:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self.threads, len(items)), thread_name_prefix="aot-signs") as pool:
+            return list(pool.map(fn, items))
+
+    def refresh(self) -> int:
+        records = self.reader.records(include_running=True)
+        changed = [r for r in records if self.marks.get(r["run_id"]) != _mark(r)]
+        for r, curve in zip(changed, self._each(lambda r: dict(self.reader.curve(r)), changed)):
+            self.curves[r["run_id"]], self.marks[r["run_id"]] = curve, _mark(r)
+        self.know_logged(records)
+        cells = cells_of(records)
+        first, planned = plan_looks(cells, self.rule.after)
+        waiting = waiting_pairs(cells, self.expected) if self.expected is not None else None
+        curves = {pair: (cell, self.curves[s["forward"]["run_id"]], self.curves[s["backward"]["run_id"]])
+                  for cell, pairs in cells.items() for pair, s in pairs.items()}
+        seqs = sequences(curves, alpha=self.alpha, start=first, planned=planned, waiting=waiting)
+        n = self._log(seqs, cells)
+        if self.stop is not None:
+            request_stops(self.reader, seqs, cells, self.stop)
+        self.last = {"runs": len(records), "read": len(changed), "looks": n}
+        return n
+
+    def know_logged(self, records: list[dict[str, Any]]) -> None:
+        """Which looks the runs not seen before carry: from the search (`aot_sign_step`), read from the run's
+        history only for runs an older version logged looks on."""
+        new = [r for r in records if r["run_id"] not in self.logged]
+        for r in new:
+            if r.get("signed_to") is not None:
+                self.floor[r["run_id"]] = r["signed_to"]
+        old = [r for r in new if r.get("signed", True) and r.get("signed_to") is None]
+        steps = self._each(lambda r: {m.step for m in self.reader.client.get_metric_history(r["run_id"], "aot_sign")},
+                           old)
+        self.logged.update({r["run_id"]: set() for r in new})
+        self.logged.update(zip((r["run_id"] for r in old), steps))
+
+    def _log(self, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]]) -> int:
+        """Each cell's new looks on all of its trial runs, one batch per run."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batches = []
+        for cell, states in seqs.items():
+            for s in cells[cell].values():
+                for side in s.values():
+                    run = side["run_id"]
+                    have, floor = self.logged[run], self.floor.get(run, -1)
+                    fresh = [st for st in states if st.step > floor and st.step not in have]
+                    if fresh:
+                        batches.append((run, fresh, [
+                            Metric(name, float(v), now, st.step) for st in fresh
+                            for name, v in zip(SIGN_METRICS, (st.sign, st.delta, st.lo, st.hi, st.n, st.step))]))
+
+        def write(batch: tuple) -> int:
+            run_id, fresh, metrics = batch
+            per = 1000 - 1000 % len(SIGN_METRICS)  # MLflow's limit per batch, in whole looks, in step order
+            for i in range(0, len(metrics), per):
+                self.reader.client.log_batch(run_id, metrics=metrics[i:i + per])
+            self.logged[run_id].update(st.step for st in fresh)
+            return len(fresh)
+
+        return sum(self._each(write, batches))
 
 
 def request_stops(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]],
@@ -168,19 +254,8 @@ def request_stops(reader: Any, seqs: dict[str, list[stats.SignState]], cells: di
 
 def log_metrics(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]]
                 ) -> int:
-    """Each cell's state at each look on all of its trial runs (steps already logged are skipped, so `--watch`
-    adds only new looks). Returns how many looks were logged (counted per run)."""
-    from mlflow.entities import Metric
-
-    n = 0
-    now = int(time.time() * 1000)
-    for cell, states in seqs.items():
-        for s in cells[cell].values():
-            for side in s.values():
-                have = {m.step for m in reader.client.get_metric_history(side["run_id"], "aot_sign")}
-                batch = [Metric(name, float(v), now, st.step) for st in states if st.step not in have
-                         for name, v in zip(SIGN_METRICS, (st.sign, st.delta, st.lo, st.hi, st.n))]
-                if batch:
-                    reader.client.log_batch(side["run_id"], metrics=batch)
-                    n += len(batch) // len(SIGN_METRICS)
-    return n
+    """Each cell's state at each look on all of its trial runs, as the report writes it (looks a run already
+    carries are skipped). Returns how many looks were logged (counted per run)."""
+    w = Watcher(reader)
+    w.know_logged([side for pairs in cells.values() for s in pairs.values() for side in s.values()])
+    return w._log(seqs, cells)

@@ -13,7 +13,7 @@ login node on the database file. At the end it stops only this job's Ray (its ow
 Time limits: `#SBATCH --signal=B:TERM@300` warns the batch step 5 minutes before the limit; the driver stops
 gracefully (Tune's state saved, runs marked interrupted, exit 130), and the job requeues itself (`scontrol
 requeue`). A job requeued from outside gets the same SIGTERM and resumes the same way; a finished sweep, a
-failed trial or bad input does not requeue.
+failed trial, bad input or a person's stop (SIGINT: `scancel --batch --signal=INT`) does not requeue.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AotError
+from .interrupt import keep_sigterm, last_signal
 from .slurm import Allocation, Ports, SlurmError
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
@@ -149,7 +150,8 @@ class JobRay:
                                  f"folder)")
             try:
                 if not ray.is_initialized():
-                    ray.init(address=self.address, logging_level="WARNING", configure_logging=True)
+                    with keep_sigterm():
+                        ray.init(address=self.address, logging_level="WARNING", configure_logging=True)
                 alive = [n for n in ray.nodes() if n.get("Alive")]
                 if len(alive) >= len(self.alloc.nodes):
                     return
@@ -164,7 +166,8 @@ class JobRay:
         import ray
 
         if ray.is_initialized():
-            ray.shutdown()
+            with keep_sigterm():
+                ray.shutdown()
         for s in reversed(self.steps):  # workers first, the head last
             _stop_group(s, 60)
 
@@ -259,7 +262,10 @@ def job(argv: list[str]) -> int:
             ray_.stop()
         if server is not None:
             server.stop()
-    if rc == 130 and os.environ.get("AOT_SLURM_REQUEUE", "1") != "0":
+    if rc == 130 and last_signal() == signal.SIGINT:  # a person's stop: scancel --batch --signal=INT
+        print(f"aot-ray: job {alloc.job_id} stopped by SIGINT: not requeued; the same sbatch command resumes the "
+              f"sweep", flush=True)
+    elif rc == 130 and os.environ.get("AOT_SLURM_REQUEUE", "1") != "0":
         requeue(alloc.job_id)
     return rc
 

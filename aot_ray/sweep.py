@@ -158,6 +158,7 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
     from . import tracking
     from .data_parallel import check_data_parallel_fits
     from .gpus import gpu_size_finder
+    from .progress import Progress
     from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     verbose = opts.verbose
@@ -166,7 +167,8 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
     datasets = distinct_datasets(trials, hashes)
     data_parallel = any(t.resources.workers > 1 for t in trials)
     with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel,
-                     owner=content_hash([uri, spec.name, storage]), say=say) as own_ray:
+                     owner=content_hash([uri, spec.name, storage]), say=say,
+                     log_to_driver=verbose > 0) as own_ray:  # --quiet: the trainers' own lines stay in Ray's logs
         check_cluster(storage, uri, run_spec.shared_storage)
         check_data_parallel_fits(trials, own_ray or opts.fixed_cluster, say)
         unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
@@ -207,10 +209,15 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
             check_space(pending, storage)
             data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
-            with interruptible() as interrupted:
-                outcomes, _ = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
-                                         run=run_spec, restart_errored=opts.restart_errored, verbose=verbose,
-                                         say=say)
+            progress = Progress(ctx, trials, run_spec.progress_every_s, say, spec.run.gpu_tflops)
+            progress.start()  # its own thread: Tune's loop never waits on it
+            try:
+                with interruptible() as interrupted:
+                    outcomes, _ = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
+                                             run=run_spec, restart_errored=opts.restart_errored, verbose=verbose,
+                                             say=say)
+            finally:
+                progress.stop()
             if lease.lost:
                 raise _lost(lease, uri)
             if interrupted():

@@ -203,6 +203,22 @@ def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str, rol
     return runs[0] if runs else None
 
 
+def run_holds(c: Any, run_id: str | None, step: int) -> bool:
+    """Whether a trial run holds every point its trainer logged up to `step`: its latest `eval_step` (one per
+    evaluation, flushed with every point before it) is at or past it, so a checkpoint at `step` may be resumed
+    from without a gap in the curve. A run that cannot be read (`TrialTracker.begin` decides) or of a version
+    before eval_step is taken as it is; one that holds nothing does not."""
+    if not run_id:
+        return True
+    try:
+        metrics = retry(lambda: c.get_run(run_id)).data.metrics
+    except Exception:
+        return True
+    if "eval_step" not in metrics:
+        return "train_loss" in metrics and "train_step" not in metrics
+    return metrics["eval_step"] >= step
+
+
 class TrialTracker:
     """The trainer's `Tracker` on an MLflow child run of the sweep's parent run: one run per trial.
 
@@ -275,6 +291,9 @@ class TrialTracker:
         retry(lambda: self.client.log_batch(self.run_id, tags=[
             self._tag(PID, str(os.getpid())), self._tag(HOST, socket.gethostname()),
             self._tag(ATTEMPT, str(attempt)), *(self._tag(k, v) for k, v in self.extra_tags.items())]))
+
+    def holds(self, run_id: str | None, step: int) -> bool:
+        return run_holds(self.client, run_id, step)
 
     def _tag(self, key: str, value: str):
         from mlflow.entities import RunTag

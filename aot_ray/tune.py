@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError, disk_full
+from .interrupt import keep_sigterm
 from .spec.schema import RunSpec, TrialSpec
 from .tracking import NODE, SweepContext
 
@@ -136,7 +137,8 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
     return run if run is not None and run.info.status == "FINISHED" else None
 
 
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False) -> bool:
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False,
+             log_to_driver: bool = True) -> bool:
     """Connect to `address` (else $RAY_ADDRESS) or start a local Ray of our own; False when Ray was already
     initialised by the caller.
     A local Ray gets its dashboard (on 127.0.0.1) only with `dashboard`: Ray Train's placement-group cleaner
@@ -145,20 +147,23 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING"}
+    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING",
+                              "log_to_driver": log_to_driver}
     address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
     if address:
         kwargs["address"] = address
     else:
         # "local": a Ray of our own, never whichever other Ray on this machine started last
         kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
-    ray.init(**kwargs)
+    with keep_sigterm():
+        ray.init(**kwargs)
     return True
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-                dashboard: bool = False, owner: str | None = None, say: Any = print) -> Iterator[bool]:
+                dashboard: bool = False, owner: str | None = None, say: Any = print,
+                log_to_driver: bool = True) -> Iterator[bool]:
     """Ray for the duration of a sweep: connect or start, and shut down only what this call started.
     Yields whether this call started a Ray of its own (no autoscaler can add nodes to it). `owner` (a key of
     the sweep): a Ray of its own is recorded (`own_ray`), and what a killed earlier driver of the same sweep left
@@ -173,14 +178,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         if left:
             say(f"stopped {len(left)} process(es) that a killed earlier driver of this sweep left of its own Ray "
                 f"(pids {', '.join(map(str, left))})")
-    started = init_ray(address, num_cpus, num_gpus, dashboard)
+    started = init_ray(address, num_cpus, num_gpus, dashboard, log_to_driver)
     if started and own and owner:
         own_ray.record(owner)
     try:
         yield started and own
     finally:
         if started:
-            ray.shutdown()
+            with keep_sigterm():  # its core worker leaves SIGTERM at the default (killed, no clean-up) otherwise
+                ray.shutdown()
             if own and owner:
                 own_ray.forget(owner)
 
@@ -219,12 +225,14 @@ def expected_pairs(trials: list[TrialSpec]) -> dict[str, set[str]]:
 
 def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None = None,
                   expected: dict[str, set[str]] | None = None, parent_run_id: str | None = None) -> Any:
-    """A Tune callback that refreshes the sequential sign test over seeds (`signs.update`: metrics aot_sign* on
-    the trial runs) while the sweep runs, at most every `every_s` seconds, and once more at the end; with `stop`
-    (a SignStopSpec) it also asks settled cells to stop (their trainers see the request at their next
-    evaluation). `expected` (cell_key -> the sweep's pair keys) makes each look wait for all of a cell's seeds.
-    A failure only warns."""
+    """A Tune callback that keeps the sequential sign test over seeds up to date (`signs.Watcher`: metrics
+    aot_sign* on the trial runs) while the sweep runs, and once more at the end; with `stop` (a SignStopSpec) it
+    also asks settled cells to stop (their trainers see the request at their next evaluation). Each refresh runs
+    on a thread of its own, never on Tune's event loop: the callback only starts one when the last has ended
+    `every_s` seconds ago, and reports its failure (a warning: tracking hiccups must not stop the sweep).
+    `expected` (cell_key -> the sweep's pair keys) makes each look wait for all of a cell's seeds."""
     import warnings
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from ray.tune import Callback
 
@@ -233,25 +241,54 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None 
 
     class SignCallback(Callback):
         def __init__(self) -> None:
-            self.last = 0.0
-            self.reader: Reader | None = None
+            self.ended = 0.0  # when the last refresh ended (monotonic)
+            self.watcher: signs.Watcher | None = None
+            self.pool: ThreadPoolExecutor | None = None
+            self.running: Future | None = None
+            self.longest_s = 0.0  # the longest on_trial_result (the benchmark reads it)
 
-        def _update(self) -> None:
+        def __getstate__(self) -> dict:  # Tune saves its callbacks with the experiment state
+            return {**self.__dict__, "watcher": None, "pool": None, "running": None}
+
+        def _submit(self) -> Future:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(1, thread_name_prefix="aot-sign-refresh")
+            return self.pool.submit(self._refresh)
+
+        def _refresh(self) -> None:
             try:
-                self.reader = self.reader or Reader(uri, sweep, parent_run_id)
-                signs.update(self.reader, stop, expected=expected)
-            except Exception as e:  # tracking hiccups must not stop the sweep
-                warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-            self.last = time.monotonic()
+                if self.watcher is None:
+                    self.watcher = signs.Watcher(Reader(uri, sweep, parent_run_id), stop, expected=expected)
+                self.watcher.refresh()
+            finally:
+                self.ended = time.monotonic()
+
+        def _collect(self) -> None:
+            if self.running is not None and self.running.done():
+                e = self.running.exception()
+                self.running = None
+                if e is not None:
+                    warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if time.monotonic() - self.last >= every_s:
-                self._update()
+            t0 = time.monotonic()
+            self._collect()
+            if self.running is None and t0 - self.ended >= every_s:
+                self.running = self._submit()
+            self.longest_s = max(self.longest_s, time.monotonic() - t0)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self._update()
-            if self.reader is not None:
-                self.reader.close()
+            # the sweep is over: the last refresh (after any in flight) is waited for, so the final looks and
+            # the sign metrics of the finished runs are in MLflow before the report reads them
+            if self.running is not None:
+                self.running.exception()
+            self.running = self._submit()
+            self.running.exception()
+            self._collect()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            if self.watcher is not None:
+                self.watcher.reader.close()
 
     return SignCallback()
 
@@ -323,6 +360,10 @@ def run_trials(
         ),
     )
     one_line_tune_errors()
+    if verbose == 0:  # --quiet: the driver's progress line is all that is printed while the sweep runs
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy reporter prints nothing at verbose 0 (the new one
+        # still prints its experiment box and result paths)
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         grid = tuner.fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)

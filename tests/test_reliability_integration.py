@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
 
@@ -159,3 +161,31 @@ def test_a_killed_lr_search_resumes_from_its_finished_candidates(tmp_path):
     trials = tracking.trial_runs(uri, "lrkill")
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert all(float(r.data.params["optim.lr"]) == float(tags["aot.lr.tiny"]) for r in trials)
+
+
+def test_sigterm_around_ray_init_and_shutdown_stays_ours(tmp_path):
+    """Ray's init puts in a SIGTERM handler of its own (sys.exit(15)) and its shutdown leaves the process-level
+    one at the default: a SIGTERM while data is prepared, or while the report is written, must still be the
+    driver's graceful Interrupted (exit 130, a resume hint, a Slurm requeue), not exit 15 or death."""
+    script = tmp_path / "sig.py"
+    script.write_text(textwrap.dedent('''
+        import os, signal, time
+        import ray
+        from aot_ray.interrupt import Interrupted, terminable
+        from aot_ray.tune import ray_session
+        with terminable():
+            with ray_session(num_cpus=1, num_gpus=0):
+                for _ in range(2):
+                    try:
+                        os.kill(os.getpid(), signal.SIGTERM); time.sleep(2)
+                    except Interrupted:
+                        print("interrupted with Ray up", flush=True)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM); time.sleep(2)
+            except Interrupted:
+                print("interrupted after Ray stopped", flush=True)
+    '''))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split("\n")[:3] == ["interrupted with Ray up"] * 2 + ["interrupted after Ray stopped"]

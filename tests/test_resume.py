@@ -106,3 +106,38 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     assert any("falling back to the previous one" in str(w.message) for w in caught)
     assert tracker.resumed_from == 30
     assert abs(resumed.val_loss - straight.val_loss) < 1e-6
+
+
+def test_a_checkpoint_past_what_the_run_holds_is_not_resumed_from(tmp_path):
+    """The tracking server died with the trainer (a Slurm requeue kills both): the checkpoint at step 20 was
+    written, but the points after step 10 never reached MLflow. Resuming from 20 would leave a gap in the run's
+    curve; the trainer falls back to the checkpoint at 10, and the curve is whole."""
+    (trial,) = expand(parse_sweep(SPEC))
+    data = prepare(trial.data, tmp_path / "store")[0]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx = tracking.start_sweep(uri, "lost", "x")
+    report_b, saved = persist_into(tmp_path / "b", crash_at=25)
+    tr1 = tracking.TrialTracker(ctx, trial)
+    real = tr1.client.log_batch
+
+    def dying(run_id, metrics=(), **kw):
+        if any(m.step > 10 for m in metrics):
+            raise ConnectionError("the server is gone")
+        return real(run_id, metrics=metrics, **kw)
+
+    tr1.client.log_batch = dying
+    with pytest.raises(Crash), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(trial, tr1, data=data, on_report=report_b)
+    assert [ckpt.read(p)[1]["step"] for p in saved] == [10, 20]
+    tr2 = tracking.TrialTracker(ctx, trial)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(trial, tr2, list(reversed(saved)), data=data, on_report=persist_into(tmp_path / "c")[0])
+    tr2.finish()
+    assert any("skipping checkpoint at step 20" in str(w.message) for w in caught)
+    c = tracking.client(uri)
+    assert tr2.run_id == tr1.run_id
+    assert [m.value for m in c.get_metric_history(tr2.run_id, "resumed_from_step")] == [10.0]
+    for key in ("train_loss", "val_loss"):
+        assert sorted(m.step for m in c.get_metric_history(tr2.run_id, key)) == list(range(5, 41, 5)), key

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +54,30 @@ def record_of(run: Any) -> dict[str, Any]:
         "eval_every": int(run.data.params["train.eval_every"]) if "train.eval_every" in run.data.params else None,
         # set when the sweep stopped the pair once its sign was established: the report compares it at this step
         "stop_at": int(tags[STOP_AT]) if STOP_AT in tags else None,
+        # what tells a live refresh that the run has a new evaluation, without reading its history
+        "eval_step": int(metrics["eval_step"]) if "eval_step" in metrics else None,
+        "signed": "aot_sign" in metrics,  # the sign test was logged on it before (by this or an earlier driver)
+        # the step of the latest look logged on it: every look up to there is on the run (one batch per write)
+        "signed_to": int(metrics["aot_sign_step"]) if "aot_sign_step" in metrics else None,
     }
 
 
 class Reader:
-    """Reads one sweep's runs; artifact downloads of finished runs are cached for the life of the reader (a
-    `--watch` loop keeps one), those of running trials are read again each time."""
+    """Reads one sweep's runs. What a finished run holds never changes (a FINISHED run is never reopened), so its
+    artifacts and curves are cached in memory for the life of the reader (a `--watch` loop keeps one) and on disk
+    (`$AOT_RAY_CACHE/report/RUN_ID/`, by run id: a later report reads none of them again); those of running trials
+    are read again each time. `prefetch` reads what the report needs on `threads` threads at once."""
 
-    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None) -> None:
+    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None, threads: int = 16,
+                 cache_dir: str | Path | None = None) -> None:
+        from ..data.remote import cache_root
+
         self.uri, self.sweep = uri, sweep
         self.parent_run_id = parent_run_id  # None: the sweep's newest parent run
         self.client = client(uri)
+        self.threads = threads
         self._cache: dict[tuple[str, str], Any] = {}
+        self._disk = Path(cache_dir) if cache_dir is not None else cache_root() / "report"
         self._tmp = tempfile.TemporaryDirectory(prefix="aot-report-")
 
     def records(self, include_running: bool = True) -> list[dict[str, Any]]:
@@ -78,18 +91,54 @@ class Reader:
                 out[rec["trial_id"]] = rec
         return list(out.values())
 
-    def _json(self, run_id: str, path: str, stable: bool) -> Any:
-        key = (run_id, path)
-        if stable and key in self._cache:
+    def prefetch(self, recs: list[dict[str, Any]]) -> None:
+        """Read, on `threads` threads, what `build` reads of each run: the final per-window and per-position
+        losses and the validation and token curves of finished runs (cached), the curves of running ones."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs: list[Any] = []
+        for r in recs:
+            jobs.append(lambda r=r: self.curve(r))
+            if r["finished"]:
+                jobs += [lambda r=r: self.windows(r), lambda r=r: self.positions(r),
+                         lambda r=r: self.curve(r, "tokens")]
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="aot-report-read") as pool:
+            for f in [pool.submit(j) for j in jobs]:
+                f.exception()  # a failed read is read again (and reported) where it is used
+
+    def _stable(self, run_id: str, name: str, fetch: Any) -> Any:
+        """A finished run's `name`, from memory, else the disk cache, else `fetch()` (then kept in both)."""
+        key = (run_id, name)
+        if key in self._cache:
             return self._cache[key]
+        path = self._disk / run_id / f"{name}.json"
         try:
-            local = self.client.download_artifacts(run_id, path, self._tmp.name)
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            value = fetch()
+            if value is None:
+                return None
+            try:  # atomic: a reader killed mid-write leaves no partial file behind under the final name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+                tmp.write_text(json.dumps(value))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only or full cache only costs the next report its reads
+        self._cache[key] = value
+        return value
+
+    def _download(self, run_id: str, path: str) -> Any:
+        try:
+            local = self.client.download_artifacts(run_id, path, tempfile.mkdtemp(dir=self._tmp.name))
         except Exception:
             return None
-        value = json.loads(Path(local).read_text())
+        return json.loads(Path(local).read_text())
+
+    def _json(self, run_id: str, path: str, stable: bool) -> Any:
         if stable:
-            self._cache[key] = value
-        return value
+            return self._stable(run_id, path, lambda: self._download(run_id, path))
+        return self._download(run_id, path)
 
     def windows(self, rec: dict[str, Any]) -> np.ndarray | None:
         """Final per-window validation losses of a finished trial."""
@@ -120,8 +169,11 @@ class Reader:
         return out
 
     def curve(self, rec: dict[str, Any], metric: str = "val_loss") -> list[tuple[int, float]]:
-        history = self.client.get_metric_history(rec["run_id"], metric)
-        return sorted((m.step, m.value) for m in history)
+        def fetch() -> list[list[float]]:
+            return sorted([m.step, m.value] for m in self.client.get_metric_history(rec["run_id"], metric))
+
+        points = self._stable(rec["run_id"], f"metrics/{metric}", fetch) if rec["finished"] else fetch()
+        return [(int(st), float(v)) for st, v in points]
 
     def close(self) -> None:
         self._tmp.cleanup()

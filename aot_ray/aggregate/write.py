@@ -24,6 +24,7 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     test over seeds (looks from `after` x train.steps on); `overfit` the limits of `tables.overfit_note`
     (rise, max_epochs)."""
     recs = reader.records(include_running=True)
+    reader.prefetch(recs)  # every per-run read below, on threads, at once
     finished = [r for r in recs if r["finished"]]
     windows = {r["trial_id"]: w for r in finished if (w := reader.windows(r)) is not None}
     stopped = at_stop_steps(reader, finished, windows)

@@ -12,7 +12,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -76,14 +76,20 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
-def read_first_valid(paths: Iterable[str | Path]) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
-    """The newest readable checkpoint of `paths` (newest first); a bad one is skipped with a warning."""
+def read_first_valid(paths: Iterable[str | Path], accept: Callable[[dict[str, Any]], bool] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
+    """The newest readable checkpoint of `paths` (newest first) whose meta `accept` takes; a bad one is skipped
+    with a warning."""
     for p in paths:
         try:
             state, meta = read(p)
-            return state, meta, Path(p)
         except CorruptCheckpoint as e:
             warnings.warn(f"skipping unreadable checkpoint ({e}); falling back to the previous one")
+            continue
+        if accept is None or accept(meta):
+            return state, meta, Path(p)
+        warnings.warn(f"skipping checkpoint at step {meta.get('step')} ({p}): its run's metrics up to that step "
+                      f"never reached the tracking store; falling back to the previous one")
     return None
 
 

@@ -201,7 +201,9 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
 
     step = 0
     candidates = [] if checkpoint is None else checkpoint if isinstance(checkpoint, list) else [checkpoint]
-    found = ckpt.read_first_valid(candidates)
+    # a checkpoint counts only if the run holds every point up to its step: resuming past points that were lost
+    # with a killed tracking server would leave a gap in the curve
+    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(meta.get("run_id"), int(meta["step"])))
     if found is not None:
         state, meta, _ = found
         model.load_state_dict(state["model"])
@@ -284,7 +286,9 @@ def _log_train_loss(r: _Trial, step: int, prog: _Progress) -> None:
         # checked where the loss is read anyway (every log_every steps), not with a sync per step
         where = f"step {step}" if first == step else f"steps {first}-{step}"
         raise TrainingDiverged(f"training loss became {prog.last_train} at {where} of trial {r.trial.trial_id}")
-    r.tracker.log_metrics({"train_loss": prog.last_train, "lr": r.sched.get_last_lr()[0]}, step=step)
+    # train_step: the latest step as a value, so `status` reads every run's progress from one search
+    r.tracker.log_metrics({"train_loss": prog.last_train, "lr": r.sched.get_last_lr()[0], "train_step": step},
+                          step=step)
 
 
 def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Report | None,
@@ -297,7 +301,9 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     loss = prog.last_eval.loss
     metrics = {"step": step, "tokens": step * r.tokens_per_step, "val_loss": loss, "train_loss": prog.last_train}
     # epochs: how many times the training split was seen (the report flags a model trained past it)
-    r.tracker.log_metrics({"val_loss": loss, "tokens": step * r.tokens_per_step,
+    # eval_step: the step of the latest evaluation, which one search of the sweep's runs returns for all of them
+    # (the live sign test reads the histories of only the runs whose eval_step moved)
+    r.tracker.log_metrics({"val_loss": loss, "tokens": step * r.tokens_per_step, "eval_step": step,
                            "epochs": step * r.global_batch / len(r.train_w)}, step=step)
     # per-window losses at every evaluation: the report pairs them for intervals and the sign test
     r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist()}, f"eval/windows/step-{step:08d}.json")

@@ -12,6 +12,10 @@ class Tracker(Protocol):
         """Called once the trainer knows whether it resumes (from step `resumed_from`, logged to `run_id`)."""
         ...
 
+    def holds(self, run_id: str | None, step: int) -> bool:
+        """Whether the run holds every point logged up to `step` (a checkpoint there may be resumed from)."""
+        ...
+
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
@@ -38,6 +42,9 @@ class MemoryTracker:
 
     def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:
         self.resumed_from = resumed_from
+
+    def holds(self, run_id: str | None, step: int) -> bool:
+        return True
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.params.update(params)

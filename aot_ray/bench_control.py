@@ -1,0 +1,213 @@
+"""The driver's control plane at cluster scale, against a real `mlflow server` this benchmark starts (SQLite,
+4 workers, on 127.0.0.1): N trial runs in pairs and cells of 3 seeds, written through the real `TrialTracker`.
+
+    python -m aot_ray.bench_control [--sizes 100,1000] [--changed 0.05]
+
+For each N it prints, against its target:
+- the live sign refresh (`signs.Watcher`, as the sweep's Tune callback runs it) with every run RUNNING and 5
+  evaluations in: the first refresh (reads everything), then one after `--changed` of the runs got a new
+  evaluation (target <= 2 s at 1000 runs);
+- the longest `on_trial_result` of the sweep's sign callback while refreshes run (Tune's event loop must never
+  wait on them; target <= 0.05 s);
+- `status` and `report` once every run has FINISHED (targets at 1000 runs: status <= 5 s, report <= 60 s with a
+  cold cache, <= 20 s for the next report).
+Setting the runs up takes minutes at N = 1000 (it is not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVALS = 10  # evaluations per run; 5 are in when the refresh is timed
+STEPS = 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, workers: int = 4) -> None:
+        port = _free_port()
+        self.uri = f"http://127.0.0.1:{port}"
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+             "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "art")],
+            stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer (log: {root / 'server.log'})")
+
+    def stop(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def sweep_raw(n: int) -> dict[str, Any]:
+    cells = max(1, round(n / 6))  # 3 seeds x 2 directions per cell
+    return {"name": "bench-control",
+            "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+            "defaults": {"train": {"steps": STEPS, "eval_every": STEPS // EVALS}},
+            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": list(range(16, 16 + cells)),
+                     "seed": [0, 1, 2]}}
+
+
+def loss(t: Any, step: int, rng: np.random.Generator) -> float:
+    gap = 0.02 * ((t.context_length % 3) - 1) if t.direction == "backward" else 0.0  # cells of every sign
+    return float(2.0 - step / (2 * STEPS) + gap + 0.01 * rng.standard_normal())
+
+
+def evaluate(tr: Any, t: Any, step: int, rng: np.random.Generator) -> None:
+    v = loss(t, step, rng)
+    for s in range(step - STEPS // EVALS + 50, step + 1, 50):
+        tr.log_metrics({"train_loss": v + 0.05, "lr": 1e-3, "train_step": s}, step=s)
+    tr.log_metrics({"val_loss": v, "eval_step": step, "tokens": step * 512}, step=step)
+    tr.flush()
+
+
+def finish(tr: Any, t: Any, rng: np.random.Generator) -> None:
+    for k in range(EVALS // 2 + 1, EVALS + 1):
+        evaluate(tr, t, k * STEPS // EVALS, rng)
+    final = loss(t, STEPS, rng)
+    tr.log_metrics({"final_val_loss": final}, step=STEPS)
+    tr.log_dict({"loss": (final + 0.1 * rng.standard_normal(256)).tolist()}, "eval/per_window.json")
+    tr.log_dict({"loss": (final + 0.01 * rng.standard_normal(64)).tolist()}, "eval/per_position.json")
+    tr.finish("FINISHED")
+
+
+def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, float]]:
+    """(name, seconds, target) for N runs."""
+    import yaml
+
+    from . import signs
+    from .aggregate.read import Reader
+    from .aggregate.write import report
+    from .planning import status
+    from .spec import expand, parse_sweep
+    from .spec.expand import flatten
+    from .tracking import TrialTracker, start_sweep
+    from .tune import expected_pairs, sign_callback
+
+    root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
+    server = Server(root)
+    out = []
+    try:
+        raw = sweep_raw(n)
+        spec = parse_sweep(raw)
+        trials = expand(spec)
+        n = len(trials)
+        ctx = start_sweep(server.uri, spec.name, yaml.safe_dump(raw))
+        trackers: dict[str, Any] = {}
+
+        def open_run(t: Any) -> None:
+            rng = np.random.default_rng(abs(hash(t.trial_id)) % 2**32)
+            tr = TrialTracker(ctx, t)
+            tr.begin(None)
+            tr.log_params(flatten(t))
+            for k in range(1, EVALS // 2 + 1):
+                evaluate(tr, t, k * STEPS // EVALS, rng)
+            trackers[t.trial_id] = (tr, t, rng)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(open_run, trials))
+        say(f"N={n}: {n} RUNNING trial runs with {EVALS // 2} evaluations each set up in "
+            f"{time.perf_counter() - t0:.0f} s")
+
+        reader = Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache")
+        watcher = signs.Watcher(reader, expected=expected_pairs(trials))
+        t0 = time.perf_counter()
+        watcher.refresh()
+        first = time.perf_counter() - t0
+        moved = trials[: max(1, round(changed * n))]
+        for t in moved:
+            tr, _, rng = trackers[t.trial_id]
+            evaluate(tr, t, (EVALS // 2 + 1) * STEPS // EVALS, rng)
+        t0 = time.perf_counter()
+        watcher.refresh()
+        again = time.perf_counter() - t0
+        say(f"N={n}: sign refresh, first {first:.2f} s ({watcher.last['runs']} runs read); after "
+            f"{len(moved)} runs ({changed:.0%}) got an evaluation {again:.2f} s ({watcher.last['read']} histories "
+            f"read, {watcher.last['looks']} looks logged)")
+        out.append(("sign refresh after a 5% change", again, 2.0 if n >= 1000 else 2.0 * n / 1000 + 0.5))
+
+        # the sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread
+        cb = sign_callback(server.uri, spec.name, every_s=0.0, expected=expected_pairs(trials),
+                           parent_run_id=ctx.parent_run_id)
+        t_end = time.monotonic() + max(3.0, 2 * again + 1)
+        while time.monotonic() < t_end:
+            cb.on_trial_result(0, [], None, {})
+            time.sleep(0.01)
+        cb.on_experiment_end([])
+        out.append(("longest on_trial_result", cb.longest_s, 0.05))
+        say(f"N={n}: longest on_trial_result while refreshes ran {cb.longest_s * 1000:.1f} ms")
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda v: finish(*v), trackers.values()))
+        say(f"N={n}: runs finished in {time.perf_counter() - t0:.0f} s")
+
+        t0 = time.perf_counter()
+        rows = status(spec, server.uri)
+        st = time.perf_counter() - t0
+        assert sum(r["state"] == "TERMINATED" for r in rows) == n and all(r["step"] == STEPS for r in rows)
+        out.append(("status", st, 5.0 * max(n, 100) / 1000))
+        for label in ("report (cold cache)", "report (next)"):
+            t0 = time.perf_counter()
+            rep = report(server.uri, spec.name, root / "report", with_plots=False,
+                         reader=Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache"))
+            took = time.perf_counter() - t0
+            assert len(rep["pairs"]) == n // 2
+            out.append((label, took, (60.0 if "cold" in label else 20.0) * max(n, 100) / 1000))
+        say(f"N={n}: status {st:.2f} s; report cold {out[-2][1]:.1f} s, next {out[-1][1]:.1f} s")
+    finally:
+        server.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aot_ray.bench_control", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100,1000", help="trial-run counts, comma-separated")
+    ap.add_argument("--changed", type=float, default=0.05, help="fraction of runs with a new evaluation")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    ok = True
+    lines = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        for name, took, target in bench(n, args.changed):
+            good = took <= target
+            ok &= good
+            lines.append(f"N={n:<5} {name:<32} {took:8.2f} s   target <= {target:.2f} s   "
+                         f"{'ok' if good else 'MISSED'}")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

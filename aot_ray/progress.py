@@ -1,0 +1,169 @@
+"""Sweep progress while it runs: one line at a steady interval (trials finished / running / pending / failed,
+tokens and GPU-hours done against the plan, throughput so far, ETA), and the same figures as metrics on the
+sweep's parent run (`sweep_*`, at step = seconds since the driver started), so the MLflow UI charts the sweep.
+
+It runs on a thread of the driver, never on Tune's event loop; each refresh is one search of the sweep's runs.
+The figures are pure (`figures`, `line`), computed from the runs' latest `tokens` and the plan's tokens per
+trial. Throughput counts only the tokens trained since this driver started, so a resumed sweep's ETA is not
+flattered by the work of earlier jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+STATUS = {"FINISHED": "finished", "RUNNING": "running", "FAILED": "failed", "KILLED": "pending",
+          "SCHEDULED": "pending"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Figures:
+    finished: int
+    running: int
+    pending: int
+    failed: int
+    tokens_done: int
+    tokens_total: int
+    gpu_hours_done: float | None  # None: no GPU trial in the plan
+    gpu_hours_total: float | None
+    tokens_per_s: float | None  # since this driver started
+    eta_s: float | None
+
+    def metrics(self) -> dict[str, float]:
+        out = {"sweep_trials_finished": self.finished, "sweep_trials_running": self.running,
+               "sweep_trials_pending": self.pending, "sweep_trials_failed": self.failed,
+               "sweep_tokens_done": self.tokens_done,
+               "sweep_tokens_fraction": self.tokens_done / self.tokens_total if self.tokens_total else 0.0}
+        if self.gpu_hours_done is not None:
+            out["sweep_gpu_hours_done"] = self.gpu_hours_done
+        if self.tokens_per_s is not None:
+            out["sweep_tokens_per_s"] = self.tokens_per_s
+        if self.eta_s is not None:
+            out["sweep_eta_s"] = self.eta_s
+        return {k: float(v) for k, v in out.items()}
+
+
+def figures(latest: dict[str, tuple[str, int]], planned: dict[str, int], gpu_hours: dict[str, float | None],
+            tokens_at_start: int, elapsed_s: float) -> Figures:
+    """`latest`: trial_id -> (MLflow status, latest `tokens`) of the sweep's runs; `planned`: trial_id -> the
+    tokens it trains (every trial of the sweep); `gpu_hours`: trial_id -> its planned GPU-hours (None: a CPU
+    trial). Trials without a run are pending; a finished trial counts its planned tokens (a stopped pair too:
+    its remaining work is not to be done)."""
+    counts = {"finished": 0, "running": 0, "pending": 0, "failed": 0}
+    done = 0
+    gpu_done = 0.0
+    for trial_id, total in planned.items():
+        status, tokens = latest.get(trial_id, ("", 0))
+        state = STATUS.get(status, "pending")
+        counts[state] += 1
+        got = total if state == "finished" else min(tokens, total)
+        done += got
+        gpu_done += (gpu_hours.get(trial_id) or 0.0) * (got / total if total else 0.0)
+    total_tokens = sum(planned.values())
+    gpu_total = sum(h for h in gpu_hours.values() if h) if any(gpu_hours.values()) else None
+    rate = (done - tokens_at_start) / elapsed_s if elapsed_s > 0 and done > tokens_at_start else None
+    eta = (total_tokens - done) / rate if rate else None
+    return Figures(**counts, tokens_done=done, tokens_total=total_tokens,
+                   gpu_hours_done=gpu_done if gpu_total is not None else None, gpu_hours_total=gpu_total,
+                   tokens_per_s=rate, eta_s=eta)
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def line(f: Figures) -> str:
+    total = f.finished + f.running + f.pending + f.failed
+    frac = f.tokens_done / f.tokens_total if f.tokens_total else 0.0
+    parts = [f"progress: {f.finished}/{total} trials finished, {f.running} running, {f.pending} pending, "
+             f"{f.failed} failed",
+             f"tokens {_count(f.tokens_done)}/{_count(f.tokens_total)} ({frac:.1%})"]
+    if f.gpu_hours_total is not None:
+        parts.append(f"GPU-hours {f.gpu_hours_done:.1f}/{f.gpu_hours_total:.1f}")
+    parts.append(f"{_count(f.tokens_per_s)} tokens/s" if f.tokens_per_s else "throughput not yet known")
+    parts.append(f"ETA {_duration(f.eta_s)}" if f.eta_s is not None else "ETA not yet known")
+    return " | ".join(parts)
+
+
+class Progress:
+    """The driver's progress thread for one sweep: `start()` once the sweep's runs are open, `stop()` at the end
+    (one last line). A failed read or write skips that refresh."""
+
+    def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
+                 gpu_tflops: float = 250.0) -> None:
+        from .planning import trial_cost
+
+        self.ctx, self.every_s, self.say = ctx, every_s, say
+        costs = {t.trial_id: trial_cost(t, gpu_tflops) for t in trials}
+        self.planned = {k: int(c["tokens"]) for k, c in costs.items()}
+        self.gpu_hours = {k: c["gpu_hours"] for k, c in costs.items()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+        self._at_start: int | None = None
+        self.last: Figures | None = None
+
+    def _latest(self) -> dict[str, tuple[str, int]]:
+        from .tracking import trial_runs
+
+        out: dict[str, tuple[str, int]] = {}
+        for r in trial_runs(self.ctx.uri, self.ctx.sweep, parent_run_id=self.ctx.parent_run_id):  # newest first
+            tid = r.data.tags.get("trial_id")
+            if tid in self.planned and tid not in out:
+                out[tid] = (r.info.status, int(r.data.metrics.get("tokens", 0)))
+        return out
+
+    def refresh(self) -> Figures | None:
+        try:
+            latest = self._latest()
+            elapsed = time.monotonic() - self._t0
+            if self._at_start is None:
+                self._at_start = figures(latest, self.planned, self.gpu_hours, 0, 0).tokens_done
+                self._t0 = time.monotonic()
+                elapsed = 0.0
+            f = figures(latest, self.planned, self.gpu_hours, self._at_start, elapsed)
+        except Exception:
+            return None
+        self.last = f
+        self.say(line(f))
+        try:
+            from mlflow.entities import Metric
+
+            from .tracking import client
+
+            now, step = int(time.time() * 1000), int(elapsed)
+            client(self.ctx.uri).log_batch(self.ctx.parent_run_id,
+                                           metrics=[Metric(k, v, now, step) for k, v in f.metrics().items()])
+        except Exception:
+            pass  # the line is out; the chart misses one point
+        return f
+
+    def _loop(self) -> None:
+        self.refresh()  # the baseline: what earlier jobs of the sweep did
+        while not self._stop.wait(self.every_s):
+            self.refresh()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="aot-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self.refresh()
