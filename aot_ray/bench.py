@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from . import seeds
 from .data.prepare import Prepared, prepare
 from .memory import micro_batches, predict_trial
-from .models import build_model, count_params, resolve_shape
+from .models import build_model
 from .spec import expand, parse_sweep
 from .train import MemoryTracker, train
+from .train.mfu import flops_per_token
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 
@@ -64,12 +65,6 @@ def random_data(vocab: int, tokens: int, root: str) -> Prepared:
     train_t = rng.integers(1, vocab, tokens, dtype=np.int64).astype(dtype)
     val_t = rng.integers(1, vocab, tokens // 50, dtype=np.int64).astype(dtype)
     return Prepared(path=Path(root), train=train_t, val=val_t, vocab_size=vocab, bos_id=0, manifest={})
-
-
-def flops_per_token(trial, vocab: int) -> float:
-    shape = resolve_shape(trial.model)
-    n = count_params(shape, vocab, trial.context_length, trial.model.tie_embeddings)
-    return 6 * n + 12 * shape.n_layer * shape.n_embd * trial.context_length
 
 
 def plain_loop(trial, data, device: torch.device, micro: int, compiled: bool = False) -> float:

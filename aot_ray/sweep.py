@@ -198,7 +198,8 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                                       "resume it (its finished candidates count)")
                 trials = expand(spec)  # the searched learning rates are part of the trials' identity
                 hashes = data_hashes(trials)
-            ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None)  # trials then poll for stop requests
+            ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None,  # trials then poll for stop requests
+                          system_metrics_s=run_spec.system_metrics_s, gpu_tflops=run_spec.gpu_tflops)
             rule = run_spec.stop_on_sign or SignStopSpec()
             tracking.record_sign_rule(ctx, rule.alpha, rule.after)  # the report repeats the test the run made
             done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)

@@ -53,6 +53,8 @@ class SweepContext:
     parent_run_id: str
     sweep: str
     stop_on_sign: bool = False  # trials look for the driver's stop request (tag STOP_AT) at each evaluation
+    system_metrics_s: float = 30.0  # MLflow's system metrics (CPU, memory, GPU) every this many seconds; 0: off
+    gpu_tflops: float | None = None  # the peak for mfu on a GPU whose name is not in train.mfu's table
 
 
 def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
@@ -246,6 +248,8 @@ class TrialTracker:
         self.run_id: str | None = None
         self.extra_tags: dict[str, str] = {}  # per attempt, e.g. the Ray node the trial runs on
         self.role = role  # "trial", or "lr-search" for the learning-rate phase (never paired by the report)
+        self.gpu_tflops = ctx.gpu_tflops
+        self._system: Any = None  # MLflow's SystemMetricsMonitor on this run
 
     def _create_run(self) -> str:
         trial = self.trial
@@ -287,10 +291,36 @@ class TrialTracker:
                 history = retry(lambda: self.client.get_metric_history(self.run_id, key))
                 self._last_step[key] = max((m.step for m in history), default=-1)
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        self._start_system_metrics(resumed=existing is not None)
         attempt = int(existing.data.tags.get(ATTEMPT, "0")) + 1 if existing is not None else 1
         retry(lambda: self.client.log_batch(self.run_id, tags=[
             self._tag(PID, str(os.getpid())), self._tag(HOST, socket.gethostname()),
             self._tag(ATTEMPT, str(attempt)), *(self._tag(k, v) for k, v in self.extra_tags.items())]))
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        """MLflow's own system metrics on the run (system/cpu_utilization_percentage, system memory, and on a GPU
+        node with nvidia-ml-py, the aot-ray[gpu] extra, GPU utilisation, memory and power), on its thread. A
+        resumed run continues their steps. Off for the lr search's short runs and with system_metrics_s 0."""
+        if self.role != "trial" or not self.ctx.system_metrics_s:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            every = self.ctx.system_metrics_s  # sampled every 10 s at most, logged as means every `every` s
+            sample = min(10.0, every)
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=sample,
+                                                samples_before_logging=max(1, round(every / sample)),
+                                                resume_logging=resumed, tracking_uri=self.ctx.uri)
+            self._system.start()
+        except Exception as e:  # psutil missing, an odd platform: training goes on without them
+            warnings.warn(f"MLflow system metrics are off for run {self.run_id}: {e}")
+            self._system = None
+
+    def _stop_system_metrics(self) -> None:
+        if self._system is not None:
+            with contextlib.suppress(Exception):
+                self._system.finish()
+            self._system = None
 
     def holds(self, run_id: str | None, step: int) -> bool:
         return run_holds(self.client, run_id, step)
@@ -348,6 +378,7 @@ class TrialTracker:
 
     def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
         """Flush everything (waiting out an outage for up to `patience_s`), then close the run."""
+        self._stop_system_metrics()
         deadline = time.monotonic() + patience_s
         delay = 1.0
         while not self.flush():

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The sweep's MLflow tracking server on the head: SQLite backend, artifacts proxied by the server, bound to the
-# head's private address (never 0.0.0.0).
+# The sweep's MLflow tracking server on the head: SQLite backend by default (or a database of yours), artifacts
+# proxied by the server (to a folder on the head, or your bucket), bound to the head's private address (never
+# 0.0.0.0).
 #   bash cluster/start_mlflow.sh         start (idempotent), wait until it answers, record its address
 #   bash cluster/start_mlflow.sh stop    stop it (cluster/bin/ray runs this on `ray stop`, so `ray down` does)
 # The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/head.py) reads it.
@@ -8,12 +9,19 @@
 # the head's own address and the loopback names (tunnels) are allowed, nothing else.
 #   AOT_MLFLOW_HOST (default: the first of `hostname -I`), AOT_MLFLOW_PORT (5000), AOT_MLFLOW_DIR (~/mlflow),
 #   AOT_MLFLOW_WAIT (seconds to wait for the first answer, 300)
+#   AOT_MLFLOW_BACKEND  the backend store URI (default sqlite:///$AOT_MLFLOW_DIR/mlflow.db): a lab's or a cloud's
+#                       managed PostgreSQL, postgresql+psycopg://USER:PASSWORD@HOST:5432/DB (install the
+#                       aot-ray[postgres] extra), so that losing the head loses no runs
+#   AOT_MLFLOW_ARTIFACTS  where the server puts artifacts (default $AOT_MLFLOW_DIR/artifacts): the cluster's
+#                       bucket, s3://BUCKET/mlflow or gs://BUCKET/mlflow (aot-ray[s3] / aot-ray[gcs])
 set -euo pipefail
 project=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${AOT_MLFLOW_PORT:-5000}
 HOST=${AOT_MLFLOW_HOST:-$(hostname -I | awk '{print $1}')}
 DIR=${AOT_MLFLOW_DIR:-$HOME/mlflow}
 WAIT=${AOT_MLFLOW_WAIT:-300}
+BACKEND=${AOT_MLFLOW_BACKEND:-sqlite:///$DIR/mlflow.db}
+ARTIFACTS=${AOT_MLFLOW_ARTIFACTS:-$DIR/artifacts}
 PIDFILE=$DIR/server.pid
 URI_FILE=$HOME/.aot_ray/mlflow_uri
 PY=$project/.venv/bin/python
@@ -47,7 +55,7 @@ if running && answers "$URI"; then
 fi
 # its own session, so that stop takes the server's workers with it
 setsid "$project/.venv/bin/mlflow" server --host "$HOST" --port "$PORT" \
-  --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$DIR/artifacts" \
+  --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" \
   --allowed-hosts "$HOST,$HOST:$PORT,localhost,localhost:$PORT,127.0.0.1,127.0.0.1:$PORT" \
   > "$DIR/server.log" 2>&1 < /dev/null &
 echo $! > "$PIDFILE"

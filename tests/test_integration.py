@@ -21,7 +21,7 @@ SPEC = {
         "resources": {"cpu": 1},
     },
     "grid": {"dataset": ["lin"], "model": ["tiny"], "context_length": [16], "seed": [0]},
-    "run": {"max_concurrent_trials": 2},
+    "run": {"max_concurrent_trials": 2, "progress_every_s": 1},
 }
 
 
@@ -64,6 +64,13 @@ def test_one_parent_two_children_with_tags_and_metrics(ran):
         assert windows == {"eval/windows/step-00000010.json", "eval/windows/step-00000020.json"}
         assert json.loads(r.data.tags["aot.axes"]) == {"dataset": "lin", "model": "tiny", "context_length": 16}
         assert r.data.tags["arch"] == "gpt2"
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "tokens_per_s")] == [10, 20]
+        assert [m.value for m in c.get_metric_history(r.info.run_id, "eval_step")] == [10, 20]
+        assert "mfu" not in r.data.metrics  # on the CPU there is no peak to measure against
+    # the sweep's progress, charted on the parent run: the last point has both trials finished
+    done = sorted(c.get_metric_history(parent.info.run_id, "sweep_trials_finished"), key=lambda m: m.step)
+    assert done and done[-1].value == 2
+    assert c.get_run(parent.info.run_id).data.metrics["sweep_tokens_fraction"] == 1.0
     reports = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/aot_pairs.csv", "report/aot_summary.csv"} <= reports
 

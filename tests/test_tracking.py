@@ -149,3 +149,30 @@ def test_sqlite_paths_and_whether_a_store_is_there(tmp_path):
     (tmp_path / "m.db").write_bytes(b"")
     assert store.store_exists(f"sqlite:///{tmp_path}/m.db")
     assert store.resolve_uri("sqlite:///rel.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/rel.db"
+
+
+def test_trial_runs_carry_mlflows_system_metrics(tmp_path):
+    """MLflow's own SystemMetricsMonitor on the trial's run (CPU and memory here; GPU ones need a GPU and
+    nvidia-ml-py), from begin to finish; off with system_metrics_s 0."""
+    import time
+    from dataclasses import replace
+
+    from aot_ray.spec import expand, parse_sweep
+
+    from specs import tiny_sweep
+
+    (trial,) = expand(parse_sweep(tiny_sweep("sysm", grid={"direction": ["forward"]})))
+    ctx = tracking.start_sweep(f"sqlite:///{tmp_path}/mlflow.db", "sysm", "x")
+    tr = tracking.TrialTracker(replace(ctx, system_metrics_s=0.5), trial)
+    tr.begin(None)
+    time.sleep(2.5)
+    tr.finish()
+    c = tracking.client(ctx.uri)
+    got = c.get_run(tr.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in got and "system/system_memory_usage_megabytes" in got
+    other = expand(parse_sweep(tiny_sweep("sysm", grid={"direction": ["forward"], "seed": [1]})))[0]
+    off = tracking.TrialTracker(replace(ctx, system_metrics_s=0), other)
+    off.begin(None)
+    time.sleep(1.0)
+    off.finish()
+    assert not any(k.startswith("system/") for k in c.get_run(off.run_id).data.metrics)

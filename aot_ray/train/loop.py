@@ -29,6 +29,7 @@ from ..spec.schema import TrialSpec
 from . import checkpoint as ckpt
 from .batches import Prefetcher
 from .evaluate import evaluate
+from .mfu import flops_per_token, peak_tflops
 from .loss import LMObjective
 from .schedule import make_scheduler
 from .tracker import MemoryTracker, Tracker
@@ -148,6 +149,8 @@ class _Trial:
     global_batch: int
     tokens_per_step: int
     step: int  # the step to start from: 0, or the resumed checkpoint's
+    flops_per_token: float  # for mfu
+    peak_tflops: float | None  # the GPU's dense bf16 peak; None on the CPU (no mfu)
 
 
 @dataclass
@@ -232,7 +235,10 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
                   val_inputs=torch.from_numpy(vx).to(device), val_targets=torch.from_numpy(vy).to(device),
                   model=model, objective=objective, net=net, opt=opt, sched=sched, n_params=n_params,
                   compiled=compiled, micro=micro, passes=passes, global_batch=global_batch,
-                  tokens_per_step=global_batch * trial.context_length, step=step)
+                  tokens_per_step=global_batch * trial.context_length, step=step,
+                  flops_per_token=flops_per_token(trial, data.vocab_size),
+                  peak_tflops=peak_tflops(torch.cuda.get_device_name(device), getattr(tracker, "gpu_tflops", None))
+                  if device.type == "cuda" else None)
 
 
 def _batches(r: _Trial) -> Prefetcher:
@@ -289,6 +295,18 @@ def _log_train_loss(r: _Trial, step: int, prog: _Progress) -> None:
     # train_step: the latest step as a value, so `status` reads every run's progress from one search
     r.tracker.log_metrics({"train_loss": prog.last_train, "lr": r.sched.get_last_lr()[0], "train_step": step},
                           step=step)
+
+
+def _log_speed(r: _Trial, step: int, steps: int, seconds: float) -> None:
+    """Throughput of the segment since the last evaluation and, on a GPU, its model FLOPs utilisation (of all
+    the trial's GPUs, each counted whole: a trial packed on a GPU share shows what it gets of that GPU)."""
+    if steps <= 0 or seconds <= 0:
+        return
+    tokens_per_s = steps * r.tokens_per_step / seconds
+    metrics = {"tokens_per_s": tokens_per_s}
+    if r.peak_tflops:
+        metrics["mfu"] = tokens_per_s * r.flops_per_token / (r.peak_tflops * 1e12 * r.n_workers)
+    r.tracker.log_metrics(metrics, step=step)
 
 
 def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Report | None,
@@ -379,6 +397,7 @@ def train(
         return time.perf_counter()
 
     segment = time.perf_counter()  # training time runs in segments between evaluations
+    segment_steps = prog.timed_steps
     try:
         while step < t.steps:
             _optimizer_step(r, step, batches, prog)
@@ -393,7 +412,10 @@ def train(
             else:
                 prog.timed_steps += 1
             if step % t.eval_every == 0 or step == t.steps:
-                prog.train_seconds += now() - segment  # steps and their logging; validation is not training
+                took = now() - segment
+                prog.train_seconds += took  # steps and their logging; validation is not training
+                _log_speed(r, step, prog.timed_steps - segment_steps, took)
+                segment_steps = prog.timed_steps
                 if _evaluate_and_report(r, step, prog, on_report, Path(workdir) if workdir else None, scratch):
                     break
                 segment = time.perf_counter()
