@@ -112,7 +112,7 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
     from .spec import expand, parse_sweep
     from .spec.expand import flatten
     from .tracking import TrialTracker, start_sweep
-    from .tune import expected_pairs, sign_callback
+    from .live import expected_pairs, sign_callback
 
     root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
     server = Server(root)

@@ -10,7 +10,7 @@ look only once every pair of the cell planned to reach it has (`waiting`): decid
 report first would spend a look on fewer seeds than the report later finds there. `run.stop_on_sign` stops a cell (all of its
 pairs together, tag `aot.stop_at`) once the test has held one sign at `looks` consecutive looks.
 
-Used while a sweep runs (a Tune callback, `tune.sign_callback`) and by the report (`aggregate.write`), which reads
+Used while a sweep runs (a Tune callback, `live.sign_callback`) and by the report (`aggregate.write`), which reads
 through `aggregate.read.Reader`; this module needs only its `curve` and `client`.
 """
 

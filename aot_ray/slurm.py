@@ -18,11 +18,13 @@ failed trial, bad input or a person's stop (SIGINT: `scancel --batch --signal=IN
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,31 +161,46 @@ def node_address(node: str) -> str:
 
 
 def node_main(argv: list[str]) -> int:
-    """`python -m aot_ray.slurm node INDEX HEAD_IP ...` in one srun step per node: `ray start --block` with this
-    node's address, the job's ports and temp folder, and the CPUs and GPUs of this step's allocation."""
+    """`python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS LOGS_DIR` in one srun step
+    per node: `ray start --block` with this node's address, the job's ports and temp folder, and the CPUs and GPUs
+    of this step's allocation. When the step ends (Slurm's SIGTERM, passed on to Ray), Ray's logs are kept in
+    LOGS_DIR (in the job's folder in storage) and the temp folder is removed: the job leaves nothing in /tmp."""
+    import shutil
+    import signal
+
     index, address, head, temp = int(argv[0]), argv[1], argv[2], argv[3]
     ports = Ports(int(argv[4]))
-    cpus = argv[5]
+    cpus, logs = argv[5], Path(argv[6])
     env = dict(os.environ)
     gpus = gpus_per_node(env)
     if gpus and not env.get("CUDA_VISIBLE_DEVICES") and env.get("SLURM_JOB_GPUS"):
         env["CUDA_VISIBLE_DEVICES"] = env["SLURM_JOB_GPUS"]  # the job's GPUs, not the node's first ones
     ray = Path(sys.executable).with_name("ray")  # this environment's Ray, whatever the step's PATH holds
-    cmd = [str(ray) if ray.exists() else "ray", "start", "--block", f"--node-ip-address={address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-           f"--temp-dir={temp}", f"--min-worker-port={ports.workers[0]}", f"--max-worker-port={ports.workers[1]}",
+    cmd = [str(ray) if ray.exists() else "ray", "start", "--block", f"--node-ip-address={address}",
+           f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={temp}",
+           f"--min-worker-port={ports.workers[0]}", f"--max-worker-port={ports.workers[1]}",
            *(f"--{k}={v}" for k, v in ports.node(index).items())]
     if index == 0:
         cmd += ["--head", f"--port={ports.gcs}", f"--dashboard-port={ports.dashboard}", "--dashboard-host=127.0.0.1",
                 f"--ray-client-server-port={ports.client_server}"]
     else:
         cmd += [f"--address={head}:{ports.gcs}"]
-    os.execvpe(cmd[0], cmd, env)
-    return 1  # not reached
+    proc = subprocess.Popen(cmd, env=env)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))  # Ray drains, then we clean up
+    try:
+        return proc.wait()
+    finally:
+        latest = Path(temp) / "session_latest" / "logs"
+        if latest.is_dir():
+            with contextlib.suppress(OSError):
+                shutil.copytree(latest, logs / time.strftime("%Y%m%d-%H%M%S"), dirs_exist_ok=True)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["node"] or len(sys.argv) != 8:
-        print("usage: python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS "
+    if sys.argv[1:2] != ["node"] or len(sys.argv) != 9:
+        print("usage: python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS LOGS_DIR "
               "(one srun step per node; aot_ray.slurm_job starts them)", file=sys.stderr)
         sys.exit(2)
     sys.exit(node_main(sys.argv[2:]))

@@ -133,7 +133,7 @@ class JobRay:
             temp = f"/tmp/aot-{alloc.job_id}-{i}"  # short: Unix socket paths are limited to 107 bytes
             cmd = ["srun", "--overlap", "-N1", "-n1", "-w", node, "--kill-on-bad-exit=0", *gpus, sys.executable,
                    "-m", "aot_ray.slurm", "node", str(i), addr, alloc.addresses[0], temp, str(ports.base),
-                   str(alloc.cpus[i])]
+                   str(alloc.cpus[i]), str(job_dir / "ray-logs" / f"node-{i}")]
             self.steps.append(subprocess.Popen(cmd, env=env, stdout=(job_dir / f"ray-{node}.log").open("ab"),
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                start_new_session=True))

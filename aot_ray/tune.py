@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError, disk_full
 from .interrupt import keep_sigterm
+from .live import expected_pairs, sign_callback
 from .spec.schema import RunSpec, TrialSpec
 from .tracking import NODE, SweepContext
 
@@ -215,82 +215,18 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
-def expected_pairs(trials: list[TrialSpec]) -> dict[str, set[str]]:
-    """cell_key -> its pair keys, for the live sign test to wait on."""
-    out: dict[str, set[str]] = {}
-    for t in trials:
-        out.setdefault(t.cell_key, set()).add(t.pair_key)
-    return out
-
-
-def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None = None,
-                  expected: dict[str, set[str]] | None = None, parent_run_id: str | None = None) -> Any:
-    """A Tune callback that keeps the sequential sign test over seeds up to date (`signs.Watcher`: metrics
-    aot_sign* on the trial runs) while the sweep runs, and once more at the end; with `stop` (a SignStopSpec) it
-    also asks settled cells to stop (their trainers see the request at their next evaluation). Each refresh runs
-    on a thread of its own, never on Tune's event loop: the callback only starts one when the last has ended
-    `every_s` seconds ago, and reports its failure (a warning: tracking hiccups must not stop the sweep).
-    `expected` (cell_key -> the sweep's pair keys) makes each look wait for all of a cell's seeds."""
-    import warnings
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from ray.tune import Callback
-
-    from . import signs
-    from .aggregate.read import Reader
-
-    class SignCallback(Callback):
-        def __init__(self) -> None:
-            self.ended = 0.0  # when the last refresh ended (monotonic)
-            self.watcher: signs.Watcher | None = None
-            self.pool: ThreadPoolExecutor | None = None
-            self.running: Future | None = None
-            self.longest_s = 0.0  # the longest on_trial_result (the benchmark reads it)
-
-        def __getstate__(self) -> dict:  # Tune saves its callbacks with the experiment state
-            return {**self.__dict__, "watcher": None, "pool": None, "running": None}
-
-        def _submit(self) -> Future:
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(1, thread_name_prefix="aot-sign-refresh")
-            return self.pool.submit(self._refresh)
-
-        def _refresh(self) -> None:
-            try:
-                if self.watcher is None:
-                    self.watcher = signs.Watcher(Reader(uri, sweep, parent_run_id), stop, expected=expected)
-                self.watcher.refresh()
-            finally:
-                self.ended = time.monotonic()
-
-        def _collect(self) -> None:
-            if self.running is not None and self.running.done():
-                e = self.running.exception()
-                self.running = None
-                if e is not None:
-                    warnings.warn(f"sign test not updated: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            t0 = time.monotonic()
-            self._collect()
-            if self.running is None and t0 - self.ended >= every_s:
-                self.running = self._submit()
-            self.longest_s = max(self.longest_s, time.monotonic() - t0)
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            # the sweep is over: the last refresh (after any in flight) is waited for, so the final looks and
-            # the sign metrics of the finished runs are in MLflow before the report reads them
-            if self.running is not None:
-                self.running.exception()
-            self.running = self._submit()
-            self.running.exception()
-            self._collect()
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
-            if self.watcher is not None:
-                self.watcher.reader.close()
-
-    return SignCallback()
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_trials(
@@ -360,12 +296,13 @@ def run_trials(
         ),
     )
     one_line_tune_errors()
-    if verbose == 0:  # --quiet: the driver's progress line is all that is printed while the sweep runs
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy reporter prints nothing at verbose 0 (the new one
-        # still prints its experiment box and result paths)
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # --quiet: the driver's progress line is all that is printed while the sweep runs. Tune's legacy reporter
+    # prints nothing at verbose 0 (the new one still prints its experiment box and result paths); set for this
+    # fit only, so that nothing else in the process (a test's next driver, say) inherits it
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     try:
-        grid = tuner.fit()
+        with _environ(quiet if verbose == 0 else {}):
+            grid = tuner.fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
         say(f"Tune's results could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"the trials' outcomes are MLflow's")

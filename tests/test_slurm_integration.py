@@ -9,6 +9,7 @@ A requeued job waits for its BeginTime (Slurm holds it about two minutes); the t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,11 +34,17 @@ def slurm(tmp_path_factory):
             pytest.fail(f"the Slurm test cannot run: {why} (AOT_SLURM_TEST=require)")
         pytest.skip(why)
     root = tmp_path_factory.mktemp("slurm")
+    started = time.time()
     with private_slurm(root / "slurm", cpus=2, unshared=root / "node-local") as env:
         yield env, root
     left = subprocess.run(["pgrep", "-af", f"slurmctld -f {root}|slurmd -f {root}|/tmp/aot-|{root}"],
                           capture_output=True, text=True).stdout
     assert not left.strip(), f"left running: {left}"
+    # the jobs' Ray temp folders (/tmp/aot-JOB-NODE) are gone; Ray's logs were kept in the jobs' folders
+    stale = [p for p in Path("/tmp").glob("aot-*-*") if re.fullmatch(r"aot-\d+-\d+", p.name)
+             and p.stat().st_mtime >= started - 1]
+    assert not stale, f"left in /tmp: {stale}"
+    assert list(root.glob("two/.aot_ray/slurm/*/ray-logs/node-1/*/raylet.out"))
 
 
 def sbatch(env, args: list[str], out: Path) -> str:
