@@ -9,8 +9,9 @@ For each N it prints, against its target:
   evaluation (target <= 2 s at 1000 runs);
 - the longest `on_trial_result` of the sweep's sign callback while refreshes run (Tune's event loop must never
   wait on them; target <= 0.05 s);
-- `status` and `report` once every run has FINISHED (targets at 1000 runs: status <= 5 s, report <= 60 s with a
-  cold cache, <= 20 s for the next report).
+- `status` and `report` once every run has FINISHED (status <= 5 s, report <= 60 s with a cold cache, <= 20 s
+  for the next report).
+The targets are a user's patience at 1000 runs; smaller N must meet them too.
 Setting the runs up takes minutes at N = 1000 (it is not timed).
 """
 
@@ -155,7 +156,7 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
         say(f"N={n}: sign refresh, first {first:.2f} s ({watcher.last['runs']} runs read); after "
             f"{len(moved)} runs ({changed:.0%}) got an evaluation {again:.2f} s ({watcher.last['read']} histories "
             f"read, {watcher.last['looks']} looks logged)")
-        out.append(("sign refresh after a 5% change", again, 2.0 if n >= 1000 else 2.0 * n / 1000 + 0.5))
+        out.append(("sign refresh after a 5% change", again, 2.0))
 
         # the sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread
         cb = sign_callback(server.uri, spec.name, every_s=0.0, expected=expected_pairs(trials),
@@ -177,14 +178,14 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
         rows = status(spec, server.uri)
         st = time.perf_counter() - t0
         assert sum(r["state"] == "TERMINATED" for r in rows) == n and all(r["step"] == STEPS for r in rows)
-        out.append(("status", st, 5.0 * max(n, 100) / 1000))
+        out.append(("status", st, 5.0))
         for label in ("report (cold cache)", "report (next)"):
             t0 = time.perf_counter()
             rep = report(server.uri, spec.name, root / "report", with_plots=False,
                          reader=Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache"))
             took = time.perf_counter() - t0
             assert len(rep["pairs"]) == n // 2
-            out.append((label, took, (60.0 if "cold" in label else 20.0) * max(n, 100) / 1000))
+            out.append((label, took, 60.0 if "cold" in label else 20.0))
         say(f"N={n}: status {st:.2f} s; report cold {out[-2][1]:.1f} s, next {out[-1][1]:.1f} s")
     finally:
         server.stop()
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changed", type=float, default=0.05, help="fraction of runs with a new evaluation")
     args = ap.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "View run ..." line per run closed
     ok = True
     lines = []
     for n in (int(x) for x in args.sizes.split(",")):

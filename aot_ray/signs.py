@@ -117,8 +117,14 @@ def word(states: list[stats.SignState]) -> str:
 
 
 def read_curves(reader: Any, cells: dict[str, dict[str, dict[str, dict]]]) -> Curves:
-    return {pair: (cell, dict(reader.curve(s["forward"])), dict(reader.curve(s["backward"])))
-            for cell, pairs in cells.items() for pair, s in pairs.items()}
+    """Both directions' validation curves of every pair, read on the reader's threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = [(cell, pair, s) for cell, pairs in cells.items() for pair, s in pairs.items()]
+    with ThreadPoolExecutor(max(1, getattr(reader, "threads", 1)), thread_name_prefix="aot-curves") as pool:
+        got = list(pool.map(lambda x: (dict(reader.curve(x[2]["forward"])), dict(reader.curve(x[2]["backward"]))),
+                            items))
+    return {pair: (cell, fw, bw) for (cell, pair, _), (fw, bw) in zip(items, got)}
 
 
 def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.alpha, after: float = DEFAULT.after,

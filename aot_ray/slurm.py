@@ -48,10 +48,14 @@ class Ports:
 
     @classmethod
     def free_for_job(cls, job_id: int, host: str) -> "Ports":
-        """The job's block, or the next one whose head ports are free on `host` (job ids 200 apart, another
-        user's job or a service may hold the first)."""
-        for k in range(200):
-            ports = cls.of_job(job_id + k)
+        """The job's block, else (job ids 200 apart, another user's job or a service holds it) the first free one
+        in an order of the job's own: two jobs that both move never move to the same next block."""
+        import random
+
+        others = [k for k in range(200) if k != job_id % 200]
+        random.Random(job_id).shuffle(others)
+        for k in [job_id % 200, *others]:
+            ports = cls.of_job(k)
             if all(_free(host, p) for p in ports.head_ports()):
                 return ports
         raise SlurmError(f"no free block of {PORT_BLOCK} ports in 20000-59999 on {host}")
@@ -87,7 +91,10 @@ class Ports:
 
 
 def _free(host: str, port: int) -> bool:
+    """Nothing listens there (a port in TIME_WAIT after an earlier run of the job counts as free, as it does for
+    Ray's own servers, which bind with SO_REUSEADDR)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -161,16 +168,12 @@ def node_address(node: str) -> str:
 
 
 def node_main(argv: list[str]) -> int:
-    """`python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS LOGS_DIR` in one srun step
-    per node: `ray start --block` with this node's address, the job's ports and temp folder, and the CPUs and GPUs
-    of this step's allocation. When the step ends (Slurm's SIGTERM, passed on to Ray), Ray's logs are kept in
-    LOGS_DIR (in the job's folder in storage) and the temp folder is removed: the job leaves nothing in /tmp."""
-    import shutil
-    import signal
-
+    """`python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS` in one srun step per
+    node: `ray start --block` with this node's address, the job's ports and temp folder, and the CPUs and GPUs
+    of this step's allocation."""
     index, address, head, temp = int(argv[0]), argv[1], argv[2], argv[3]
     ports = Ports(int(argv[4]))
-    cpus, logs = argv[5], Path(argv[6])
+    cpus = argv[5]
     env = dict(os.environ)
     gpus = gpus_per_node(env)
     if gpus and not env.get("CUDA_VISIBLE_DEVICES") and env.get("SLURM_JOB_GPUS"):
@@ -185,22 +188,38 @@ def node_main(argv: list[str]) -> int:
                 f"--ray-client-server-port={ports.client_server}"]
     else:
         cmd += [f"--address={head}:{ports.gcs}"]
-    proc = subprocess.Popen(cmd, env=env)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))  # Ray drains, then we clean up
-    try:
-        return proc.wait()
-    finally:
-        latest = Path(temp) / "session_latest" / "logs"
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+def temp_dir(job_id: int, index: int) -> str:
+    return f"/tmp/aot-{job_id}-{index}"  # short: Unix socket paths are limited to 107 bytes
+
+
+def clean_main(argv: list[str]) -> int:
+    """`python -m aot_ray.slurm clean JOB_ID LOGS_DIR`, one task per node once the job's Ray is stopped: Ray's
+    logs of each of the job's temp folders on this node are kept under LOGS_DIR (in the job's folder in storage)
+    and the folders removed, so that the job leaves nothing in /tmp."""
+    import shutil
+
+    job_id, logs = argv[0], Path(argv[1])
+    for temp in Path("/tmp").glob(f"aot-{job_id}-*"):
+        if not re.fullmatch(rf"aot-{re.escape(job_id)}-\d+", temp.name):
+            continue
+        latest = temp / "session_latest" / "logs"
         if latest.is_dir():
             with contextlib.suppress(OSError):
-                shutil.copytree(latest, logs / time.strftime("%Y%m%d-%H%M%S"), dirs_exist_ok=True)
+                shutil.copytree(latest, logs / f"{socket.gethostname()}-{temp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                dirs_exist_ok=True, ignore_dangling_symlinks=True)
         shutil.rmtree(temp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["node"] or len(sys.argv) != 9:
-        print("usage: python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS LOGS_DIR "
-              "(one srun step per node; aot_ray.slurm_job starts them)", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(node_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["node"] and len(sys.argv) == 8:
+        sys.exit(node_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["clean"] and len(sys.argv) == 4:
+        sys.exit(clean_main(sys.argv[2:]))
+    print("usage: python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS | "
+          "clean JOB_ID LOGS_DIR (srun steps that aot_ray.slurm_job starts)", file=sys.stderr)
+    sys.exit(2)

@@ -4,6 +4,7 @@ allocation, the job's ports and each node's `ray start` are `aot_ray.slurm`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 
 from .errors import AotError
 from .interrupt import keep_sigterm, last_signal
-from .slurm import Allocation, Ports, SlurmError
+from .slurm import Allocation, Ports, SlurmError, temp_dir
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
@@ -125,15 +126,14 @@ class JobRay:
     no other Ray: never a bare `ray stop`)."""
 
     def __init__(self, alloc: Allocation, ports: Ports, job_dir: Path, env: dict[str, str]) -> None:
-        self.alloc, self.ports = alloc, ports
+        self.alloc, self.ports, self.job_dir = alloc, ports, job_dir
         self.address = f"{alloc.addresses[0]}:{ports.gcs}"
         self.steps: list[subprocess.Popen] = []
         for i, (node, addr) in enumerate(zip(alloc.nodes, alloc.addresses)):
             gpus = [f"--gres=gpu:{alloc.gpus}"] if alloc.gpus else []
-            temp = f"/tmp/aot-{alloc.job_id}-{i}"  # short: Unix socket paths are limited to 107 bytes
             cmd = ["srun", "--overlap", "-N1", "-n1", "-w", node, "--kill-on-bad-exit=0", *gpus, sys.executable,
-                   "-m", "aot_ray.slurm", "node", str(i), addr, alloc.addresses[0], temp, str(ports.base),
-                   str(alloc.cpus[i]), str(job_dir / "ray-logs" / f"node-{i}")]
+                   "-m", "aot_ray.slurm", "node", str(i), addr, alloc.addresses[0], temp_dir(alloc.job_id, i),
+                   str(ports.base), str(alloc.cpus[i])]
             self.steps.append(subprocess.Popen(cmd, env=env, stdout=(job_dir / f"ray-{node}.log").open("ab"),
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                start_new_session=True))
@@ -170,6 +170,11 @@ class JobRay:
                 ray.shutdown()
         for s in reversed(self.steps):  # workers first, the head last
             _stop_group(s, 60)
+        # then one task per node keeps Ray's logs in the job's folder and removes the job's temp folders there
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["srun", "--overlap", f"-N{len(self.alloc.nodes)}", "--ntasks-per-node=1",
+                            sys.executable, "-m", "aot_ray.slurm", "clean", str(self.alloc.job_id),
+                            str(self.job_dir / "ray-logs")], capture_output=True, timeout=120)
 
 
 def slurm_state(job_id: int) -> str | None:

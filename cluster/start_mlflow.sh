@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sweep's MLflow tracking server on the head: SQLite backend by default (or a database of yours), artifacts
-# proxied by the server (to a folder on the head, or your bucket), bound to the head's private address (never
-# 0.0.0.0).
+# proxied by the server (to a folder on the head, or your bucket), bound to the head's private address
+# (never 0.0.0.0).
 #   bash cluster/start_mlflow.sh         start (idempotent), wait until it answers, record its address
 #   bash cluster/start_mlflow.sh stop    stop it (cluster/bin/ray runs this on `ray stop`, so `ray down` does)
 # The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/head.py) reads it.

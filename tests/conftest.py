@@ -5,6 +5,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# the node-local caches (fetched data, the report's reads of finished runs) in a folder of this session, not ~/.cache
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "AOT_RAY_CACHE" not in os.environ:
+    os.environ["AOT_RAY_CACHE"] = tempfile.mkdtemp(prefix="aot-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AOT_RAY_CACHE"], True)
 
 import pytest
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -42,12 +43,6 @@ def _missing() -> str | None:
     if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode:
         return "needs /usr/bin/python3 with venv support (python3-venv)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True, cwd=ROOT,

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from aot_ray.data.prepare import prepare
 from aot_ray.errors import TrackingError
 from aot_ray.spec import expand, parse_sweep
 from aot_ray.train import train
+from ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tmp, port):

@@ -92,15 +92,14 @@ class Reader:
         return list(out.values())
 
     def prefetch(self, recs: list[dict[str, Any]]) -> None:
-        """Read, on `threads` threads, what `build` reads of each run: the final per-window and per-position
-        losses and the validation and token curves of finished runs (cached), the curves of running ones."""
+        """Read, on `threads` threads, what `build` reads of each finished run: the final per-window and
+        per-position losses and the validation and token curves (cached)."""
         from concurrent.futures import ThreadPoolExecutor
 
         jobs: list[Any] = []
         for r in recs:
-            jobs.append(lambda r=r: self.curve(r))
-            if r["finished"]:
-                jobs += [lambda r=r: self.windows(r), lambda r=r: self.positions(r),
+            if r["finished"]:  # what a running trial holds changes: read where it is used
+                jobs += [lambda r=r: self.curve(r), lambda r=r: self.windows(r), lambda r=r: self.positions(r),
                          lambda r=r: self.curve(r, "tokens")]
         with ThreadPoolExecutor(self.threads, thread_name_prefix="aot-report-read") as pool:
             for f in [pool.submit(j) for j in jobs]:
