@@ -154,6 +154,8 @@ class JobRay:
                         ray.init(address=self.address, logging_level="WARNING", configure_logging=True)
                 alive = [n for n in ray.nodes() if n.get("Alive")]
                 if len(alive) >= len(self.alloc.nodes):
+                    with keep_sigterm():  # the sweep's driver connects with its own settings (--quiet's logs)
+                        ray.shutdown()
                     return
             except Exception:  # the head's GCS is not up yet
                 pass

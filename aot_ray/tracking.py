@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -305,6 +306,8 @@ class TrialTracker:
             return
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per trial
 
             every = self.ctx.system_metrics_s  # sampled every 10 s at most, logged as means every `every` s
             sample = min(10.0, every)

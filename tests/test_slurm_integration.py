@@ -1,6 +1,6 @@
 """`sbatch cluster/slurm.sbatch SWEEP.yaml` on a real Slurm (a private slurmctld and two slurmd "nodes" on this
-machine, tests/slurm_util.py): a sweep on both nodes through a requeue from outside, a time limit that requeues
-until the sweep is done, two jobs on one node, bad input refused in one line, and a graceful stop then a resubmission.
+machine, tests/slurm_util.py): a sweep on both nodes through a requeue from outside, Slurm's time-limit warning
+in mid-sweep (the job requeues itself, its next run finishes), two jobs on one node, bad input refused in one line, and a graceful stop then a resubmission.
 No mock of Slurm or Ray.
 
 Root only (slurmd runs jobs as root here); AOT_SLURM_TEST=require (set by .ci/run) turns a skip into a failure.
@@ -44,7 +44,8 @@ def slurm(tmp_path_factory):
     stale = [p for p in Path("/tmp").glob("aot-*-*") if re.fullmatch(r"aot-\d+-\d+", p.name)
              and p.stat().st_mtime >= started - 1]
     assert not stale, f"left in /tmp: {stale}"
-    assert list(root.glob("two/.aot_ray/slurm/*/ray-logs/*-aot-*-1-*/raylet.out"))  # the second node's, kept
+    if (root / "two").exists():  # the two-node sweep ran: the second node's Ray logs were kept
+        assert list(root.glob("two/.aot_ray/slurm/*/ray-logs/*-aot-*-1-*/raylet.out"))
 
 
 def sbatch(env, args: list[str], out: Path) -> str:
