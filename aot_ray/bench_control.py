@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,9 @@ def evaluate(tr: Any, t: Any, step: int, rng: np.random.Generator) -> None:
     tr.flush()
 
 
-def finish(tr: Any, t: Any, rng: np.random.Generator) -> None:
-    for k in range(EVALS // 2 + 1, EVALS + 1):
+def finish(tr: Any, t: Any, rng: np.random.Generator, done: int) -> None:
+    """The evaluations after the `done` first, the final artifacts, the run FINISHED."""
+    for k in range(done + 1, EVALS + 1):
         evaluate(tr, t, k * STEPS // EVALS, rng)
     final = loss(t, STEPS, rng)
     tr.log_metrics({"final_val_loss": final}, step=STEPS)
@@ -115,6 +117,7 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
     from .tracking import TrialTracker, start_sweep
     from .live import expected_pairs, sign_callback
 
+    env_before = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
     server = Server(root)
     out = []
@@ -123,8 +126,11 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
         spec = parse_sweep(raw)
         trials = expand(spec)
         n = len(trials)
-        ctx = start_sweep(server.uri, spec.name, yaml.safe_dump(raw))
+        # one process stands in for N trial processes here: their system-metrics threads (one get_run every
+        # interval each) are not the control plane under test
+        ctx = replace(start_sweep(server.uri, spec.name, yaml.safe_dump(raw)), system_metrics_s=0)
         trackers: dict[str, Any] = {}
+        evals: dict[str, int] = {}  # trial_id -> evaluations logged
 
         def open_run(t: Any) -> None:
             rng = np.random.default_rng(abs(hash(t.trial_id)) % 2**32)
@@ -134,6 +140,7 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
             for k in range(1, EVALS // 2 + 1):
                 evaluate(tr, t, k * STEPS // EVALS, rng)
             trackers[t.trial_id] = (tr, t, rng)
+            evals[t.trial_id] = EVALS // 2
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
@@ -141,22 +148,31 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
         say(f"N={n}: {n} RUNNING trial runs with {EVALS // 2} evaluations each set up in "
             f"{time.perf_counter() - t0:.0f} s")
 
+        # the trackers (in trial processes on a real sweep) fail fast on each request; the driver, status and
+        # report keep MLflow's own retries and timeout, as they do in their own processes
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            if env_before.get(k) is None:
+                os.environ.pop(k, None)
         reader = Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache")
         watcher = signs.Watcher(reader, expected=expected_pairs(trials))
         t0 = time.perf_counter()
         watcher.refresh()
         first = time.perf_counter() - t0
+        def new_evaluation(t: Any) -> None:
+            tr, _, rng = trackers[t.trial_id]
+            evals[t.trial_id] += 1
+            evaluate(tr, t, evals[t.trial_id] * STEPS // EVALS, rng)
+
         moved = trials[: max(1, round(changed * n))]
         for t in moved:
-            tr, _, rng = trackers[t.trial_id]
-            evaluate(tr, t, (EVALS // 2 + 1) * STEPS // EVALS, rng)
+            new_evaluation(t)
         t0 = time.perf_counter()
         watcher.refresh()
         again = time.perf_counter() - t0
         say(f"N={n}: sign refresh, first {first:.2f} s ({watcher.last['runs']} runs read); after "
             f"{len(moved)} runs ({changed:.0%}) got an evaluation {again:.2f} s ({watcher.last['read']} histories "
-            f"read, {watcher.last['looks']} looks logged)")
-        out.append(("sign refresh after a 5% change", again, 2.0))
+            f"read, {watcher.last['looks']} looks logged, {watcher.last['failed']} failed reads)")
+        out.append(("sign refresh, all running, 5% new", again, 2.0))
 
         # the sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread
         cb = sign_callback(server.uri, spec.name, every_s=0.0, expected=expected_pairs(trials),
@@ -169,10 +185,29 @@ def bench(n: int, changed: float, say: Any = print) -> list[tuple[str, float, fl
         out.append(("longest on_trial_result", cb.longest_s, 0.05))
         say(f"N={n}: longest on_trial_result while refreshes ran {cb.longest_s * 1000:.1f} ms")
 
+        # the usual shape of a large sweep: most runs finished, as many running as the cluster has GPUs (10%)
+        running = trials[: max(2, n // 10)]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda v: finish(*v), trackers.values()))
+            list(pool.map(lambda t: finish(*trackers[t.trial_id], evals[t.trial_id]), trials[len(running):]))
+        watcher.refresh()
+        for t in running[: max(1, round(changed * n))]:
+            new_evaluation(t)
+        t0 = time.perf_counter()
+        watcher.refresh()
+        mixed = time.perf_counter() - t0
+        say(f"N={n}: sign refresh with {n - len(running)} runs finished and {len(running)} running, "
+            f"{max(1, round(changed * n))} of them with a new evaluation: {mixed:.2f} s ({watcher.last['runs']} runs, "
+            f"{watcher.last['read']} histories read, {watcher.last['looks']} looks logged)")
+        out.append((f"sign refresh, {len(running)} running, 5% new", mixed, 2.0))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda t: finish(*trackers[t.trial_id], evals[t.trial_id]), running))
         say(f"N={n}: runs finished in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        watcher.refresh()  # what the sweep's callback does once Tune ends: the last looks are on the runs
+        say(f"N={n}: the sweep's last sign refresh {time.perf_counter() - t0:.1f} s ({watcher.last['looks']} looks "
+            f"logged)")
 
         t0 = time.perf_counter()
         rows = status(spec, server.uri)

@@ -17,6 +17,7 @@ through `aggregate.read.Reader`; this module needs only its `curve` and `client`
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -158,7 +159,7 @@ class Watcher:
     refresh runs on `threads` threads (the MLflow server answers concurrent requests)."""
 
     def __init__(self, reader: Any, stop: SignStopSpec | None = None, alpha: float | None = None,
-                 expected: dict[str, set[str]] | None = None, threads: int = 8) -> None:
+                 expected: dict[str, set[str]] | None = None, threads: int = 4) -> None:
         self.reader, self.stop, self.expected = reader, stop, expected
         self.rule = stop or DEFAULT
         self.alpha = alpha or self.rule.alpha
@@ -167,32 +168,69 @@ class Watcher:
         self.marks: dict[str, tuple] = {}  # run_id -> _mark when its curve was read
         self.logged: dict[str, set[int]] = {}  # run_id -> steps of aot_sign on the run (above `floor`)
         self.floor: dict[str, int] = {}  # run_id -> every look up to this step is on the run
-        self.last = {"runs": 0, "read": 0, "looks": 0}  # the last refresh, in counts
+        self.last = {"runs": 0, "read": 0, "looks": 0, "failed": 0}  # the last refresh, in counts
+        self.failed = 0
+        self.since: int | None = None  # epoch ms of the last refresh's start (None: none yet)
+        self.finished: dict[str, dict[str, Any]] = {}  # trial_id -> record of its FINISHED run
 
     def _each(self, fn: Any, items: list) -> list:
+        """fn over items on the threads; an item whose call fails gives None (and `self.failed` counts it): a read
+        that times out costs that run this refresh, not the refresh."""
+        def safe(x: Any) -> Any:
+            try:
+                return fn(x)
+            except Exception:
+                self.failed += 1
+                return None
+
         if len(items) <= 1 or self.threads <= 1:
-            return [fn(x) for x in items]
+            return [safe(x) for x in items]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(self.threads, len(items)), thread_name_prefix="aot-signs") as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(safe, items))
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The sweep's records, at the cost of what can change: a FINISHED run is final, so after the first
+        refresh only the RUNNING runs and those that ended since the last refresh are searched (two searches of
+        what runs now, however many have finished)."""
+        started = int(time.time() * 1000) - 5000  # a margin for clocks of the server and of this driver
+        if self.since is None or getattr(self.reader, "uri", None) is None:
+            recs = self.reader.records(include_running=True)
+        else:
+            from .tracking import trial_runs as search
+
+            runs = [*search(self.reader.uri, self.reader.sweep, "RUNNING", self.reader.parent_run_id),
+                    *search(self.reader.uri, self.reader.sweep, "FINISHED", self.reader.parent_run_id,
+                            ended_after_ms=self.since)]
+            now = {r["trial_id"]: r for r in self.reader.records(include_running=True, runs=runs)}
+            recs = [*({k: v for k, v in self.finished.items() if k not in now}.values()), *now.values()]
+        self.finished = {r["trial_id"]: r for r in recs if r["finished"]}
+        self.since = started
+        return recs
 
     def refresh(self) -> int:
-        records = self.reader.records(include_running=True)
+        self.failed = 0
+        records = self._records()
         changed = [r for r in records if self.marks.get(r["run_id"]) != _mark(r)]
         for r, curve in zip(changed, self._each(lambda r: dict(self.reader.curve(r)), changed)):
-            self.curves[r["run_id"]], self.marks[r["run_id"]] = curve, _mark(r)
+            if curve is not None:  # else read again next time
+                self.curves[r["run_id"]], self.marks[r["run_id"]] = curve, _mark(r)
         self.know_logged(records)
         cells = cells_of(records)
         first, planned = plan_looks(cells, self.rule.after)
         waiting = waiting_pairs(cells, self.expected) if self.expected is not None else None
         curves = {pair: (cell, self.curves[s["forward"]["run_id"]], self.curves[s["backward"]["run_id"]])
-                  for cell, pairs in cells.items() for pair, s in pairs.items()}
+                  for cell, pairs in cells.items() for pair, s in pairs.items()
+                  if s["forward"]["run_id"] in self.curves and s["backward"]["run_id"] in self.curves}
         seqs = sequences(curves, alpha=self.alpha, start=first, planned=planned, waiting=waiting)
         n = self._log(seqs, cells)
         if self.stop is not None:
             request_stops(self.reader, seqs, cells, self.stop)
-        self.last = {"runs": len(records), "read": len(changed), "looks": n}
+        self.last = {"runs": len(records), "read": len(changed), "looks": n, "failed": self.failed}
+        if self.failed:
+            warnings.warn(f"sign test: {self.failed} MLflow reads or writes failed; those runs are read again at the "
+                          f"next refresh")
         return n
 
     def know_logged(self, records: list[dict[str, Any]]) -> None:
@@ -205,8 +243,9 @@ class Watcher:
         old = [r for r in new if r.get("signed", True) and r.get("signed_to") is None]
         steps = self._each(lambda r: {m.step for m in self.reader.client.get_metric_history(r["run_id"], "aot_sign")},
                            old)
-        self.logged.update({r["run_id"]: set() for r in new})
-        self.logged.update(zip((r["run_id"] for r in old), steps))
+        older = {r["run_id"] for r in old}
+        self.logged.update({r["run_id"]: set() for r in new if r["run_id"] not in older})
+        self.logged.update((r["run_id"], st) for r, st in zip(old, steps) if st is not None)  # else: next time
 
     def _log(self, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]]) -> int:
         """Each cell's new looks on all of its trial runs, one batch per run."""
@@ -218,6 +257,8 @@ class Watcher:
             for s in cells[cell].values():
                 for side in s.values():
                     run = side["run_id"]
+                    if run not in self.logged:  # what it carries could not be read: nothing is written to it yet
+                        continue
                     have, floor = self.logged[run], self.floor.get(run, -1)
                     fresh = [st for st in states if st.step > floor and st.step not in have]
                     if fresh:
@@ -233,7 +274,7 @@ class Watcher:
             self.logged[run_id].update(st.step for st in fresh)
             return len(fresh)
 
-        return sum(self._each(write, batches))
+        return sum(n for n in self._each(write, batches) if n)
 
 
 def request_stops(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]],

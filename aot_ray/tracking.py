@@ -168,8 +168,10 @@ def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
     c.set_terminated(ctx.parent_run_id, status=status)
 
 
-def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None) -> list:
-    """Child runs of the sweep's current parent run (or of `parent_run_id`), optionally by status, newest first."""
+def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None,
+               ended_after_ms: int | None = None) -> list:
+    """Child runs of the sweep's current parent run (or of `parent_run_id`), optionally by status and by an end
+    after `ended_after_ms` (epoch ms), newest first."""
     exp_id = experiment_id(uri, sweep, create=False)
     if exp_id is None:
         return []
@@ -182,6 +184,8 @@ def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: s
             f"and tags.`mlflow.parentRunId` = '{parent_run_id}'")
     if status:
         filt += f" and attributes.status = '{status}'"
+    if ended_after_ms is not None:
+        filt += f" and attributes.end_time > {int(ended_after_ms)}"
     c = client(uri)
     out, token = [], None
     while True:
@@ -309,11 +313,11 @@ class TrialTracker:
 
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per trial
 
-            every = self.ctx.system_metrics_s  # sampled every 10 s at most, logged as means every `every` s
-            sample = min(10.0, every)
-            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=sample,
-                                                samples_before_logging=max(1, round(every / sample)),
-                                                resume_logging=resumed, tracking_uri=self.ctx.uri)
+            # one sample per interval: the monitor also asks the server for the run's status at every sample, and
+            # hundreds of trials at once must not load the tracking server more than their own metrics do
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=self.ctx.system_metrics_s,
+                                                samples_before_logging=1, resume_logging=resumed,
+                                                tracking_uri=self.ctx.uri)
             self._system.start()
         except Exception as e:  # psutil missing, an odd platform: training goes on without them
             warnings.warn(f"MLflow system metrics are off for run {self.run_id}: {e}")

@@ -68,7 +68,7 @@ class Reader:
     (`$AOT_RAY_CACHE/report/RUN_ID/`, by run id: a later report reads none of them again); those of running trials
     are read again each time. `prefetch` reads what the report needs on `threads` threads at once."""
 
-    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None, threads: int = 16,
+    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None, threads: int = 8,
                  cache_dir: str | Path | None = None) -> None:
         from ..data.remote import cache_root
 
@@ -80,10 +80,12 @@ class Reader:
         self._disk = Path(cache_dir) if cache_dir is not None else cache_root() / "report"
         self._tmp = tempfile.TemporaryDirectory(prefix="aot-report-")
 
-    def records(self, include_running: bool = True) -> list[dict[str, Any]]:
-        """Newest run per trial id, of the reader's parent run (else the sweep's newest)."""
+    def records(self, include_running: bool = True, runs: list | None = None) -> list[dict[str, Any]]:
+        """Newest run per trial id, of the reader's parent run (else the sweep's newest); of `runs` when given."""
         out: dict[str, dict[str, Any]] = {}
-        for run in trial_runs(self.uri, self.sweep, parent_run_id=self.parent_run_id):  # newest first
+        if runs is None:
+            runs = trial_runs(self.uri, self.sweep, parent_run_id=self.parent_run_id)
+        for run in runs:  # newest first
             if run.info.status != "FINISHED" and not (include_running and run.info.status == "RUNNING"):
                 continue
             rec = record_of(run)

@@ -244,7 +244,7 @@ class RunSpec:
     sign_interval_s: float = _num(30.0, ge=0)  # how often a running sweep refreshes the sequential sign test
     progress_every_s: float = _num(60.0, gt=0)  # how often the driver prints (and logs) the sweep's progress
     # MLflow's system metrics on every trial run (CPU, memory; GPU utilisation, memory, power with aot-ray[gpu]),
-    # logged every this many seconds (means of samples 10 s apart); 0: off
+    # sampled and logged every this many seconds; 0: off
     system_metrics_s: float = _num(30.0, ge=0)
     # how long the driver goes on while its tracking store refuses every write before it stops the sweep (its
     # lease on the sweep expires after 90 s without a write: the driver must stop before another may start)
