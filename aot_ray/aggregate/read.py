@@ -101,8 +101,9 @@ class Reader:
         jobs: list[Any] = []
         for r in recs:
             if r["finished"]:  # what a running trial holds changes: read where it is used
-                jobs += [lambda r=r: self.curve(r), lambda r=r: self.windows(r), lambda r=r: self.positions(r),
-                         lambda r=r: self.curve(r, "tokens")]
+                jobs += [lambda r=r: self.curve(r), lambda r=r: self.windows(r), lambda r=r: self.positions(r)]
+                if r["direction"] == "forward":  # the report's tokens per step come from the forward side
+                    jobs.append(lambda r=r: self.curve(r, "tokens"))
         with ThreadPoolExecutor(self.threads, thread_name_prefix="aot-report-read") as pool:
             for f in [pool.submit(j) for j in jobs]:
                 f.exception()  # a failed read is read again (and reported) where it is used
