@@ -78,6 +78,21 @@ def trial_runs(db: Path, sweep: str):
     return tracking.trial_runs(f"sqlite:///{db}", sweep)
 
 
+def wait_evaluated(db: Path, sweep: str, step: int, out: Path, timeout: float = 300) -> None:
+    """Wait until a trial of the sweep has evaluated at `step` or later (the sweep is under way)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = tracking.client(f"sqlite:///{db}")
+            if any(max((m.step for m in c.get_metric_history(r.info.run_id, "val_loss")), default=0) >= step
+                   for r in trial_runs(db, sweep)):
+                return
+        except Exception:  # the job's database is not there yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(out.read_text()[-4000:] if out.exists() else "no job output")
+
+
 def assert_one_curve_each(db: Path, sweep: str, steps: int, n: int, log_every: int = 10):
     c = tracking.client(f"sqlite:///{db}")
     runs = trial_runs(db, sweep)
@@ -97,19 +112,7 @@ def test_a_sweep_on_two_nodes_resumes_after_a_requeue(slurm):
                        "--set", "defaults.train.steps=300", "--set", "defaults.train.checkpoint_every=50",
                        "--set", "defaults.train.eval_every=50"], out)
     db = storage / "mlflow" / "mlflow.db"
-    c = None
-    deadline = time.time() + 300
-    while time.time() < deadline:  # mid-sweep: a trial has evaluated at step 100 or later
-        try:
-            c = c or tracking.client(f"sqlite:///{db}")
-            if any(max((m.step for m in c.get_metric_history(r.info.run_id, "val_loss")), default=0) >= 100
-                   for r in trial_runs(db, "cluster-check")):
-                break
-        except Exception:
-            pass
-        time.sleep(0.5)
-    else:
-        raise AssertionError(out.read_text()[-4000:] if out.exists() else "no job output")
+    wait_evaluated(db, "cluster-check", 100, out)  # mid-sweep
     subprocess.run(["scontrol", "requeue", job], env=env, check=True)  # what a preemption does
     state = wait_job(env, job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), out=out)
     log = out.read_text()
@@ -141,15 +144,7 @@ def test_a_time_limit_requeues_the_job_and_the_requeued_job_finishes_the_sweep(s
                        "cluster/slurm.sbatch", "sweeps/cluster-check.yaml", "--", "--storage", str(storage),
                        "--quiet", *sets], out)
     db = storage / "mlflow" / "mlflow.db"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # training under way: an evaluation is in
-        try:
-            c = tracking.client(f"sqlite:///{db}")
-            if any(c.get_metric_history(r.info.run_id, "val_loss") for r in trial_runs(db, "limit")):
-                break
-        except Exception:
-            pass
-        time.sleep(0.5)
+    wait_evaluated(db, "limit", 1, out)  # training under way: an evaluation is in
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], env=env, check=True)
     deadline = time.time() + 240
     while time.time() < deadline and int(job_state(env, job).get("Restarts", 0)) < 1:
@@ -243,16 +238,7 @@ def test_a_stop_by_sigint_is_graceful_without_a_requeue_and_the_same_sbatch_resu
     out = root / "cancel.out"
     job = sbatch(env, args, out)
     db = storage / "mlflow" / "mlflow.db"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            c = tracking.client(f"sqlite:///{db}")
-            if any(max((m.step for m in c.get_metric_history(r.info.run_id, "val_loss")), default=0) >= 100
-                   for r in trial_runs(db, "cancel")):
-                break
-        except Exception:
-            pass
-        time.sleep(0.5)
+    wait_evaluated(db, "cancel", 100, out)
     subprocess.run(["scancel", "--batch", "--signal=INT", job], env=env, check=True)
     state = wait_job(env, job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=180, out=out)
     log = out.read_text()
