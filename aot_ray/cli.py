@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=float, default=None,
                    help="flag a trial that saw its training split more times than this (default 20)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
+    p.add_argument("--reference", choices=("paper", "none"), default="paper",
+                   help="put the paper's values beside the cells whose setting matches one (default), or not")
     _parent(p)
     _sets(p)
     return ap
@@ -193,7 +195,7 @@ def _report(args: argparse.Namespace) -> int:
     if any(v <= 0 for v in overfit.values()):
         raise AotError("--overfit-rise and --max-epochs must be positive")
     options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots, "overfit": overfit,
-               "parent": args.parent}
+               "parent": args.parent, "reference": args.reference}
     if args.watch is not None:
         watch(uri, name, out_dir, args.watch, **options)
         return 0
@@ -201,7 +203,8 @@ def _report(args: argparse.Namespace) -> int:
     if not result["rows"] and not result["running"]:
         raise AotError(f"no finished runs for sweep {name!r} in {uri}")
     if args.json:
-        keep = ("pairs", "summary", "trends", "token_trends", "signs", "sequence_rows", "orphans")
+        keep = ("pairs", "summary", "trends", "token_trends", "across", "references", "signs", "sequence_rows",
+                "orphans")
         print(json.dumps(_json_safe({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
                                      if k != "orphans" else result[k] for k in keep}), indent=2, default=str,
                          allow_nan=False))

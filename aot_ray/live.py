@@ -45,16 +45,16 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None 
         def __getstate__(self) -> dict:  # Tune saves its callbacks with the experiment state
             return {**self.__dict__, "watcher": None, "pool": None, "running": None}
 
-        def _submit(self) -> Future:
+        def _submit(self, full: bool = False) -> Future:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(1, thread_name_prefix="aot-sign-refresh")
-            return self.pool.submit(self._refresh)
+            return self.pool.submit(self._refresh, full)
 
-        def _refresh(self) -> None:
+        def _refresh(self, full: bool) -> None:
             try:
                 if self.watcher is None:
                     self.watcher = signs.Watcher(Reader(uri, sweep, parent_run_id), stop, expected=expected)
-                self.watcher.refresh()
+                self.watcher.refresh(full)
             finally:
                 self.ended = time.monotonic()
 
@@ -74,10 +74,11 @@ def sign_callback(uri: str, sweep: str, every_s: float = 30.0, stop: Any | None 
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             # the sweep is over: the last refresh (after any in flight) is waited for, so the final looks and
-            # the sign metrics of the finished runs are in MLflow before the report reads them
+            # the sign metrics of the finished runs are in MLflow before the report reads them; it searches every
+            # run, whatever the clocks did
             if self.running is not None:
                 self.running.exception()
-            self.running = self._submit()
+            self.running = self._submit(full=True)
             self.running.exception()
             self._collect()
             if self.pool is not None:

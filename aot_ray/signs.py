@@ -27,6 +27,10 @@ from .tracking import STOP_AT
 
 # aot_sign_step: the look's step as a value, so one search tells how far each run's looks are logged
 SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds", "aot_sign_step")
+# how far before the last refresh the searches for what changed reach back: for trainers' clocks behind the driver's
+# (NTP keeps a cluster's within milliseconds); what a worse clock hides until its run's next evaluation or end, the
+# sweep's last refresh (`refresh(full=True)`, one search of every run) still sees
+MARGIN_S = 5.0
 DEFAULT = SignStopSpec()  # alpha and the start of the looks when the sweep does not stop on sign
 
 Curves = dict[str, "tuple[str, dict[int, float], dict[int, float]]"]  # pair_key -> (cell_key, fw, bw val loss)
@@ -170,8 +174,9 @@ class Watcher:
         self.floor: dict[str, int] = {}  # run_id -> every look up to this step is on the run
         self.last = {"runs": 0, "read": 0, "looks": 0, "failed": 0}  # the last refresh, in counts
         self.failed = 0
-        self.since: int | None = None  # epoch ms of the last refresh's start (None: none yet)
-        self.finished: dict[str, dict[str, Any]] = {}  # trial_id -> record of its FINISHED run
+        self.since: float | None = None  # epoch s of the last refresh's start (None: none yet)
+        self.margin_s = MARGIN_S
+        self.known: dict[str, dict[str, Any]] = {}  # trial_id -> the record of its newest run, as last read
 
     def _each(self, fn: Any, items: list) -> list:
         """fn over items on the threads; an item whose call fails gives None (and `self.failed` counts it): a read
@@ -190,28 +195,45 @@ class Watcher:
         with ThreadPoolExecutor(min(self.threads, len(items)), thread_name_prefix="aot-signs") as pool:
             return list(pool.map(safe, items))
 
-    def _records(self) -> list[dict[str, Any]]:
-        """The sweep's records, at the cost of what can change: a FINISHED run is final, so after the first
-        refresh only the RUNNING runs and those that ended since the last refresh are searched (two searches of
-        what runs now, however many have finished)."""
-        started = int(time.time() * 1000) - 5000  # a margin for clocks of the server and of this driver
-        if self.since is None or getattr(self.reader, "uri", None) is None:
-            recs = self.reader.records(include_running=True)
+    def _records(self, full: bool = False) -> list[dict[str, Any]]:
+        """The sweep's records, at the cost of what changed: after the first refresh (one search of every run),
+        two filtered searches return only the runs evaluated since the last refresh (the trainers' `eval_time`, a
+        cursor) and those that ended since (any status); every other run's record is the one kept from before.
+        Both searches reach back `MARGIN_S` before the last refresh, for clocks of the trainers, the server and
+        this driver that disagree; a run found again costs no history read unless its eval_step moved."""
+        started = time.time()
+        if full or self.since is None or getattr(self.reader, "uri", None) is None:
+            runs = None
+            self.known = {}
         else:
-            from .tracking import trial_runs as search
-
-            runs = [*search(self.reader.uri, self.reader.sweep, "RUNNING", self.reader.parent_run_id),
-                    *search(self.reader.uri, self.reader.sweep, "FINISHED", self.reader.parent_run_id,
-                            ended_after_ms=self.since)]
-            now = {r["trial_id"]: r for r in self.reader.records(include_running=True, runs=runs)}
-            recs = [*({k: v for k, v in self.finished.items() if k not in now}.values()), *now.values()]
-        self.finished = {r["trial_id"]: r for r in recs if r["finished"]}
+            runs = self._search_changed()
+            for r in runs:  # a run that failed or was killed since: its trial has no record now
+                held = self.known.get(r.data.tags.get("trial_id"))
+                if r.info.status not in ("RUNNING", "FINISHED") and held is not None and held["run_id"] == r.info.run_id:
+                    del self.known[r.data.tags.get("trial_id")]
+        for rec in self.reader.records(include_running=True, runs=runs):
+            held = self.known.get(rec["trial_id"])
+            if held is None or (rec.get("started_ms") or 0) >= (held.get("started_ms") or 0):  # the newest run
+                self.known[rec["trial_id"]] = rec
         self.since = started
-        return recs
+        return list(self.known.values())
 
-    def refresh(self) -> int:
+    def _search_changed(self) -> list:
+        """The runs evaluated or ended since `margin_s` before the last refresh, newest first."""
+        from .tracking import trial_runs as search
+
+        back = self.since - self.margin_s
+        runs = {r.info.run_id: r for r in (
+            *search(self.reader.uri, self.reader.sweep, None, self.reader.parent_run_id, evaluated_after_s=back),
+            *search(self.reader.uri, self.reader.sweep, None, self.reader.parent_run_id,
+                    ended_after_ms=int(back * 1000)))}
+        return sorted(runs.values(), key=lambda r: r.info.start_time or 0, reverse=True)
+
+    def refresh(self, full: bool = False) -> int:
+        """One look at the sweep: what changed since the last refresh (every run when `full`, and the first time).
+        Returns how many new looks were logged (counted per run)."""
         self.failed = 0
-        records = self._records()
+        records = self._records(full)
         changed = [r for r in records if self.marks.get(r["run_id"]) != _mark(r)]
         for r, curve in zip(changed, self._each(lambda r: dict(self.reader.curve(r)), changed)):
             if curve is not None:  # else read again next time

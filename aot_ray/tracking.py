@@ -169,9 +169,10 @@ def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
 
 
 def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None,
-               ended_after_ms: int | None = None) -> list:
-    """Child runs of the sweep's current parent run (or of `parent_run_id`), optionally by status and by an end
-    after `ended_after_ms` (epoch ms), newest first."""
+               ended_after_ms: int | None = None, evaluated_after_s: float | None = None) -> list:
+    """Child runs of the sweep's current parent run (or of `parent_run_id`), optionally by status, by an end
+    after `ended_after_ms` (epoch ms) and by an evaluation after `evaluated_after_s` (epoch s: the trainer's
+    `eval_time`), newest first."""
     exp_id = experiment_id(uri, sweep, create=False)
     if exp_id is None:
         return []
@@ -186,6 +187,8 @@ def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: s
         filt += f" and attributes.status = '{status}'"
     if ended_after_ms is not None:
         filt += f" and attributes.end_time > {int(ended_after_ms)}"
+    if evaluated_after_s is not None:
+        filt += f" and metrics.eval_time > {float(evaluated_after_s):.3f}"
     c = client(uri)
     out, token = [], None
     while True:

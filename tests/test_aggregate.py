@@ -144,10 +144,10 @@ def test_sequences_and_position_gaps_and_written_report(tmp_path):
     files = write_files(result, tmp_path, "sizes")
     names = {f.name for f in files}
     assert {"aot_pairs.csv", "aot_summary.csv", "aot_trends.csv", "aot_sign_tests.csv", "aot_sequential.csv",
-            "aot_position_gap.csv", "report.md", "delta_vs_n_params.png", "delta_vs_n_params.svg",
+            "aot_position_gap.csv", "report.md", "fig_delta_vs_size.png", "fig_delta_vs_size.svg",
             "curves_1.png", "position_gap.svg"} <= names
     md = (tmp_path / "report.md").read_text()
-    assert "## Trends" in md and "![delta_vs_n_params](delta_vs_n_params.png)" in md
+    assert "## Trends" in md and "![fig_delta_vs_size](fig_delta_vs_size.png)" in md
     assert "undetermined (1 seed)" in md and "forward easier" not in md.split("How to read it:")[1].split("##")[1]
     text = render(result)
     assert "Trends" in text and "0 of 4 cells have a stated sign" in text and "How to read it:" in text

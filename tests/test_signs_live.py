@@ -1,6 +1,7 @@
 """signs.Watcher against a real MLflow store (SQLite): what a refresh reads follows what changed. After the
-first refresh it searches only running runs and those that ended since; a run that finished in between is
-picked up, one killed drops out, and a run without a new evaluation is not read again."""
+first refresh it searches only the runs evaluated since (the trainers' `eval_time`) and those that ended since; a
+running run with a new evaluation and one that finished in between are picked up, one killed drops out, and a run
+without a new evaluation is neither searched nor read again."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_a_watcher_reads_what_changed(tmp_path):
         for t in trials:
             if t.trial_id in ids:
                 tr = trackers[t.trial_id]
-                tr.log_metrics({"val_loss": 1.0 + 0.01 * rng.standard_normal(), "eval_step": step}, step=step)
+                tr.log_metrics({"val_loss": 1.0 + 0.01 * rng.standard_normal(), "eval_step": step,
+                                "eval_time": time.time()}, step=step)
                 tr.flush()
 
     for tr in trackers.values():
@@ -40,6 +42,12 @@ def test_a_watcher_reads_what_changed(tmp_path):
     assert w.last["runs"] == 6 and w.last["read"] == 6 and w.last["looks"] == 6  # one look on all six runs
     w.refresh()
     assert w.last["read"] == 0 and w.last["looks"] == 0  # nothing changed: nothing read, nothing written
+    w.margin_s = 0.0  # clocks that agree (one machine): the evaluations at step 10 are before the last refresh
+    assert w._search_changed() == []  # no run evaluated or ended since: the searches return nothing
+    evaluate({trials[2].trial_id}, 20)  # running, with a new evaluation
+    assert [r.data.tags["trial_id"] for r in w._search_changed()] == [trials[2].trial_id]
+    w.refresh()
+    assert w.last["runs"] == 6 and w.last["read"] == 1
     first = trials[0].trial_id
     evaluate({first}, 20)
     time.sleep(0.05)

@@ -40,6 +40,8 @@ def record_of(run: Any) -> dict[str, Any]:
         "trial_id": tags.get("trial_id"),
         "run_id": run.info.run_id,
         "status": run.info.status,
+        "started_ms": run.info.start_time,
+        "artifact_uri": run.info.artifact_uri,
         **{k: tags.get(k) for k in ("pair_key", "cell_key", "direction", "dataset", "language", "model")},
         "arch": tags.get("arch") or arch_of(tags.get("model", "")),
         "context_length": int(tags.get("context_length", 0)),
@@ -56,6 +58,9 @@ def record_of(run: Any) -> dict[str, Any]:
         "stop_at": int(tags[STOP_AT]) if STOP_AT in tags else None,
         # what tells a live refresh that the run has a new evaluation, without reading its history
         "eval_step": int(metrics["eval_step"]) if "eval_step" in metrics else None,
+        # both are logged at each evaluation: their latest values give the (constant) training tokens per step
+        "tokens_per_step": (metrics["tokens"] / metrics["eval_step"]
+                            if metrics.get("eval_step") and "tokens" in metrics else None),
         "signed": "aot_sign" in metrics,  # the sign test was logged on it before (by this or an earlier driver)
         # the step of the latest look logged on it: every look up to there is on the run (one batch per write)
         "signed_to": int(metrics["aot_sign_step"]) if "aot_sign_step" in metrics else None,
@@ -102,7 +107,7 @@ class Reader:
         for r in recs:
             if r["finished"]:  # what a running trial holds changes: read where it is used
                 jobs += [lambda r=r: self.curve(r), lambda r=r: self.windows(r), lambda r=r: self.positions(r)]
-                if r["direction"] == "forward":  # the report's tokens per step come from the forward side
+                if r["direction"] == "forward" and r.get("tokens_per_step") is None:  # older runs: from the curve
                     jobs.append(lambda r=r: self.curve(r, "tokens"))
         with ThreadPoolExecutor(self.threads, thread_name_prefix="aot-report-read") as pool:
             for f in [pool.submit(j) for j in jobs]:
@@ -130,29 +135,38 @@ class Reader:
         self._cache[key] = value
         return value
 
-    def _download(self, run_id: str, path: str) -> Any:
+    def _download(self, rec: dict[str, Any], path: str) -> Any:
+        """One artifact as JSON. With the run's artifact URI (from the search) it costs a listing and a download:
+        by run id, MLflow would first read the run again to learn where its artifacts are."""
+        from mlflow.artifacts import download_artifacts
+
+        dst = tempfile.mkdtemp(dir=self._tmp.name)
         try:
-            local = self.client.download_artifacts(run_id, path, tempfile.mkdtemp(dir=self._tmp.name))
+            if rec.get("artifact_uri"):
+                local = download_artifacts(artifact_uri=f"{rec['artifact_uri'].rstrip('/')}/{path}", dst_path=dst,
+                                           tracking_uri=self.uri)
+            else:
+                local = self.client.download_artifacts(rec["run_id"], path, dst)
         except Exception:
             return None
         return json.loads(Path(local).read_text())
 
-    def _json(self, run_id: str, path: str, stable: bool) -> Any:
+    def _json(self, rec: dict[str, Any], path: str, stable: bool) -> Any:
         if stable:
-            return self._stable(run_id, path, lambda: self._download(run_id, path))
-        return self._download(run_id, path)
+            return self._stable(rec["run_id"], path, lambda: self._download(rec, path))
+        return self._download(rec, path)
 
     def windows(self, rec: dict[str, Any]) -> np.ndarray | None:
         """Final per-window validation losses of a finished trial."""
         if not rec["finished"]:
             return None
-        d = self._json(rec["run_id"], "eval/per_window.json", stable=True)
+        d = self._json(rec, "eval/per_window.json", stable=True)
         return None if d is None else np.asarray(d["loss"], dtype=float)
 
     def positions(self, rec: dict[str, Any]) -> np.ndarray | None:
         if not rec["finished"]:
             return None
-        d = self._json(rec["run_id"], "eval/per_position.json", stable=True)
+        d = self._json(rec, "eval/per_position.json", stable=True)
         return None if d is None else np.asarray(d["loss"], dtype=float)
 
     def window_history(self, rec: dict[str, Any]) -> dict[int, np.ndarray]:
@@ -165,7 +179,7 @@ class Reader:
         for f in files:
             m = STEP_FILE.search(f.path)
             if m:
-                d = self._json(rec["run_id"], f.path, stable=True)  # a written evaluation never changes
+                d = self._json(rec, f.path, stable=True)  # a written evaluation never changes
                 if d is not None:
                     out[int(m.group(1))] = np.asarray(d["loss"], dtype=float)
         return out

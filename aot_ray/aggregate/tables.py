@@ -23,9 +23,10 @@ PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "arch", "model", 
                 "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at",
                 "overfit"]
 SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_length", "n_seeds", "n_params",
-                   "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "direction", "delta_std",
+                   "compute", "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "direction", "delta_std",
                    "delta_min", "delta_max", "null_control", "null_delta", "null_lo", "null_hi"]
-TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value"]
+TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value", "crossing",
+                 "crossing_from", "crossing_to"]
 SIGN_COLUMNS = ["group", "positive", "negative", "p_value"]
 SEQUENCE_COLUMNS = ["cell_key", "look", "step", "n", "delta", "lo", "hi", "sign", "established_at"]  # see signs.py
 DESCRIBE = ("dataset", "language", "arch", "model", "context_length")  # what names a cell, with the axes
@@ -111,6 +112,9 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
             "delta_lo": lo,
             "delta_hi": hi,
             "direction": direction(lo, hi, len(ps)),
+            # training compute, 6 N D (N parameters, D training tokens): the scaling axis beside size
+            "compute": (6.0 * ps[0]["n_params"] * ps[0]["tokens"] if ps[0].get("n_params") and ps[0].get("tokens")
+                        else None),
             "delta_std": statistics.stdev(ds) if len(ds) > 1 else float("nan"),
             "delta_min": min(ds),
             "delta_max": max(ds),
@@ -140,7 +144,7 @@ def _is_replicate(axis: str) -> bool:
 
 def trend_axes(cells: list[dict[str, Any]]) -> list[str]:
     """Numeric axes that vary across cells: n_params (model size), context_length, and dotted overrides."""
-    names = ["n_params", "context_length"] + sorted({k for c in cells for k in c["axes"] if "." in k})
+    names = ["n_params", "compute", "context_length"] + sorted({k for c in cells for k in c["axes"] if "." in k})
     out = []
     for name in names:
         if _is_replicate(name):
@@ -156,7 +160,7 @@ def _x(cell: dict[str, Any], axis: str) -> Any:
 
 
 def _group_key(cell: dict[str, Any], axis: str) -> tuple:
-    skip = {axis, "model"} if axis == "n_params" else {axis}
+    skip = {axis, "model"} if axis in ("n_params", "compute") else {axis}
     fixed = [(k, cell.get(k)) for k in DESCRIBE if k not in skip and cell.get(k) is not None]
     fixed += sorted((k, v) for k, v in cell["axes"].items()
                     if k not in skip and k not in ("model", "context_length", "dataset", "language")
@@ -179,10 +183,28 @@ def trends(cells: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, An
                 continue
             log = all(x > 0 for x in xs)
             t = stats.fit_trend(xs, [c["delta_mean"] for c in cs], conf=conf, log_x=log)
+            points = sorted(zip(xs, (c["delta_mean"] for c in cs)))
             out.append({"x": axis, "scale": "log10" if log else "linear",
                         "group": " ".join(f"{k}={v}" for k, v in key), "n": t.n, "slope": t.slope,
                         "slope_lo": t.slope_lo, "slope_hi": t.slope_hi, "intercept": t.intercept, "r2": t.r2,
-                        "p_value": t.p_value, "points": sorted(zip(xs, (c["delta_mean"] for c in cs)))})
+                        "p_value": t.p_value, **crossing(points, t, log), "points": points})
+    return out
+
+
+def crossing(points: list[tuple[float, float]], fit: stats.Trend, log: bool) -> dict[str, Any]:
+    """Where the sign of delta changes along the axis, when the data show a change: the observed neighbours
+    it lies between (crossing_from -> crossing_to, the first change in x order) and where the fitted line
+    crosses zero (crossing; NaN when the fit is flat or crosses outside the observed range)."""
+    none = {"crossing": float("nan"), "crossing_from": None, "crossing_to": None}
+    change = next(((a, b) for a, b in zip(points, points[1:]) if a[1] * b[1] < 0), None)
+    if change is None:
+        return none
+    out = {**none, "crossing_from": change[0][0], "crossing_to": change[1][0]}
+    if fit.slope and fit.slope == fit.slope:
+        at = -fit.intercept / fit.slope
+        x = 10 ** at if log else at
+        if points[0][0] <= x <= points[-1][0]:
+            out["crossing"] = float(x)
     return out
 
 
@@ -205,11 +227,12 @@ def token_trends(curves: dict[str, tuple[list[tuple[int, float]], list[tuple[int
 
 
 def sign_tests(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per language (or per dataset when there is no language axis): how many pairs have delta > 0 and < 0,
-    and the exact binomial p-value of that split."""
+    """Per cell, over its seeds (the within-cell level; across languages and other categorical axes see
+    `levels.across`): how many of its pairs have delta > 0 and < 0, and the exact binomial p-value of that split.
+    Pooling a language's cells of different sizes or contexts here would count conditions as replicates."""
     groups: dict[str, list[float]] = defaultdict(list)
     for p in pairs:
-        groups[p.get("language") or p["dataset"]].append(p["delta"])
+        groups[p["cell_key"]].append(p["delta"])
     out = []
     for g, ds in sorted(groups.items()):
         t = stats.sign_test(ds)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import signs
-from . import tables
+from . import levels, tables
 
 
 def fmt(v: Any) -> str:
@@ -56,6 +56,10 @@ def reading(conf: int, alpha: float) -> list[str]:
         "  interval excludes 0; with one seed, or an interval that contains 0, it is `undetermined`.",
         f"- The sequential test (alpha {alpha:g}) states a cell's sign during training from its seeds; once stated,",
         "  it is wrong (or stated for a cell with no arrow) with probability below alpha, however often it is read.",
+        "- Levels: every claim names what replicates it. Over seeds, within a cell (above); across the cells of a",
+        "  categorical axis (languages, datasets, architectures), each cell counted once with its mean over seeds: a",
+        "  sign test and an interval over the cells; along a numeric axis (size, compute, context): the trend over",
+        "  cell means. A one-seed sweep has no replication within a cell: its claims rest on the other two.",
         "- overfit: the pair's delta was measured on a model whose validation loss rose from its best, or that saw",
         "  its training split many times; it then measures generalisation more than the arrow of a trained model.",
         "- null control: a cell with no arrow by construction (linear, A = I): its delta is the noise floor of the",
@@ -93,6 +97,22 @@ def _cell_columns(result: dict[str, Any], means: bool = False) -> list[str]:
             *(["L_fw_mean", "L_bw_mean"] if means else []), "delta_mean", "delta_lo", "delta_hi", "direction", *null]
 
 
+def level_lines(result: dict[str, Any]) -> list[str]:
+    """What each claim rests on, one statement per line, each naming its level."""
+    out = []
+    within = levels.within_statement(result["summary"])
+    if within:
+        out.append(within)
+    out += [a["statement"] for a in result.get("across", [])]
+    out += [levels.trend_statement(t) for t in result["trends"]]
+    return out
+
+
+def sign_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-cell sign test over seeds, without cells of a single pair (no replication to test)."""
+    return [r for r in result["signs"] if r["positive"] + r["negative"] >= 2]
+
+
 def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
     conf = int(result["conf"] * 100)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -104,6 +124,13 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
                else []),
              *reading(conf, result["alpha"]), ""]
     if result["pairs"]:
+        parts += ["## Replication: what each claim rests on", "",
+                  *[f"- {line}" for line in level_lines(result)], ""]
+        if result.get("references"):
+            parts += ["## The paper's numbers beside ours", "",
+                      *[f"- {r['statement']}" for r in result["references"]], "",
+                      "Paper values were read off its figures (aot_ray/aggregate/paper.yaml names each source); "
+                      "`report --reference none` leaves this out.", ""]
         parts += ["## Pairs", "", f"[delta_lo, delta_hi]: {conf}% over this pair's validation windows (paired "
                   "bootstrap); it decides no direction.", "",
                   markdown_table(tables.flat(result["pairs"]), _pair_columns(result)), ""]
@@ -116,9 +143,14 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
                   "and are not independent: that interval is descriptive.", "",
                   markdown_table(result["trends"] + result["token_trends"], tables.TREND_COLUMNS), ""]
     if result["signs"]:
-        parts += ["## Sign test", "", "Pairs (each one seed of one cell: seeds are the replication) with delta > 0 "
-                  "and < 0 per language (or dataset), exact two-sided binomial p-value.", "",
-                  markdown_table(result["signs"], tables.SIGN_COLUMNS), ""]
+        note = levels.within_sign_note(result["signs"])
+        parts += ["## Sign test within a cell, over seeds", "", "Pairs (each one seed of the cell: seeds are the "
+                  "replication) with delta > 0 and < 0, exact two-sided binomial p-value. Across languages and other "
+                  "cells, see Replication above.", ""]
+        if sign_rows(result):
+            parts += [markdown_table(sign_rows(result), tables.SIGN_COLUMNS), ""]
+        if note:
+            parts += [note + ".", ""]
     if result["sequences"]:
         parts += ["## Sign during training (sequential test over seeds)", "", f"Per cell, at level alpha = "
                   f"{result['alpha']} over all its looks (alpha spent as 6 alpha / (pi^2 k^2) at look k, a t interval "
@@ -166,6 +198,10 @@ def render(result: dict[str, Any]) -> str:
         parts.append(format_table(tables.flat(result["pairs"]), _pair_columns(result)))
         parts += ["", f"Mean over seeds ([lo, hi] {conf}% over seeds; direction only where it excludes 0)"]
         parts.append(format_table(tables.flat(result["summary"]), _cell_columns(result, means=True)))
+        parts += ["", "Replication (what each claim rests on):", *[f"  {line}" for line in level_lines(result)]]
+        if result.get("references"):
+            parts += ["", "The paper's numbers beside ours (read off its figures; --reference none to leave out):",
+                      *[f"  {r['statement']}" for r in result["references"]]]
         if result["trends"]:
             parts += ["", "Trends (slope of delta per 10x, or per unit when linear)"]
             parts.append(format_table(result["trends"], ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi",
@@ -174,9 +210,11 @@ def render(result: dict[str, Any]) -> str:
             parts += ["", f"{len(result['stopped'])} pair(s) stopped once their cell's sign was established, "
                           "compared at that step: " + ", ".join(f"{k} at {v}" for k, v in
                                                                 sorted(result["stopped"].items()))]
-        if len(result["pairs"]) > 1:
-            parts += ["", "Sign test (unit: a pair, i.e. one seed of a cell)"]
-            parts.append(format_table(result["signs"], tables.SIGN_COLUMNS))
+        if sign_rows(result):
+            parts += ["", "Sign test within a cell, over seeds (unit: a pair, i.e. one seed of the cell)"]
+            parts.append(format_table(sign_rows(result), tables.SIGN_COLUMNS))
+        if levels.within_sign_note(result["signs"]):
+            parts += ["", levels.within_sign_note(result["signs"])]
     else:
         parts.append("no finished forward/backward pair yet")
     if result.get("sequences"):

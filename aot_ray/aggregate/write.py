@@ -13,16 +13,18 @@ from typing import Any, Callable
 from .. import signs
 from ..store import store_writable
 from ..tracking import chosen_parent, sign_rule
-from . import plots, tables
+from . import figures, levels, plots, tables
+from . import reference as reference_
 from .read import Reader
 from .text import markdown, parent_info, render, to_csv
 
 
 def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: int = 2000,
-          after: float = signs.DEFAULT.after, overfit: dict[str, float] | None = None) -> dict[str, Any]:
+          after: float = signs.DEFAULT.after, overfit: dict[str, float] | None = None,
+          reference: str = "paper") -> dict[str, Any]:
     """Everything the report holds, from one read of the sweep. `alpha` and `after` set the sequential sign
     test over seeds (looks from `after` x train.steps on); `overfit` the limits of `tables.overfit_note`
-    (rise, max_epochs)."""
+    (rise, max_epochs); `reference` "paper" puts the paper's values beside matching cells, "none" does not."""
     recs = reader.records(include_running=True)
     reader.prefetch(recs)  # every per-run read below, on threads, at once
     finished = [r for r in recs if r["finished"]]
@@ -37,22 +39,24 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     for p in pairs:
         fw, bw = by_id[p["fw_trial"]], by_id[p["bw_trial"]]
         curve_of[fw["trial_id"]], curve_of[bw["trial_id"]] = reader.curve(fw), reader.curve(bw)
-        toks = reader.curve(fw, "tokens")
-        if toks and toks[-1][0] > 0:
-            token_curves[p["pair_key"]] = (curve_of[fw["trial_id"]], curve_of[bw["trial_id"]],
-                                           toks[-1][1] / toks[-1][0])
+        per_step = tokens_per_step(reader, fw)
+        if per_step:
+            token_curves[p["pair_key"]] = (curve_of[fw["trial_id"]], curve_of[bw["trial_id"]], per_step)
     tables.flag_overfit(pairs, curve_of, {r["trial_id"]: r.get("epochs") for r in finished}, **(overfit or {}))
     # final per-position losses of a stopped pair come from different steps: not comparable
     positions = {r["trial_id"]: pos for r in finished
                  if r["pair_key"] not in stopped and (pos := reader.positions(r)) is not None}
     sequences, sign_cells = signs.evaluate(reader, recs, alpha, after)
+    trends = tables.trends(cells, conf)
     return {
         "rows": finished,
         "running": [r for r in recs if not r["finished"]],
         "pairs": pairs,
         "orphans": orphans,
         "summary": cells,
-        "trends": tables.trends(cells, conf),
+        "trends": trends,
+        "across": levels.across(cells, conf, alpha),
+        "references": reference_.compare(cells, pairs, trends, reference_.load() if reference == "paper" else None),
         "token_trends": tables.token_trends(token_curves, conf),
         "signs": tables.sign_tests(pairs),
         "position_gaps": tables.position_gaps(pairs, positions),
@@ -64,6 +68,15 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "alpha": alpha,
         "stopped": stopped,
     }
+
+
+def tokens_per_step(reader: Reader, rec: dict[str, Any]) -> float | None:
+    """Training tokens per step of a run, from the search (`read.record_of`); on runs of versions without
+    eval_step, from its tokens curve."""
+    if rec.get("tokens_per_step"):
+        return rec["tokens_per_step"]
+    toks = reader.curve(rec, "tokens")
+    return toks[-1][1] / toks[-1][0] if toks and toks[-1][0] > 0 else None
 
 
 def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[str, Any]) -> dict[str, int]:
@@ -98,7 +111,12 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
         "aot_trends.csv": (result["trends"] + result["token_trends"], tables.TREND_COLUMNS),
         "aot_sign_tests.csv": (result["signs"], tables.SIGN_COLUMNS),
         "aot_sequential.csv": (result["sequence_rows"], tables.SEQUENCE_COLUMNS),
+        "aot_levels.csv": ([{**a, "levels": " ".join(a["levels"]),
+                             "seeds_per_cell": " ".join(map(str, a["seeds_per_cell"]))} for a in result.get("across", [])],
+                           levels.LEVEL_COLUMNS + ["levels"]),
     }
+    if result.get("references"):
+        tables_["aot_reference.csv"] = (result["references"], reference_.REFERENCE_COLUMNS)
     files = []
     for name, (rows, cols) in tables_.items():
         (out / name).write_text(to_csv(rows, cols))
@@ -112,7 +130,11 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
         files.append(out / "aot_position_gap.csv")
     images: list[Path] = []
     if with_plots and result["pairs"]:
-        for axis in sorted({t["x"] for t in result["trends"]}):
+        drawn = figures.paper_figures(result, out)  # the paper's figures where the design matches one
+        result["figures"] = {f.name: f.points for f in drawn}
+        images += [p for f in drawn for p in f.files]
+        covered = {"n_params", "context_length"} & {t["x"] for t in result["trends"]} if drawn else set()
+        for axis in sorted({t["x"] for t in result["trends"]} - covered):
             images += plots.delta_vs_axis(result["summary"], result["trends"], axis, out)
         images += plots.curves(result["pairs"], result["curves"], out)
         images += plots.position_gaps(result["summary"], result["position_gaps"], out)
@@ -127,7 +149,8 @@ def _columns(base: list[str], rows: list[dict[str, Any]]) -> list[str]:
 
 def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_parent: bool = True, *,
            conf: float = 0.95, alpha: float | None = None, with_plots: bool = True, reader: Reader | None = None,
-           overfit: dict[str, float] | None = None, parent: str | None = None) -> dict[str, Any]:
+           overfit: dict[str, float] | None = None, parent: str | None = None,
+           reference: str = "paper") -> dict[str, Any]:
     """Read the sweep, write the report files under `out_dir` (and attach them to the parent run under
     `report/`), log the sequential sign test on the trial runs; returns the tables. The sign test is the one
     the sweep ran with (its alpha and start, recorded on the parent run); `alpha` overrides its level.
@@ -138,7 +161,8 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
     reader = reader or Reader(uri, sweep, chosen.info.run_id if chosen is not None else None)
     try:
         rule = (sign_rule(chosen) if chosen is not None else None) or (signs.DEFAULT.alpha, signs.DEFAULT.after)
-        result = build(reader, conf=conf, alpha=alpha or rule[0], after=rule[1], overfit=overfit)
+        result = build(reader, conf=conf, alpha=alpha or rule[0], after=rule[1], overfit=overfit,
+                       reference=reference)
         result["parent"] = None if chosen is None else parent_info(chosen)
         result["other_parents"] = [parent_info(r) for r in others]
         result["notes"] = []

@@ -320,8 +320,10 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     metrics = {"step": step, "tokens": step * r.tokens_per_step, "val_loss": loss, "train_loss": prog.last_train}
     # epochs: how many times the training split was seen (the report flags a model trained past it)
     # eval_step: the step of the latest evaluation, which one search of the sweep's runs returns for all of them
-    # (the live sign test reads the histories of only the runs whose eval_step moved)
+    # (the live sign test reads the histories of only the runs whose eval_step moved); eval_time: when, in epoch
+    # seconds, so that one filtered search finds the runs evaluated since the last refresh (a cursor)
     r.tracker.log_metrics({"val_loss": loss, "tokens": step * r.tokens_per_step, "eval_step": step,
+                           "eval_time": time.time(),
                            "epochs": step * r.global_batch / len(r.train_w)}, step=step)
     # per-window losses at every evaluation: the report pairs them for intervals and the sign test
     r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist()}, f"eval/windows/step-{step:08d}.json")
