@@ -7,6 +7,9 @@ SYLLABLES = {
     "en": ["the", "an", "ing", "tion", "er", "st", "ow", "ar", "is", "on", "ly", "and"],
     "fr": ["le", "la", "ent", "ion", "eau", "oi", "que", "des", "ais", "ou", "ne", "et"],
     "de": ["der", "die", "ung", "sch", "ein", "ich", "en", "zu", "st", "au", "ge", "und"],
+    "fi": ["ja", "en", "ssa", "lla", "kin", "tta", "oi", "uu", "ka", "mi", "nen", "ei"],
+    "tr": ["bir", "ve", "lar", "ler", "dir", "yor", "cak", "in", "da", "mak", "si", "ko"],
+    "id": ["yang", "dan", "di", "ke", "kan", "nya", "ber", "me", "an", "ini", "itu", "ada"],
 }
 
 

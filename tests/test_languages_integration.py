@@ -53,6 +53,38 @@ def test_languages_local_prepares_each_corpus_once(tmp_path, ray_local):
     assert {p["language"] for p in second.report["pairs"]} == {"en", "fr"} and len(second.report["pairs"]) == 4
 
 
+def test_one_seed_per_language_the_report_rests_on_the_languages(tmp_path, ray_local, capsys):
+    """The paper's design (one seed per language) run for real on small local text: the report states its claim
+    over the languages (sign test and interval over them), never within a language, and draws delta per
+    language with one point each."""
+    langs = ["en", "fr", "de", "fi", "tr", "id"]
+    for lang in langs:
+        write_text(tmp_path / "corpora" / f"{lang}.txt", docs(lang, 300))
+    spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", [
+        f"data.local.paths=['{tmp_path}/corpora/{{lang}}.txt']", "data.local.tokenizer.vocab_size=300",
+        "data.local.val_fraction=0.1", f"grid.language=[{', '.join(langs)}]", "grid.model=[tiny]",
+        "grid.context_length=[32]", "defaults.train={steps: 40, batch_size: 8, eval_every: 20, checkpoint_every: 40}",
+        "defaults.optim.warmup_steps=4", "defaults.resources.cpu=1",
+    ])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    res = sweep.run(spec, text, uri=uri, storage=str(tmp_path / "results"), verbose=0, say=lambda _: None)
+    assert len(res.ran) == 12 and not res.failed
+    from aot_ray.aggregate import report
+    from aot_ray.aggregate.text import render
+
+    rep = report(uri, spec.name, tmp_path / "report")
+    [row] = rep["across"]
+    assert row["axis"] == "language" and row["n"] == 6 and row["positive"] + row["negative"] == 6
+    assert row["seeds_per_cell"] == [1]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "over 6 languages" in md and "one seed per language: each language is one pair" in md
+    assert "within a cell: one seed each" in md
+    assert "one seed in 6 of 6 cells: no sign test over seeds there" in md
+    assert rep["figures"]["delta_by_language"] == 6
+    assert rep["references"] == []  # local text: no paper value matches
+    print(render(rep))  # shown with -s (the closing note quotes it)
+
+
 def test_corpus_error_in_a_ray_task_is_one_line_before_any_trial(tmp_path, ray_local):
     from aot_ray.errors import DataError
 

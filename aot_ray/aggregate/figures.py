@@ -83,7 +83,7 @@ def by_language(cells: list[dict[str, Any]], pairs: list[dict[str, Any]], across
     ax.set_ylabel("delta = (L_bw - L_fw) / mean  (%)")
     ax.set_title(f"Arrow of Time per language (> 0: forward easier)\nintervals: {_interval_label(overs)}",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     return [Figure(name="delta_by_language", files=_save(fig, out, "fig_delta_by_language"), points=n)]
 
 
@@ -220,9 +220,9 @@ def architectures(cells: list[dict[str, Any]], pairs: list[dict[str, Any]], out:
             ys = np.array([g[0] for g in got]) * PERCENT
             lo, hi = np.array([g[1] for g in got]) * PERCENT, np.array([g[2] for g in got]) * PERCENT
             ax.bar(xs, ys, width, yerr=_err(ys, lo, hi), capsize=3, label=ARCH_NAME.get(a, a))
-            for x, c in zip(xs, mine):
-                ax.annotate(_params(c["n_params"]), (x, 0), textcoords="offset points", xytext=(0, -12),
-                            ha="center", fontsize=6)
+            for x, y, c in zip(xs, ys, mine):  # each bar's size above it (below, for a negative bar)
+                ax.annotate(_params(c["n_params"]), (x, y), textcoords="offset points",
+                            xytext=(0, 3 if y >= 0 else -9), ha="center", fontsize=6)
             n += len(mine)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(tiers), [f"size {i + 1}" for i in range(tiers)])
