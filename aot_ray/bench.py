@@ -30,10 +30,12 @@ import torch.nn.functional as F
 
 from . import seeds
 from .data.prepare import Prepared, prepare
+from .data.tokenfile import dtype_for
 from .memory import micro_batches, predict_trial
 from .models import build_model
 from .spec import expand, parse_sweep
 from .train import MemoryTracker, train
+from .train.loop import autocast_for, scaler_for
 from .train.mfu import flops_per_token
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
@@ -61,7 +63,7 @@ def bench_trial(preset: str, context: int, batch: int, steps: int, device: str, 
 
 def random_data(vocab: int, tokens: int, root: str) -> Prepared:
     rng = np.random.default_rng(0)
-    dtype = np.uint16 if vocab <= 65535 else np.uint32
+    dtype = dtype_for(vocab)  # the token files' own rule
     train_t = rng.integers(1, vocab, tokens, dtype=np.int64).astype(dtype)
     val_t = rng.integers(1, vocab, tokens // 50, dtype=np.int64).astype(dtype)
     return Prepared(path=Path(root), train=train_t, val=val_t, vocab_size=vocab, bos_id=0, manifest={})
@@ -86,17 +88,18 @@ def plain_loop(trial, data, device: torch.device, micro: int, compiled: bool = F
         x = torch.cat([torch.zeros(micro, 1, dtype=torch.long), w[:, :-1]], dim=1)
         return x.to(device, non_blocking=True), w.to(device, non_blocking=True)
 
+    # the trainer's precision rule (aot_ray.precision): bf16, or fp16 with loss scaling where the GPU has no bf16
+    autocast, scaler = autocast_for(trial, device), scaler_for(trial, device)
+
     def step():
         for _ in range(passes):
             x, y = batch()
-            if cuda:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = fwd(input_ids=x).logits
-            else:
+            with autocast():
                 logits = fwd(input_ids=x).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / passes).backward()
-        opt.step()
+            scaler.scale(loss / passes).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         return loss
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import AotError
 from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
@@ -170,6 +171,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_versions(spec: Any) -> dict[str, str] | None:
+    """trial id -> the hash of the data it would read now, so the report leaves out runs of changed data; None
+    where the corpora cannot be read here (the report then takes every finished run as current)."""
+    from .planning import data_hashes
+    from .spec import expand
+
+    try:
+        return data_hashes(expand(spec))
+    except Exception:
+        return None
+
+
 def _report(args: argparse.Namespace) -> int:
     from .aggregate import render, report, watch
 
@@ -181,9 +194,11 @@ def _report(args: argparse.Namespace) -> int:
         spec = load_sweep(args.sweep, args.sets)
         name, uri = spec.name, resolve_uri(args.tracking_uri, spec.run.tracking_uri)
         storage = resolve_storage(args.storage, spec)
+        versions = _data_versions(spec)
     else:
         name, uri = args.sweep, resolve_uri(args.tracking_uri)
         storage = str(Path(args.storage or "aot_results").resolve())
+        versions = None  # by name only: the data of now is not known here
     if not store_exists(uri):
         raise AotError(f"no MLflow database at {sqlite_path(uri)}; run the sweep first or pass --tracking-uri")
     check_reachable(uri, write=False)  # a read-only store is read; what cannot be written is said
@@ -195,7 +210,7 @@ def _report(args: argparse.Namespace) -> int:
     if any(v <= 0 for v in overfit.values()):
         raise AotError("--overfit-rise and --max-epochs must be positive")
     options = {"conf": args.conf, "alpha": args.alpha, "with_plots": not args.no_plots, "overfit": overfit,
-               "parent": args.parent, "reference": args.reference}
+               "parent": args.parent, "reference": args.reference, "versions": versions}
     if args.watch is not None:
         watch(uri, name, out_dir, args.watch, **options)
         return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import precision
 from .models import RECURRENT, Shape, count_params, resolve_shape
 
 if TYPE_CHECKING:
@@ -130,9 +131,9 @@ def fitting_micro_batch(shape: Shape, vocab: int, context: int, per_worker_batch
 
 
 def uses_bf16(trial: "TrialSpec", backend: str = "cuda") -> bool:
-    """bf16 autocast as the trainer picks it on that backend (`auto` means bf16 on a GPU)."""
-    p = trial.train.precision
-    return p == "bf16" or (p == "auto" and backend == "cuda")
+    """16-bit autocast as the trainer picks it on that backend (`aot_ray.precision`: bf16, or fp16 where the
+    GPU has no bf16; the same bytes either way), which the saved-tensor sizes below assume."""
+    return precision.half(trial.train.precision, backend)
 
 
 def micro_batches(trial: "TrialSpec", vocab: int, *, workers: int | None = None, budget: int | None = None,

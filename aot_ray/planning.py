@@ -13,7 +13,7 @@ from .errors import DataError, DiskFull, TrackingError
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand, lr_search_trials
 from .store import check_reachable, client, store_exists
-from .tracking import ERROR, finished_trial_ids, trial_runs
+from .tracking import ERROR, finished_trial_ids, stale_trial_runs, trial_runs
 
 def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
     raw = flag or spec.run.storage or "aot_results"
@@ -152,15 +152,18 @@ def distinct_datasets(trials: list[TrialSpec], hashes: dict[str, str]) -> dict[s
     return out
 
 
-def done_trials(uri: str, sweep: str) -> tuple[set[str], str | None]:
-    """Finished trial ids, without creating a store that does not exist yet; (ids, note if unknown)."""
+def done_trials(uri: str, sweep: str, versions: dict[str, str] | None = None
+                ) -> tuple[set[str], set[str], str | None]:
+    """(finished trial ids on the data of now, finished ones whose data changed since they ran, a note if the
+    store cannot be read), without creating a store that does not exist yet."""
     if not store_exists(uri):
-        return set(), None
+        return set(), set(), None
     try:
         check_reachable(uri)
-        return finished_trial_ids(uri, sweep), None
+        stale = {r.data.tags.get("trial_id") for r in stale_trial_runs(uri, sweep, versions or {})}
+        return finished_trial_ids(uri, sweep, versions=versions or {}), stale, None
     except (TrackingError, Exception) as e:  # planning must work offline: say so instead of failing
-        return set(), f"tracking store not readable ({str(e).splitlines()[0]}); status unknown"
+        return set(), set(), f"tracking store not readable ({str(e).splitlines()[0]}); status unknown"
 
 
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
@@ -182,7 +185,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             spec = with_learning_rates(spec, lr_found)
     trials = expand(spec)
     hashes = data_hashes(trials)
-    done, note = done_trials(uri, spec.name)
+    done, stale, note = done_trials(uri, spec.name, hashes)
     checks = memory_checks(trials, spec.run)
     manifests = _local_manifests(trials, hashes, storage)
     rows = []
@@ -192,7 +195,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
             "dataset": t.dataset, "language": t.language, "model": t.model.preset,
             "context_length": t.context_length, "seed": t.seed, "axes": dict(t.axes),
-            "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "pending",
+            "resources": resources_of(t), **trial_cost(t, spec.run.gpu_tflops), "status": "done" if t.trial_id in done else "stale" if t.trial_id in stale else "pending",
             "epochs": epochs_of(t, train_tokens_of(t, manifests.get(hashes[t.trial_id]))),
             "eval_windows": {"requested": t.train.eval_windows,
                              "effective": eval_windows_of(t, val_tokens_of(t, manifests.get(hashes[t.trial_id])))},

@@ -44,6 +44,11 @@ def plan_text(result: dict[str, Any], spec: SweepSpec) -> str:
     gpu_hours = sum(r["gpu_hours"] or 0 for r in todo)
     out.append(f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
           f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)")
+    stale = [r for r in result["trials"] if r["status"] == "stale"]
+    if stale:
+        changed = sorted({r["dataset"] + (f"[{r['language']}]" if r["language"] else "") for r in stale})
+        out.append(f"stale: {len(stale)} trial(s) finished on data that has changed since ({', '.join(changed)}); "
+                   f"`run` trains them again on the data of now (their old runs stay in MLflow, role 'superseded')")
     if result.get("storage_need"):
         out.append(f"checkpoints: about {result['storage_need'] / 1e6:,.1f} MB in {result['storage']} while the "
                    f"trials to run keep theirs (train.keep_checkpoints each)")

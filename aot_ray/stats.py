@@ -33,16 +33,17 @@ def delta(l_fw: float | np.ndarray, l_bw: float | np.ndarray) -> float | np.ndar
     return (l_bw - l_fw) / (0.5 * (l_bw + l_fw))
 
 
+def t_half(conf: float, df: int, se: float) -> float:
+    """Half-width of a two-sided Student-t interval at level `conf` with `df` degrees of freedom (the one copy)."""
+    return float(st.t.ppf((1 + conf) / 2, df)) * se
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float
     lo: float
     hi: float
     n: int  # observations behind it (windows, seeds)
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
 
 
 def paired_bootstrap(fw: Sequence[float] | np.ndarray, bw: Sequence[float] | np.ndarray, *, n_boot: int = 2000,
@@ -68,7 +69,7 @@ def mean_interval(values: Iterable[float], conf: float = 0.95) -> Interval:
     m = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
         return Interval(m, float("nan"), float("nan"), len(v))
-    half = st.t.ppf((1 + conf) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    half = t_half(conf, len(v) - 1, v.std(ddof=1) / math.sqrt(len(v)))
     return Interval(m, m - half, m + half, len(v))
 
 
@@ -85,10 +86,9 @@ class Trend:
     n: int
 
 
-def fit_trend(x: Sequence[float], y: Sequence[float], weights: Sequence[float] | None = None,
-              conf: float = 0.95, log_x: bool = True) -> Trend:
-    """Least squares of y on log10(x) (or x). With `weights` (e.g. 1/se^2 of each point) it is weighted; the
-    interval is a t interval with n - 2 degrees of freedom from the residual scatter (nan below 3 points)."""
+def fit_trend(x: Sequence[float], y: Sequence[float], conf: float = 0.95, log_x: bool = True) -> Trend:
+    """Least squares of y on log10(x) (or x); the interval is a t interval with n - 2 degrees of freedom from the
+    residual scatter (nan below 3 points)."""
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)
     if len(xs) != len(ys) or len(xs) < 2:
@@ -99,14 +99,11 @@ def fit_trend(x: Sequence[float], y: Sequence[float], weights: Sequence[float] |
         xs = np.log10(xs)
     if np.ptp(xs) == 0:
         raise ValueError("a trend needs at least 2 distinct x values")
-    w = np.ones_like(xs) if weights is None else np.asarray(weights, dtype=float)
-    sw = np.sqrt(w)
-    X = np.column_stack([np.ones_like(xs), xs]) * sw[:, None]
-    coef, *_ = np.linalg.lstsq(X, ys * sw, rcond=None)
+    X = np.column_stack([np.ones_like(xs), xs])
+    coef, *_ = np.linalg.lstsq(X, ys, rcond=None)
     intercept, slope = float(coef[0]), float(coef[1])
-    resid = (ys - intercept - slope * xs) * sw
-    ybar = np.average(ys, weights=w)
-    ss_tot = float((w * (ys - ybar) ** 2).sum())
+    resid = ys - intercept - slope * xs
+    ss_tot = float(((ys - ys.mean()) ** 2).sum())
     r2 = 1 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
     n = len(xs)
     if n < 3:
@@ -116,7 +113,7 @@ def fit_trend(x: Sequence[float], y: Sequence[float], weights: Sequence[float] |
     se = math.sqrt(cov[1, 1])
     if se == 0:
         return Trend(slope, slope, slope, intercept, r2, 0.0, n)
-    half = st.t.ppf((1 + conf) / 2, n - 2) * se
+    half = t_half(conf, n - 2, se)
     p = float(2 * st.t.sf(abs(slope) / se, n - 2))
     return Trend(slope, slope - half, slope + half, intercept, r2, p, n)
 
@@ -165,7 +162,7 @@ def seed_sign_look(deltas: Sequence[float] | np.ndarray, look: int, alpha: float
     a = spend(alpha, look, planned)
     if len(d) < 2 or a <= 0:
         return m, float("nan"), float("nan"), 0
-    half = st.t.ppf(1 - a / 2, len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    half = t_half(1 - a, len(d) - 1, float(d.std(ddof=1)) / math.sqrt(len(d)))
     lo, hi = m - half, m + half
     return m, lo, hi, 1 if lo > 0 else -1 if hi < 0 else 0
 

@@ -152,6 +152,15 @@ def _lost(lease: Any, uri: str) -> TrackingError:
                          f"one that holds its runs) and run the same command to resume")
 
 
+def stale_line(ids: list[str], trials: list[Any], hashes: dict[str, str]) -> str:
+    """The trials a data change made stale, with the datasets that changed, in one line."""
+    by_id = {t.trial_id: t for t in trials}
+    changed = sorted({where_of(by_id[i]) + (f"[{by_id[i].language}]" if by_id[i].language else "")
+                      for i in ids if i in by_id})
+    return (f"{len(ids)} finished trial(s) read data that has changed since they ran ({', '.join(changed)}): they "
+            f"train again on the data of now; their old runs stay in MLflow with role 'superseded'")
+
+
 def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOptions, run_spec: RunSpec,
            lease: Any, say: Say) -> tuple[list[Any], list[str], dict]:
     """Ray, the data, the lr search and Tune, under the lease; (outcomes, skipped trial ids, prepared data)."""
@@ -199,9 +208,15 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 trials = expand(spec)  # the searched learning rates are part of the trials' identity
                 hashes = data_hashes(trials)
             ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None,  # trials then poll for stop requests
-                          system_metrics_s=run_spec.system_metrics_s, gpu_tflops=run_spec.gpu_tflops)
+                          system_metrics_s=run_spec.system_metrics_s, gpu_tflops=run_spec.gpu_tflops,
+                          data_versions=hashes)
             rule = run_spec.stop_on_sign or SignStopSpec()
             tracking.record_sign_rule(ctx, rule.alpha, rule.after)  # the report repeats the test the run made
+            stale = tracking.stale_trial_runs(uri, spec.name, hashes, ctx.parent_run_id)
+            if stale:  # their corpus changed since they ran: they train again, from scratch, on the data of now
+                say(stale_line([r.data.tags.get("trial_id") for r in stale], trials, hashes))
+                tracking.supersede(uri, stale, hashes)
+            restart = frozenset(r.data.tags.get("trial_id") for r in stale)
             done = tracking.finished_trial_ids(uri, spec.name, ctx.parent_run_id)
             pending = [t for t in trials if t.trial_id not in done]
             skipped = [t.trial_id for t in trials if t.trial_id in done]
@@ -216,7 +231,7 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 with interruptible() as interrupted:
                     outcomes, _ = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
                                              run=run_spec, restart_errored=opts.restart_errored, verbose=verbose,
-                                             say=say)
+                                             say=say, start_over=restart)
             finally:
                 progress.stop()
             if lease.lost:

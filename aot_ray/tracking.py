@@ -14,8 +14,8 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from .errors import TrackingError
 from .store import client, retry, sqlite_path
@@ -30,6 +30,9 @@ NODE = "aot.node"  # on a trial run: the Ray node it ran on
 WORKERS = "aot.workers"  # on a data-parallel trial run: its worker count
 LR_SEARCH = "aot.lr_search"  # on a learning-rate search run: the preset searched
 PID, HOST, ATTEMPT = "aot.pid", "aot.host", "aot.attempt"  # on a trial run: who runs it, which attempt
+DATA_VERSION = "aot.data_version"  # on a trial run: the content hash of the prepared data it read
+SUPERSEDED, SUPERSEDED_BY = "superseded", "aot.superseded_by"  # role (and the new data version) of a finished
+# run whose data changed after it ran: out of the sweep's trials, kept for its history
 TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
 
 
@@ -56,6 +59,9 @@ class SweepContext:
     stop_on_sign: bool = False  # trials look for the driver's stop request (tag STOP_AT) at each evaluation
     system_metrics_s: float = 30.0  # MLflow's system metrics (CPU, memory, GPU) every this many seconds; 0: off
     gpu_tflops: float | None = None  # the peak for mfu on a GPU whose name is not in train.mfu's table
+    # trial id -> the content hash of the prepared data it reads (tag DATA_VERSION on its run): a finished run
+    # counts as done only while its data is the data of now
+    data_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
@@ -200,8 +206,32 @@ def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: s
             return out
 
 
-def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None) -> set[str]:
-    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)}
+def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None,
+                       versions: Mapping[str, str] | None = None) -> set[str]:
+    """Trial ids with a FINISHED run; with `versions` (trial id -> the hash of its prepared data now) only those
+    whose run read that data (runs of versions before DATA_VERSION count as current)."""
+    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)
+            if versions is None or not _stale(r, versions)}
+
+
+def _stale(run: Any, versions: Mapping[str, str]) -> bool:
+    had, now = run.data.tags.get(DATA_VERSION), versions.get(run.data.tags.get("trial_id"))
+    return had is not None and now is not None and had != now
+
+
+def stale_trial_runs(uri: str, sweep: str, versions: Mapping[str, str], parent_run_id: str | None = None) -> list:
+    """FINISHED trial runs whose prepared data has changed since they ran (a corpus edited, say)."""
+    return [r for r in trial_runs(uri, sweep, "FINISHED", parent_run_id) if _stale(r, versions)]
+
+
+def supersede(uri: str, runs: list, versions: Mapping[str, str]) -> None:
+    """Take finished runs of changed data out of the sweep's trials (role SUPERSEDED, and the version that
+    replaced theirs): kept in MLflow for their history, no longer done, paired or reported."""
+    c = client(uri)
+    for r in runs:
+        new = versions.get(r.data.tags.get("trial_id"), "")
+        retry(lambda: c.set_tag(r.info.run_id, SUPERSEDED_BY, new))
+        retry(lambda: c.set_tag(r.info.run_id, ROLE, SUPERSEDED))
 
 
 def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str, role: str = "trial"):
@@ -270,6 +300,8 @@ class TrialTracker:
         tags["arch"] = arch_of(trial.model.preset)
         # the grid axes of this trial (dotted overrides such as data.k included): what the report trends over
         tags[AXES] = json.dumps(dict(trial.axes), sort_keys=True, default=str)
+        if trial.trial_id in self.ctx.data_versions:
+            tags[DATA_VERSION] = self.ctx.data_versions[trial.trial_id]
         return retry(lambda: self.client.create_run(self.ctx.experiment_id, run_name=trial.trial_id, tags=tags)).info.run_id
 
     def begin(self, resumed_from: int | None, run_id: str | None = None) -> None:

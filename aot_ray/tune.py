@@ -241,6 +241,7 @@ def run_trials(
     restart_errored: bool = False,
     verbose: int = 1,
     say: Any = print,
+    start_over: frozenset[str] = frozenset(),
 ) -> tuple[list[TrialOutcome], bool]:
     """Run the `pending` trials (those of `all_trials` not finished in MLflow) as the Tune experiment
     `storage/experiment`. Returns (outcomes, resumed: whether an earlier run of it left state behind).
@@ -249,7 +250,8 @@ def run_trials(
     and the checkpoints in storage where the others stand. So a resumed sweep continues each unfinished or
     errored trial from its newest readable checkpoint (errored ones start over with `restart_errored`), runs
     with this run's callbacks and verbosity, and an unreadable state (a disk that filled up while Tune saved it)
-    costs one line: it is set aside and the experiment goes on."""
+    costs one line: it is set aside and the experiment goes on. `start_over`: trials that begin from step 0
+    whatever checkpoints they have (those whose data changed since their last run)."""
     from ray import tune
 
     from . import tune_state
@@ -267,11 +269,13 @@ def run_trials(
     by_id = {t.trial_id: t for t in all_trials}
     dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
     errored = failed_trial_ids(ctx, pending) if restart_errored and resumed else set()
+    errored |= {t.trial_id for t in pending} & set(start_over)
     drop_data_parallel_runs(dp_root, [t for t in errored if by_id[t].resources.workers > 1])
+    tune_state.drop_trial_checkpoints(path, sorted(errored))
     from_storage = frozenset(t.trial_id for t in pending if t.trial_id not in errored) if resumed else frozenset()
     if resumed:
         say(f"resuming {len(from_storage)} unfinished trial(s) of {path} from their newest checkpoints"
-            + (f"; {len(errored)} errored trial(s) start over" if errored else ""))
+            + (f"; {len(errored)} trial(s) start over (errored, or their data changed)" if errored else ""))
     trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root, root=path,
                                      from_storage=from_storage)
     trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))

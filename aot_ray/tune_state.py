@@ -100,3 +100,15 @@ def trial_checkpoints(experiment_path: str, trial_id: str, download: int = 2) ->
             continue
         local.append(dest)
     return local
+
+
+def drop_trial_checkpoints(experiment_path: str, trial_ids: list[str]) -> None:
+    """Delete the checkpoints of trials that start over (errored ones with --restart-errored, those whose data
+    changed): left in place, a later resume would take their newest step, of the attempt or data given up."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(experiment_path)
+    for tid in trial_ids:
+        folder = posixpath.join(root, tid)
+        if fs.get_file_info(folder).type != pafs.FileType.NotFound:
+            fs.delete_dir(folder)

@@ -51,6 +51,7 @@ def run_cli(*args, cwd=ROOT, env=None):
                           env=env or os.environ.copy())
 
 
+@pytest.mark.slow  # a `ray CMD --help` subprocess per command: seconds each
 def test_submit_shells_out_only_to_commands_and_options_the_real_ray_cli_has():
     """Each `ray` invocation of `aot-ray submit` checked against the installed Ray's own --help (a mocked CLI let
     `ray rsync_up` pass once); the real cycle is tests/test_cluster_launcher.py."""

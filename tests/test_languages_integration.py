@@ -85,6 +85,49 @@ def test_one_seed_per_language_the_report_rests_on_the_languages(tmp_path, ray_l
     print(render(rep))  # shown with -s (the closing note quotes it)
 
 
+def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(tmp_path, ray_local):
+    """Identity includes the data: a finished trial whose corpus changed is not done (plan says stale), not
+    reported as current, and `run` trains it again from step 0 on the new data; its old run stays, superseded."""
+    from aot_ray.aggregate import report
+    from aot_ray.planning import data_hashes, plan
+    from aot_ray.spec import expand
+
+    corpus = write_text(tmp_path / "corpora" / "en.txt", docs("en", 200))
+    spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", [
+        f"data.local.paths=['{tmp_path}/corpora/{{lang}}.txt']", "data.local.tokenizer.vocab_size=300",
+        "data.local.val_fraction=0.1", "grid.language=[en]", "grid.model=[tiny]", "grid.context_length=[32]",
+        "defaults.train={steps: 8, batch_size: 4, eval_every: 4, checkpoint_every: 4}",
+        "defaults.optim.warmup_steps=1", "defaults.resources.cpu=1",
+    ])
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "results")
+    first = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lambda _: None)
+    assert len(first.ran) == 2 and len(first.report["pairs"]) == 1
+    old = {r.data.tags["trial_id"]: r.data.tags[tracking.DATA_VERSION] for r in tracking.trial_runs(uri, spec.name)}
+
+    write_text(corpus, docs("en", 200) + docs("en", 50, seed=1))  # the corpus is edited
+    now = data_hashes(expand(spec))
+    assert set(now.values()).isdisjoint(old.values())
+    assert [r["status"] for r in plan(spec, uri, storage)["trials"]] == ["stale", "stale"]
+    before = report(uri, spec.name, tmp_path / "report", versions=now)
+    assert before["pairs"] == [] and len(before["stale"]) == 2 and "trains them again" in before["notes"][0]
+
+    lines: list[str] = []
+    second = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lines.append)
+    assert sorted(o.trial_id for o in second.ran) == sorted(old) and second.skipped == []
+    assert any(l.startswith("2 finished trial(s) read data that has changed since they ran (data.local[en])")
+               for l in lines)
+    runs = tracking.trial_runs(uri, spec.name)
+    assert {r.data.tags[tracking.DATA_VERSION] for r in runs} == set(now.values()) and len(runs) == 2
+    c = tracking.client(uri)
+    for r in runs:  # trained from step 0 on the new data, not resumed from the old data's last checkpoint
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_loss")] == [4, 8]
+    superseded = c.search_runs([runs[0].info.experiment_id],
+                               filter_string=f"tags.`{tracking.ROLE}` = '{tracking.SUPERSEDED}'")
+    assert len(superseded) == 2 and all(r.info.status == "FINISHED" for r in superseded)
+    assert len(second.report["pairs"]) == 1 and second.report["stale"] == []
+    assert [r["status"] for r in plan(spec, uri, storage)["trials"]] == ["done", "done"]
+
+
 def test_corpus_error_in_a_ray_task_is_one_line_before_any_trial(tmp_path, ray_local):
     from aot_ray.errors import DataError
 

@@ -250,3 +250,19 @@ def test_report_of_a_size_series_and_of_contexts(tmp_path):
     ratio_refs = [r for r in res["references"] if r["quantity"] == "ratio"]
     assert len(ratio_refs) == 4 and all(r["relation"] == "contains the paper's value" for r in ratio_refs)
     assert [r["ours"] for r in ratio_refs] == pytest.approx([r["paper"] for r in ratio_refs], abs=1e-4)
+
+
+def test_the_k_and_architecture_figures_show_their_points(tmp_path):
+    from aot_ray.aggregate import figures
+
+    cells = [cell(f"k{k}m{m}", 0.01 * k, dataset="linear", language=None, axes={"data.k": k, "data.seed": m},
+                  L_fw_mean=0.5 + 0.01 * k, L_bw_mean=0.5 + 0.02 * k) for k in (0, 5, 10, 15) for m in (0, 1)]
+    [fig] = figures.loss_vs_k(cells, tmp_path)
+    assert fig.points == 8 and {p.suffix for p in fig.files} == {".png", ".svg"}  # 4 k x 2 directions
+    assert figures.loss_vs_k([c for c in cells if c["axes"]["data.k"] == 0], tmp_path) == []  # one k: no figure
+    arch = [cell(f"{a}{n}", d, arch=a, model=f"{a}-{n}", n_params=n, language=lang)
+            for lang in ("en", "fr") for a, d in (("gpt2", 0.01), ("lstm", 0.005), ("gru", -0.002))
+            for n in (26_000_000, 56_000_000)]
+    [fig] = figures.architectures(arch, [], tmp_path)
+    assert fig.points == 12 and (tmp_path / "fig_architectures.svg").exists()
+    assert figures.architectures([c for c in arch if c["arch"] == "gpt2"], [], tmp_path) == []

@@ -143,6 +143,7 @@ def _has_compiler() -> bool:
     return any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++"))
 
 
+@pytest.mark.slow  # inductor compiles for a minute on 2 cores: out of the fast loop
 @pytest.mark.skipif(not _has_compiler(), reason="torch.compile on CPU needs a C/C++ compiler; this machine has none")
 def test_compiled_training_matches_eager(tmp_path):
     """train.compile: true on CPU (inductor): the same losses as eager within float tolerance; the compile is

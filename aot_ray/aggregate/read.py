@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tracking import AXES, STOP_AT, client, trial_runs
+from ..tracking import AXES, DATA_VERSION, STOP_AT, client, trial_runs
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
 
@@ -42,6 +42,7 @@ def record_of(run: Any) -> dict[str, Any]:
         "status": run.info.status,
         "started_ms": run.info.start_time,
         "artifact_uri": run.info.artifact_uri,
+        "data_version": tags.get(DATA_VERSION),  # the hash of the prepared data it read (None: older versions)
         **{k: tags.get(k) for k in ("pair_key", "cell_key", "direction", "dataset", "language", "model")},
         "arch": tags.get("arch") or arch_of(tags.get("model", "")),
         "context_length": int(tags.get("context_length", 0)),

@@ -21,11 +21,14 @@ from .text import markdown, parent_info, render, to_csv
 
 def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: int = 2000,
           after: float = signs.DEFAULT.after, overfit: dict[str, float] | None = None,
-          reference: str = "paper") -> dict[str, Any]:
-    """Everything the report holds, from one read of the sweep. `alpha` and `after` set the sequential sign
+          reference: str = "paper", versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything the report holds, from one read of the sweep. With `versions` (trial id -> the hash of its
+    prepared data now) runs that read other data are left out (`stale`). `alpha` and `after` set the sequential sign
     test over seeds (looks from `after` x train.steps on); `overfit` the limits of `tables.overfit_note`
     (rise, max_epochs); `reference` "paper" puts the paper's values beside matching cells, "none" does not."""
     recs = reader.records(include_running=True)
+    stale = [r for r in recs if _stale(r, versions)] if versions else []
+    recs = [r for r in recs if r not in stale]  # their corpus changed since: not the sweep's results any more
     reader.prefetch(recs)  # every per-run read below, on threads, at once
     finished = [r for r in recs if r["finished"]]
     windows = {r["trial_id"]: w for r in finished if (w := reader.windows(r)) is not None}
@@ -67,7 +70,13 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "conf": conf,
         "alpha": alpha,
         "stopped": stopped,
+        "stale": sorted(r["trial_id"] for r in stale),
     }
+
+
+def _stale(rec: dict[str, Any], versions: dict[str, str]) -> bool:
+    now = versions.get(rec["trial_id"])
+    return rec.get("data_version") is not None and now is not None and rec["data_version"] != now
 
 
 def tokens_per_step(reader: Reader, rec: dict[str, Any]) -> float | None:
@@ -150,7 +159,7 @@ def _columns(base: list[str], rows: list[dict[str, Any]]) -> list[str]:
 def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_parent: bool = True, *,
            conf: float = 0.95, alpha: float | None = None, with_plots: bool = True, reader: Reader | None = None,
            overfit: dict[str, float] | None = None, parent: str | None = None,
-           reference: str = "paper") -> dict[str, Any]:
+           reference: str = "paper", versions: dict[str, str] | None = None) -> dict[str, Any]:
     """Read the sweep, write the report files under `out_dir` (and attach them to the parent run under
     `report/`), log the sequential sign test on the trial runs; returns the tables. The sign test is the one
     the sweep ran with (its alpha and start, recorded on the parent run); `alpha` overrides its level.
@@ -162,10 +171,13 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
     try:
         rule = (sign_rule(chosen) if chosen is not None else None) or (signs.DEFAULT.alpha, signs.DEFAULT.after)
         result = build(reader, conf=conf, alpha=alpha or rule[0], after=rule[1], overfit=overfit,
-                       reference=reference)
+                       reference=reference, versions=versions)
         result["parent"] = None if chosen is None else parent_info(chosen)
         result["other_parents"] = [parent_info(r) for r in others]
         result["notes"] = []
+        if result["stale"]:
+            result["notes"].append(f"{len(result['stale'])} finished trial(s) read data that has changed since they "
+                                   f"ran and are left out: `aot-ray run` trains them again on the data of now")
         writable = log_to_parent and store_writable(uri)
         if log_to_parent and not writable:
             result["notes"].append(f"the tracking store {uri} is read-only: the sign test's metrics and the report "

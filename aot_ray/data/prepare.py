@@ -75,10 +75,6 @@ def data_dir(root: str | Path, data: DatasetSpec, where: str = "data") -> Path:
     return Path(root) / "data" / f"{data.kind}-{data_hash(data, where)}"
 
 
-def is_prepared(root: str | Path, data: DatasetSpec, where: str = "data") -> bool:
-    return (data_dir(root, data, where) / MARKER).is_file()
-
-
 def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
     tok = char_tokenizer(data)
     train_lines, val_lines = generate(data)

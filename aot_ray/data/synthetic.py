@@ -7,29 +7,18 @@ invertible, and each bit of y flipped with probability `noise`. Lines are distin
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from ..errors import DataError
-from ..spec.schema import DatasetSpec, LinearData, PrimesData, split_sizes
+from ..spec.schema import DatasetSpec, LinearData, PrimesData, prime_sieve, split_sizes
 
 ENUMERATE_LIMIT = 20_000_000  # below this many possible lines, sample without replacement from all of them
 ALPHABETS = {"primes": "0123456789*= \n", "linear": "01: \n"}
 
 
 def primes_below(n: int) -> np.ndarray:
-    sieve = np.ones(n, dtype=bool)
-    sieve[:2] = False
-    for p in range(2, int(math.isqrt(n - 1)) + 1):
-        if sieve[p]:
-            sieve[p * p :: p] = False
-    return np.flatnonzero(sieve)
-
-
-def capacity(data: DatasetSpec) -> int:
-    """How many distinct lines the settings allow (the dataset spec's own count)."""
-    return data.capacity()
+    return np.flatnonzero(np.frombuffer(bytes(prime_sieve(n)), dtype=np.uint8))
 
 
 def _distinct(rng: np.random.Generator, total: int, n: int) -> np.ndarray:

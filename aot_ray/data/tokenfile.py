@@ -14,10 +14,9 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 
 class TokenWriter:
-    def __init__(self, path: Path, vocab_size: int, eos_id: int = 0) -> None:
+    def __init__(self, path: Path, vocab_size: int) -> None:
         self.dtype = dtype_for(vocab_size)
         self.dtype_name = self.dtype.name
-        self.eos = eos_id
         self.count = 0
         self._f = open(path, "wb")
 

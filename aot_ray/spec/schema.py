@@ -21,14 +21,20 @@ def _num(default: Any, **limits: float) -> Any:
 # ---------------------------------------------------------------- data
 
 
-def count_primes_below(n: int) -> int:
-    """The number of primes below n (a sieve; n is at most 10**6 here)."""
+def prime_sieve(n: int) -> bytearray:
+    """sieve[i] == 1 exactly when i < n is prime (Eratosthenes; n is at most 10**6 here). The one sieve: the
+    spec counts distinct lines with it, the generator draws primes from it."""
     sieve = bytearray([1]) * n
     sieve[:2] = bytes(min(n, 2))
     for p in range(2, math.isqrt(max(n - 1, 0)) + 1):
         if sieve[p]:
             sieve[p * p :: p] = bytes(len(range(p * p, n, p)))
-    return sum(sieve)
+    return sieve
+
+
+def count_primes_below(n: int) -> int:
+    """The number of primes below n."""
+    return sum(prime_sieve(n))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +193,7 @@ class TrainSpec:
     keep_checkpoints: int = _num(2, gt=0)
     debug_nan_at_step: Optional[int] = _num(None, gt=0)  # fault injection for testing a pipeline
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: aot_ray.precision
     threads: Optional[int] = _num(None, gt=0)
 
 

@@ -6,7 +6,6 @@ of one; `state.pt` holds tensors and RNG states, `meta.json` the human-readable 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -17,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from ..data.tokenfile import sha256 as file_sha256
 from ..publish import rename_into_place, staging
 
 STATE = "state.pt"
@@ -54,11 +54,7 @@ class CorruptCheckpoint(RuntimeError):
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

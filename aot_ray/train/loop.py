@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import seeds
+from .. import precision, seeds
 from ..data.prepare import Prepared, load
 from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
 from ..memory import micro_batches
@@ -68,12 +68,18 @@ def pick_device(trial: TrialSpec) -> torch.device:
 
 
 def autocast_for(trial: TrialSpec, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    bf16 = trial.train.precision == "bf16" or (
-        trial.train.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    """The autocast of the precision `aot_ray.precision` picks for this trial on this device."""
+    chosen = precision.of_device(trial.train.precision, device)
+    if chosen == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if chosen == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def scaler_for(trial: TrialSpec, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 trains with a gradient scaler; at other precisions the scaler is off (each call passes through)."""
+    on = precision.scaled(precision.of_device(trial.train.precision, device))
+    return torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda", enabled=on)
 
 
 def compile_for(trial: TrialSpec, device: torch.device) -> bool:
@@ -142,6 +148,7 @@ class _Trial:
     net: torch.nn.Module  # the objective, wrapped in DDP under data parallelism
     opt: torch.optim.Optimizer
     sched: Any
+    scaler: torch.amp.GradScaler  # loss scaling under fp16, a pass-through otherwise
     n_params: int
     compiled: bool
     micro: int
@@ -200,6 +207,7 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
         net = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     opt = _optimizer(model, trial)
     sched = make_scheduler(opt, trial.optim, t.steps)
+    scaler = scaler_for(trial, device)
     torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
 
     step = 0
@@ -212,6 +220,8 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # fp16's loss scale, so that the resumed steps are the uninterrupted ones
+            scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         step = int(meta["step"])
         tracker.begin(step, meta.get("run_id"))
@@ -233,7 +243,7 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
     return _Trial(trial=trial, tracker=tracker, device=device, autocast=autocast_for(trial, device), rank=rank,
                   n_workers=n_workers, data=data, train_w=train_w, order=order, val_idx=val_idx,
                   val_inputs=torch.from_numpy(vx).to(device), val_targets=torch.from_numpy(vy).to(device),
-                  model=model, objective=objective, net=net, opt=opt, sched=sched, n_params=n_params,
+                  model=model, objective=objective, net=net, opt=opt, sched=sched, scaler=scaler, n_params=n_params,
                   compiled=compiled, micro=micro, passes=passes, global_batch=global_batch,
                   tokens_per_step=global_batch * trial.context_length, step=step,
                   flops_per_token=flops_per_token(trial, data.vocab_size),
@@ -262,7 +272,7 @@ def _optimizer_step(r: _Trial, step: int, batches: Prefetcher, prog: _Progress) 
             with sync:
                 with r.autocast():
                     loss = r.net(x, y)
-                (loss / r.passes).backward()
+                r.scaler.scale(loss / r.passes).backward()
         except torch.OutOfMemoryError:
             raise OutOfMemory(
                 f"{r.device.type} out of memory at step {step + 1} of trial {r.trial.trial_id}: micro-batch "
@@ -273,8 +283,10 @@ def _optimizer_step(r: _Trial, step: int, batches: Prefetcher, prog: _Progress) 
         prog.loss_sum += loss.detach()
         prog.loss_count += 1
     if r.trial.optim.grad_clip > 0:
+        r.scaler.unscale_(r.opt)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.trial.optim.grad_clip)
-    r.opt.step()
+    r.scaler.step(r.opt)  # under fp16 a step with inf/NaN gradients is skipped and the scale lowered
+    r.scaler.update()
     r.sched.step()
     r.opt.zero_grad(set_to_none=True)
 
@@ -332,7 +344,7 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     path = None
     if r.rank == 0 and due and (on_report is not None or local_dir is not None):
         state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-                 "rng": ckpt.rng_state()}
+                 "scaler": r.scaler.state_dict(), "rng": ckpt.rng_state()}
         meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.global_batch,
                 "tokens": step * r.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
         path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
