@@ -146,7 +146,7 @@ def test_the_terminal_summary_names_the_levels():
 
 # --- MLflow runs with chosen deltas, through the real report ------------------------------------------------
 
-def _runs(tmp_path, raw, delta_of, windows=256):
+def _runs(tmp_path, raw, delta_of, windows=64):
     """Write one FINISHED run per trial of `raw` (forward loss 3.0, backward chosen so that delta is exactly
     `delta_of(trial)`) with per-window losses spread around it by noise of mean exactly 0 (so a pair's
     estimate is its chosen delta), and return the store's URI."""
@@ -216,6 +216,7 @@ def test_report_of_eleven_languages_one_seed(tmp_path):
     assert off["references"] == [] and "paper's numbers" not in (tmp_path / "off" / "report.md").read_text()
 
 
+@pytest.mark.slow  # two sweeps of runs and two reports with plots: out of the fast loop
 def test_report_of_a_size_series_and_of_contexts(tmp_path):
     from aot_ray.aggregate.write import report
 
