@@ -1,4 +1,5 @@
-"""aot-ray: plan | run | report. Bad input ends with one line on stderr and exit code 2, never a traceback."""
+"""aot-ray: plan | prepare | run | status | report | submit | slurm. Bad input ends with one line on stderr and
+exit code 2, never a traceback."""
 
 from __future__ import annotations
 

@@ -252,8 +252,10 @@ MLFLOW_TO_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTER
 
 
 def status(spec: SweepSpec, uri: str, parent: str | None = None) -> list[dict[str, Any]]:
-    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error, from the
-    sweep's newest parent run or `parent`. The caller has checked that the store answers (`store.check_reachable`)."""
+    """Per trial of the sweep: state (PENDING|RUNNING|TERMINATED|ERROR), step, last val_loss, error, from one
+    search of the runs of the sweep's newest parent run or `parent` (their latest `train_step` and `val_loss`;
+    histories are read only on runs of versions without train_step). The caller has checked that the store
+    answers (`store.check_reachable`)."""
     from .tracking import chosen_parent
 
     runs: dict[str, Any] = {}

@@ -1,8 +1,9 @@
 """LSTM and GRU language models, as in the paper: token embedding (with dropout), stacked recurrent layers as
 wide as the embedding (dropout between layers), a final layer norm and a head without bias.
 
-They take `input_ids` and return an object with `.logits`, like the `transformers` models, so the trainer and
-the evaluation treat every architecture alike. The hidden state starts at zero for every window: a window is
+The trainer reads `hidden_states` and the head weight (`train.loss.body_and_head`: the fused head + chunked
+loss never builds the full logits); `forward(input_ids)` returns an object with `.logits`, like the
+`transformers` models, for code that wants them (the benchmark's plain loop). The hidden state starts at zero for every window: a window is
 read on its own, in its direction, exactly as the GPT models read it.
 """
 

@@ -1,6 +1,6 @@
 """The plan as text: one row per trial (resources, GPU memory, cost, state), the totals, the datasets, the lr
 search and the warnings a researcher should read before spending GPU-hours. Nothing here computes a figure:
-`sweep.plan` does."""
+`planning.plan` does."""
 
 from __future__ import annotations
 

@@ -14,9 +14,8 @@ import yaml
 
 from .errors import AotError
 
-from . import head
-
-ENTRY = Path(head.__file__).resolve()
+# the head's entry script, by path: importing it would close a circle (it imports the CLI, which imports this)
+ENTRY = Path(__file__).with_name("head.py").resolve()
 
 
 def load_cluster(path: str) -> dict:
