@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AotError
+from .storage import Storage, is_remote
 from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
@@ -206,7 +207,7 @@ def _report(args: argparse.Namespace) -> int:
     for flag in ("conf", "alpha"):
         if getattr(args, flag) is not None and not 0 < getattr(args, flag) < 1:
             raise AotError(f"--{flag} must be between 0 and 1, got {getattr(args, flag)}")
-    out_dir = Path(args.out) if args.out else (Path(storage) / "reports" / name if "://" not in storage else None)
+    out_dir = Path(args.out) if args.out else Storage.of(storage).reports(name)
     overfit = {k: v for k, v in (("rise", args.overfit_rise), ("max_epochs", args.max_epochs)) if v is not None}
     if any(v <= 0 for v in overfit.values()):
         raise AotError("--overfit-rise and --max-epochs must be positive")
@@ -289,7 +290,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep, args.sets)
     storage = resolve_storage(args.storage, spec)
-    if "://" not in storage:
+    if not is_remote(storage):
         Path(storage).mkdir(parents=True, exist_ok=True)
     prepare_local(spec, storage, progress=sys.stderr.isatty())
     return 0

@@ -125,10 +125,7 @@ def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: s
 
 def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
     """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
-    import pyarrow.fs
+    from . import storage
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(dp_root) if "://" in dp_root else (pyarrow.fs.LocalFileSystem(), dp_root)
     for tid in trial_ids:
-        path = f"{root.rstrip('/')}/{tid}"
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            fs.delete_dir(path)
+        storage.remove_tree(storage.join(dp_root, tid))

@@ -46,7 +46,7 @@ def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> Dis
     if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
         return None
     free = ""
-    if "://" not in path:
+    if "://" not in path:  # (storage.is_remote: errors imports nothing of ours)
         try:
             from pathlib import Path
 

@@ -12,12 +12,13 @@ from typing import Any, Callable
 from .errors import DataError, DiskFull, TrackingError
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand, lr_search_trials
+from .storage import Storage, is_remote
 from .store import check_reachable, client, store_exists
 from .tracking import ERROR, finished_trial_ids, stale_trial_runs, trial_runs
 
 def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
     raw = flag or spec.run.storage or "aot_results"
-    if "://" in raw:
+    if is_remote(raw):
         return raw
     return str((Path(cwd or os.getcwd()) / raw).resolve())
 
@@ -55,7 +56,7 @@ def check_space(trials: list[TrialSpec], storage: str) -> None:
     """Refuse, before the trials start, a local storage without room for their checkpoints."""
     import shutil
 
-    if "://" in storage or not trials:
+    if is_remote(storage) or not trials:
         return
     need, free = storage_need(trials), shutil.disk_usage(storage).free
     if free < need:
@@ -170,7 +171,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
     from .data.prepare import check_sizes
     from .publish import MARKER
-    from .data.remote import is_remote, remote_exists
+    from .data.remote import remote_exists
     from .tune import resources_of
 
     lr_found: dict[str, float] = {}
@@ -205,7 +206,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
         })
     data = []
     for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
-        path = f"{storage.rstrip('/')}/data/{d.kind}-{h}"
+        path = Storage.of(storage).data(d.kind, h)
         damaged = None
         try:
             done_ = remote_exists(path) if is_remote(storage) else (Path(path) / MARKER).is_file()
@@ -237,10 +238,10 @@ def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: s
     from .publish import MARKER
 
     out = {}
-    if "://" in storage:
+    if is_remote(storage):
         return out
     for h, (_, d, _) in distinct_datasets(trials, hashes).items():
-        folder = Path(storage) / "data" / f"{d.kind}-{h}"
+        folder = Path(Storage.of(storage).data(d.kind, h))
         if (folder / MARKER).is_file():
             with contextlib.suppress(OSError, ValueError):
                 out[h] = json.loads((folder / "manifest.json").read_text())

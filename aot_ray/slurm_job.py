@@ -19,6 +19,7 @@ from typing import Any
 from .errors import AotError
 from .interrupt import keep_sigterm, last_signal
 from .slurm import Allocation, Ports, SlurmError, temp_dir
+from .storage import is_remote
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
@@ -59,7 +60,7 @@ def check_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) ->
 
 def check_shared(storage: str, alloc: Allocation, job_dir: Path) -> None:
     """A local storage path must be the same folder on every node of the job (a shared file system)."""
-    if "://" in storage or len(alloc.nodes) == 1:
+    if is_remote(storage) or len(alloc.nodes) == 1:
         return
     marker = job_dir / f"shared-{secrets.token_hex(4)}"
     marker.write_text("aot_ray")
@@ -222,7 +223,7 @@ def job(argv: list[str]) -> int:
     if uri:
         uri = resolve_uri(uri)
         check_reachable(uri)
-    if "://" in storage:
+    if is_remote(storage):
         job_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"aot-ray-slurm-{alloc.job_id}"
     else:
         job_dir = Path(storage) / ".aot_ray" / "slurm" / str(alloc.job_id)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .errors import AotError, DataError, TrackingError
 from .interrupt import Interrupted, interruptible, stop_tune
+from .storage import Storage, is_remote
 from .planning import check_space, data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
 from .store import check_reachable
 from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand
@@ -135,13 +136,13 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
     check_reachable(uri)  # before anything starts
     # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store
     with Lease(uri, spec.name, patience_s=run_spec.tracking_patience_s, on_lost=lambda _: stop_tune()) as lease:
-        if "://" not in storage:
+        if not is_remote(storage):
             try:
                 Path(storage).mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
         outcomes, skipped, prepared = _drive(spec, spec_text, uri, storage, opts, run_spec, lease, say)
-        out_dir = Path(storage) / "reports" / spec.name if "://" not in storage else None
+        out_dir = Storage.of(storage).reports(spec.name)
         result = aggregate.report(uri, spec.name, out_dir)
         return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)
 

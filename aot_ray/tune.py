@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .storage import Storage, is_remote, join
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .errors import AotError, disk_full
 from .interrupt import keep_sigterm
@@ -65,7 +66,7 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1:
-        if "://" not in storage and not shared_storage:
+        if not is_remote(storage) and not shared_storage:
             raise AotError(
                 f"storage {storage} is a local path and the cluster has {len(nodes)} nodes: trials on other nodes "
                 f"could not read its prepared data or checkpoints; use s3://... or gs://..., or a shared file system "
@@ -103,7 +104,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     import ray
 
     tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
-    where = f"{root.rstrip('/')}/{trial.trial_id}"
+    where = join(root, trial.trial_id)
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None
@@ -256,7 +257,7 @@ def run_trials(
 
     from . import tune_state
 
-    path = f"{storage.rstrip('/')}/{experiment}"
+    path = Storage(storage).experiment(experiment)
     resumed = tune.Tuner.can_restore(path)
     if resumed:
         bad = tune_state.problem(path)

@@ -277,3 +277,29 @@ def test_eval_windows_cut_to_the_split_is_planned_and_logged(tmp_path, capsys):
     f.write_text(json.dumps(raw))
     assert main(["plan", str(f), "--storage", str(tmp_path / "r")]) == 0
     assert f"train.eval_windows 10000 -> {ew['effective']}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_checkpoint_fallback_works_on_a_uri(tmp_path, scheme):
+    """On a bucket (here fsspec's memory file system, and a file:// URI) as on a disk: a trial's checkpoints are
+    found by their step, the newest downloaded, and a corrupt newest one falls back to the one before."""
+    import fsspec
+    import torch
+
+    from aot_ray.train import checkpoint as ckpt
+
+    local = tmp_path / "src"
+    for step in (10, 20):
+        ckpt.write(local / f"step-{step}", {"model": {"w": torch.full((2,), float(step))}}, {"step": step})
+    (local / "step-20" / "state.pt").write_bytes(b"cut off")  # the newest is damaged
+    root = f"memory://aot-{tmp_path.name}/exp" if scheme == "memory" else (tmp_path / "bucket" / "exp").as_uri()
+    fs, base = fsspec.core.url_to_fs(root)
+    for i, step in enumerate((10, 20)):
+        fs.put(str(local / f"step-{step}") + "/", f"{base}/t1/checkpoint_{i:06d}/", recursive=True)
+    found = tune_state.trial_checkpoints(root, "t1")
+    assert len(found) == 2 and all(Path(p).is_dir() for p in found)  # local copies, newest step first
+    with pytest.warns(UserWarning, match="falling back"):
+        state, meta, _ = ckpt.read_first_valid(found)
+    assert meta["step"] == 10 and float(state["model"]["w"][0]) == 10.0
+    tune_state.drop_trial_checkpoints(root, ["t1"])
+    assert tune_state.trial_checkpoints(root, "t1") == []

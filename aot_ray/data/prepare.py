@@ -26,6 +26,7 @@ from ..errors import DataError
 from ..publish import MARKER, rename_into_place, staging
 from ..spec.expand import content_hash
 from ..spec.schema import SYNTHETIC_KINDS, DatasetSpec, TextData
+from ..storage import Storage, is_remote
 from . import remote, tokenfile
 from .synthetic import ALPHABETS, generate
 from .tokenizer import CharTokenizer
@@ -72,7 +73,7 @@ def data_hash(data: DatasetSpec, where: str = "data") -> str:
 
 
 def data_dir(root: str | Path, data: DatasetSpec, where: str = "data") -> Path:
-    return Path(root) / "data" / f"{data.kind}-{data_hash(data, where)}"
+    return Path(Storage.of(root).data(data.kind, data_hash(data, where)))
 
 
 def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
@@ -97,16 +98,16 @@ def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
 def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: bool = False) -> tuple[Prepared, bool]:
     """Build (or reuse) the prepared token files of `data` under `root`; returns (prepared, built_now).
     A URI root (s3://, gs://, file://) is built in the node-local cache and published there."""
-    if remote.is_remote(root):
+    if is_remote(root):
         h = data_hash(data, where)
-        uri = f"{str(root).rstrip('/')}/data/{data.kind}-{h}"
+        uri = Storage(str(root)).data(data.kind, h)
         if remote.remote_exists(uri):
             return dataclasses.replace(load(remote.fetch(uri)), uri=uri), False
         local, _ = prepare(data, remote.cache_root(), where, progress)
         remote.publish(local.path, uri)
         return dataclasses.replace(local, uri=uri), True
     h = data_hash(data, where)
-    final = Path(root) / "data" / f"{data.kind}-{h}"
+    final = Path(Storage.of(root).data(data.kind, h))
     if (final / MARKER).is_file():
         try:
             return load(final), False
@@ -167,7 +168,7 @@ def verify(path: Path, m: dict) -> None:
 
 def load(path: str | Path) -> Prepared:
     """Memory-map a prepared folder; a URI is fetched into the node-local cache first."""
-    if remote.is_remote(path):
+    if is_remote(path):
         return dataclasses.replace(load(remote.fetch(str(path))), uri=str(path))
     path = Path(path)
     if not (path / MARKER).is_file():

@@ -13,8 +13,6 @@ from pathlib import Path
 from ..errors import DataError
 from ..publish import MARKER, rename_into_place, staging
 
-def is_remote(root: str | Path) -> bool:
-    return "://" in str(root)
 
 
 def cache_root() -> Path:
