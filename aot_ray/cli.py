@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import AotError
 from .storage import Storage, is_remote
-from .store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
+from .tracking.store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
 SET_HELP = ("override a YAML field before validation (repeatable): a dotted path, e.g. --set "
@@ -276,7 +276,7 @@ def _status(args: argparse.Namespace) -> int:
     counts = {s: sum(r["state"] == s for r in rows) for s in ("TERMINATED", "RUNNING", "ERROR", "INTERRUPTED",
                                                               "PENDING")}
     print("\n" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
-    from .lease import holder
+    from .tracking.lease import holder
 
     h = holder(uri, spec.name) if store_exists(uri) else None
     print(f"driver: {h.describe()}" if h else "driver: none (no `aot-ray run` of this sweep holds its lease)")

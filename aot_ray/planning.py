@@ -13,7 +13,7 @@ from .errors import DataError, DiskFull, TrackingError
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand, lr_search_trials
 from .storage import Storage, is_remote
-from .store import check_reachable, client, store_exists
+from .tracking.store import check_reachable, client, store_exists
 from .tracking import ERROR, finished_trial_ids, stale_trial_runs, trial_runs
 
 def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:

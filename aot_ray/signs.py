@@ -202,7 +202,7 @@ class Watcher:
         Both searches reach back `MARGIN_S` before the last refresh, for clocks of the trainers, the server and
         this driver that disagree; a run found again costs no history read unless its eval_step moved."""
         started = time.time()
-        if full or self.since is None or getattr(self.reader, "uri", None) is None:
+        if full or self.since is None or getattr(self.reader, "runs", None) is None:
             runs = None
             self.known = {}
         else:
@@ -220,13 +220,9 @@ class Watcher:
 
     def _search_changed(self) -> list:
         """The runs evaluated or ended since `margin_s` before the last refresh, newest first."""
-        from .tracking import trial_runs as search
-
         back = self.since - self.margin_s
-        runs = {r.info.run_id: r for r in (
-            *search(self.reader.uri, self.reader.sweep, None, self.reader.parent_run_id, evaluated_after_s=back),
-            *search(self.reader.uri, self.reader.sweep, None, self.reader.parent_run_id,
-                    ended_after_ms=int(back * 1000)))}
+        runs = {r.info.run_id: r for r in (*self.reader.runs.trials(evaluated_after_s=back),
+                                           *self.reader.runs.trials(ended_after_ms=int(back * 1000)))}
         return sorted(runs.values(), key=lambda r: r.info.start_time or 0, reverse=True)
 
     def refresh(self, full: bool = False) -> int:

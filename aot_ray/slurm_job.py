@@ -209,7 +209,7 @@ def job(argv: list[str]) -> int:
     from .cli import main as cli_main
     from .planning import resolve_storage
     from .spec import load_sweep
-    from .store import check_reachable, resolve_uri
+    from .tracking.store import check_reachable, resolve_uri
 
     sweep, rest = split_args(argv)
     submit_dir = os.environ.get("SLURM_SUBMIT_DIR", os.getcwd())

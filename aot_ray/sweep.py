@@ -12,7 +12,7 @@ from .errors import AotError, DataError, TrackingError
 from .interrupt import Interrupted, interruptible, stop_tune
 from .storage import Storage, is_remote
 from .planning import check_space, data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
-from .store import check_reachable
+from .tracking.store import check_reachable
 from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand
 
 Say = Callable[[str], None]
@@ -129,7 +129,7 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
     """Run the sweep, resuming where an earlier run of it stopped (see `tune.run_trials`). `options` are the
     command line's (`flags`: the same as keywords, RunOptions' fields)."""
     from . import aggregate
-    from .lease import Lease
+    from .tracking.lease import Lease
 
     opts = options or RunOptions(**flags)
     run_spec = opts.run_spec(spec.run)

@@ -203,7 +203,7 @@ def test_ray_up_submit_report_and_down_on_a_real_cluster(machine):
         # the head recorded its own Ray and MLflow addresses; MLflow answers, with the head's address allowed
         head_state = as_user("cat ~/.aot_ray/ray_address ~/.aot_ray/mlflow_uri").stdout.split()
         assert head_state[1] == uri and head_state[0].endswith(":6379"), head_state
-        from aot_ray.store import check_reachable
+        from aot_ray.tracking.store import check_reachable
 
         check_reachable(uri)
         count = ("python -c 'import os, ray; ray.init(address=open(os.path.expanduser(\"~/.aot_ray/ray_address\"))"

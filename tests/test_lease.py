@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from aot_ray import lease as L
+from aot_ray.tracking import lease as L
 from aot_ray.errors import AotError
 from aot_ray.tracking import client, experiment_id
 

@@ -9,7 +9,8 @@ import urllib.request
 
 import pytest
 
-from aot_ray import store, tracking
+from aot_ray import tracking
+from aot_ray.tracking import store
 from aot_ray.data.prepare import prepare
 from aot_ray.errors import TrackingError
 from aot_ray.spec import expand, parse_sweep

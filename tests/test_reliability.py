@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aot_ray import lease as L
+from aot_ray.tracking import lease as L
 from aot_ray import own_ray, tracking, tune_state
 from aot_ray.cli import SET_HELP, main
 from aot_ray.errors import SpecError, disk_full

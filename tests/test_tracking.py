@@ -1,139 +1,143 @@
-"""TrialTracker against a fake MLflow client: metrics are buffered and written in batches, steps an earlier
-attempt already wrote are not written again, a failed write keeps the buffer, a finished run is never reopened."""
+"""TrialTracker against a real MLflow store (SQLite, as the lease's tests): metrics are buffered and written in
+batches, steps an earlier attempt already wrote are not written again, a failed write keeps the buffer, a
+finished run is never reopened. The client is MLflow's own; a spy on its `log_batch` counts the batches and
+turns the next writes into failures, as a server going down would."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from aot_ray import store, tracking
-from aot_ray.tracking import ERROR, INTERRUPTED, SweepContext, TrialTracker
+from aot_ray import tracking
+from aot_ray.tracking import ERROR, INTERRUPTED, TrialTracker, store, tracker as tracker_module
 
 from specs import tiny_trials
 
 
-class FakeClient:
-    """The slice of MlflowClient that TrialTracker uses, in memory."""
+class Spy:
+    """Wraps the tracker's real client's `log_batch`: metrics per call, and `fail_next` calls that raise."""
 
-    def __init__(self):
-        self.runs: dict[str, SimpleNamespace] = {}
-        self.history: dict[tuple[str, str], list] = {}
-        self.batches: list[int] = []  # metrics per log_batch call
+    def __init__(self, t: TrialTracker) -> None:
+        self.batches: list[int] = []
         self.fail_next = 0
+        real = t.client.log_batch
 
-    def add_run(self, status="RUNNING", metrics=None, tags=None):
-        run_id = f"r{len(self.runs)}"
-        self.runs[run_id] = SimpleNamespace(
-            info=SimpleNamespace(run_id=run_id, status=status, lifecycle_stage="active"),
-            data=SimpleNamespace(metrics=dict(metrics or {}), tags=dict(tags or {})))
-        for key, steps in (metrics or {}).items():
-            self.history[(run_id, key)] = [SimpleNamespace(step=s) for s in steps]
-        return run_id
+        def log_batch(run_id, metrics=(), params=(), tags=()):
+            if metrics and self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("server down")
+            if metrics:
+                self.batches.append(len(metrics))
+            return real(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
 
-    def create_run(self, experiment_id, run_name, tags):
-        return self.runs[self.add_run(tags=tags)]
+        t.client.log_batch = log_batch
 
-    def get_run(self, run_id):
-        return self.runs[run_id]
 
-    def get_metric_history(self, run_id, key):
-        return self.history.get((run_id, key), [])
-
-    def update_run(self, run_id, status):
-        self.runs[run_id].info.status = status
-
-    def set_terminated(self, run_id, status="FINISHED"):
-        self.runs[run_id].info.status = status
-
-    def log_batch(self, run_id, metrics=(), params=(), tags=()):
-        if metrics and self.fail_next:
-            self.fail_next -= 1
-            raise ConnectionError("server down")
-        if metrics:
-            self.batches.append(len(metrics))
-        for m in metrics:
-            self.history.setdefault((run_id, m.key), []).append(m)
-            self.runs[run_id].data.metrics[m.key] = m.value
-        for t in tags:
-            self.runs[run_id].data.tags[t.key] = t.value
-
-    def set_tag(self, run_id, key, value):
-        self.runs[run_id].data.tags[key] = value
-
-    def delete_tag(self, run_id, key):
-        self.runs[run_id].data.tags.pop(key, None)
-
-    def log_dict(self, run_id, obj, name):
-        pass
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes a second); a sweep of its own per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('tracking')}/mlflow.db"
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    client = FakeClient()
-    monkeypatch.setattr(tracking, "client", lambda uri: client)
-    monkeypatch.setattr(tracking, "find_trial_run", lambda *a, **k: None)
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)  # retry's back-off
-    return client
+def ctx(db, request, monkeypatch):
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)  # retry's back-off
+    monkeypatch.setattr(tracker_module.time, "sleep", lambda s: None)
+    return tracking.start_sweep(db, request.node.name[:60], "name: tiny")
 
 
-def tracker(flush_every=500):
-    ctx = SweepContext(uri="http://fake", experiment_id="1", parent_run_id="p", sweep="tiny")
-    return TrialTracker(ctx, tiny_trials("tiny")[0], flush_every=flush_every)
+def tracker(ctx, flush_every=500):
+    from dataclasses import replace
+
+    return TrialTracker(replace(ctx, system_metrics_s=0), tiny_trials("tiny")[0], flush_every=flush_every)
 
 
-def test_metrics_are_buffered_and_written_in_batches(fake):
-    t = tracker(flush_every=4)
+def history(ctx, run_id, key):
+    return [m.step for m in sorted(tracking.client(ctx.uri).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def run_of(ctx, run_id):
+    return tracking.client(ctx.uri).get_run(run_id)
+
+
+def test_metrics_are_buffered_and_written_in_batches(ctx):
+    t = tracker(ctx, flush_every=4)
+    spy = Spy(t)
     t.begin(resumed_from=None)
     t.log_metrics({"train_loss": 2.0, "lr": 1e-3}, step=1)
-    assert fake.batches == []  # two metrics: still buffered
+    assert spy.batches == []  # two metrics: still buffered
     t.log_metrics({"train_loss": 1.5, "lr": 1e-3}, step=2)
-    assert fake.batches == [4]
+    assert spy.batches == [4]
     t.log_metrics({"train_loss": 1.2}, step=3)
     t.finish()
-    assert fake.batches == [4, 1] and fake.runs[t.run_id].info.status == "FINISHED"
-    assert fake.runs[t.run_id].data.tags["arch"] == "gpt2" and fake.runs[t.run_id].data.tags["aot.attempt"] == "1"
+    assert spy.batches == [4, 1]
+    run = run_of(ctx, t.run_id)
+    assert run.info.status == "FINISHED" and history(ctx, t.run_id, "train_loss") == [1, 2, 3]
+    assert run.data.tags["arch"] == "gpt2" and run.data.tags["aot.attempt"] == "1"
 
 
-def test_a_resumed_run_does_not_write_steps_it_already_has(fake):
-    run_id = fake.add_run(metrics={"train_loss": [5, 10], "val_loss": [10]}, tags={"aot.attempt": "1"})
-    t = tracker()
-    t.begin(resumed_from=10, run_id=run_id)
-    assert t.run_id == run_id and fake.runs[run_id].data.tags["aot.attempt"] == "2"
+def test_a_resumed_run_does_not_write_steps_it_already_has(ctx):
+    first = tracker(ctx)
+    first.begin(resumed_from=None)
+    first.log_metrics({"train_loss": 1.0}, step=5)
+    first.log_metrics({"train_loss": 1.0, "val_loss": 1.0}, step=10)
+    first.flush()
+    first._stop_system_metrics()  # the attempt dies here (its run stays RUNNING)
+    t = tracker(ctx)
+    t.begin(resumed_from=10, run_id=first.run_id)
+    assert t.run_id == first.run_id and run_of(ctx, t.run_id).data.tags["aot.attempt"] == "2"
     for step in (5, 10, 15):
         t.log_metrics({"train_loss": 1.0, "val_loss": 1.0}, step=step)
     t.flush()
-    assert [m.step for m in fake.history[(run_id, "train_loss")]] == [5, 10, 15]
-    assert [m.step for m in fake.history[(run_id, "val_loss")]] == [10, 15]
+    assert history(ctx, t.run_id, "train_loss") == [5, 10, 15]
+    assert history(ctx, t.run_id, "val_loss") == [10, 15]
 
 
-def test_a_failed_write_keeps_the_buffer_for_the_next_flush(fake):
-    t = tracker()
+def test_a_failed_write_keeps_the_buffer_for_the_next_flush(ctx):
+    t = tracker(ctx)
+    spy = Spy(t)
     t.begin(resumed_from=None)
     t.log_metrics({"train_loss": 1.0}, step=1)
-    fake.fail_next = 2  # both attempts of this flush
+    spy.fail_next = 2  # both attempts of this flush
     with pytest.warns(UserWarning, match="1 metrics and 0 artifacts kept"):
         assert t.flush() is False
-    assert t.flush() is True and fake.batches == [1]
+    assert history(ctx, t.run_id, "train_loss") == []
+    assert t.flush() is True and spy.batches == [1] and history(ctx, t.run_id, "train_loss") == [1]
 
 
-def test_errors_are_tagged_and_cleared_by_a_finished_attempt(fake):
-    t = tracker()
+def test_errors_are_tagged_and_cleared_by_a_finished_attempt(ctx):
+    t = tracker(ctx)
     t.begin(resumed_from=None)
     t.finish("FAILED", error="boom")
-    assert fake.runs[t.run_id].data.tags[ERROR] == "boom"
-    fake.runs[t.run_id].data.tags[INTERRUPTED] = "1"
-    again = tracker()
+    assert run_of(ctx, t.run_id).data.tags[ERROR] == "boom"
+    tracking.client(ctx.uri).set_tag(t.run_id, INTERRUPTED, "1")
+    again = tracker(ctx)
     again.begin(resumed_from=0, run_id=t.run_id)
     again.finish()
-    assert ERROR not in fake.runs[t.run_id].data.tags and INTERRUPTED not in fake.runs[t.run_id].data.tags
+    tags = run_of(ctx, t.run_id).data.tags
+    assert ERROR not in tags and INTERRUPTED not in tags and run_of(ctx, t.run_id).info.status == "FINISHED"
 
 
-def test_a_finished_run_is_never_reopened(fake):
-    run_id = fake.add_run(status="FINISHED", metrics={"val_loss": [40]})
+def test_a_finished_run_is_never_reopened(ctx):
+    t = tracker(ctx)
+    t.begin(resumed_from=None)
+    t.log_metrics({"val_loss": 1.0}, step=40)
+    t.finish()
     with pytest.raises(RuntimeError, match="already has a FINISHED run"):
-        tracker().begin(resumed_from=40, run_id=run_id)
+        tracker(ctx).begin(resumed_from=40, run_id=t.run_id)
+    with pytest.raises(RuntimeError, match="already has a FINISHED run"):  # found by its trial id too
+        tracker(ctx).begin(resumed_from=None)
+
+
+def test_one_handle_on_a_sweeps_runs(ctx):
+    runs = tracking.SweepRuns(ctx.uri, ctx.sweep)
+    assert runs.experiment() == ctx.experiment_id and runs.parent_run_id == ctx.parent_run_id
+    t = tracker(ctx)
+    t.begin(resumed_from=None)
+    t.finish()
+    assert [r.info.run_id for r in runs.trials("FINISHED")] == [t.run_id]
+    assert tracking.SweepRuns(ctx.uri, "other").trials() == [] and tracking.SweepRuns(ctx.uri, "other").parent() is None
 
 
 def test_the_ui_hint_is_the_servers_address_or_the_command_that_serves_a_file_store():

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tracking import AXES, DATA_VERSION, STOP_AT, client, trial_runs
+from ..tracking import AXES, DATA_VERSION, STOP_AT, SweepRuns
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
 
@@ -80,7 +80,8 @@ class Reader:
 
         self.uri, self.sweep = uri, sweep
         self.parent_run_id = parent_run_id  # None: the sweep's newest parent run
-        self.client = client(uri)
+        self.runs = SweepRuns(uri, sweep, parent_run_id)  # the one handle on the sweep's runs
+        self.client = self.runs.client
         self.threads = threads
         self._cache: dict[tuple[str, str], Any] = {}
         self._disk = Path(cache_dir) if cache_dir is not None else cache_root() / "report"
@@ -90,7 +91,7 @@ class Reader:
         """Newest run per trial id, of the reader's parent run (else the sweep's newest); of `runs` when given."""
         out: dict[str, dict[str, Any]] = {}
         if runs is None:
-            runs = trial_runs(self.uri, self.sweep, parent_run_id=self.parent_run_id)
+            runs = self.runs.trials()
         for run in runs:  # newest first
             if run.info.status != "FINISHED" and not (include_running and run.info.status == "RUNNING"):
                 continue

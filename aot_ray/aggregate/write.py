@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import signs
-from ..store import store_writable
+from ..tracking.store import store_writable
 from ..tracking import chosen_parent, sign_rule
 from . import figures, levels, plots, tables
 from . import reference as reference_

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .errors import TrackingError
+from ..errors import TrackingError
 
 T = TypeVar("T")
 

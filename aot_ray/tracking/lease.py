@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import AotError
+from ..errors import AotError
 
 LEASE, RENEWED = "aot.driver", "aot.driver_renewed"
 TTL_S = 90.0
@@ -45,7 +45,7 @@ class Holder:
 def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
     """The driver holding the sweep's lease, or None (no lease, released, or expired)."""
     from .store import client, store_exists
-    from .tracking import experiment_id
+    from .runs import experiment_id
 
     if not store_exists(uri):
         return None  # no store yet, so no lease (and reading would create the database)
@@ -128,7 +128,8 @@ class Lease:
         self.lost: str | None = None  # why the store was given up, once it was
 
     def _write(self, since: float) -> None:
-        from .tracking import client, experiment_id, retry
+        from .runs import experiment_id
+        from .store import client, retry
 
         c, exp_id = client(self.uri), experiment_id(self.uri, self.sweep, create=True)
         value = json.dumps({"token": self.token, "who": self.who, "since": since, "host": socket.gethostname(),
@@ -185,7 +186,8 @@ class Lease:
                 return
 
     def release(self) -> None:
-        from .tracking import client, experiment_id
+        from .runs import experiment_id
+        from .store import client
 
         if self._thread is None:  # never taken
             return

@@ -1,0 +1,260 @@
+"""A sweep's runs in MLflow: one experiment per sweep, a parent run per start of it, one child run per trial;
+every tag name; the searches that find them again by those tags (`aot.role`, `sweep`, `trial_id`), so that
+`plan`, `run`, `status` and the report tell which trials are finished; the sweep's own records (its learning
+rates, its sign rule, its data versions)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import TrackingError
+from .store import client, retry, sqlite_path
+
+ROLE = "aot.role"
+INTERRUPTED = "aot.interrupted"  # on runs ended by Ctrl-C / SIGTERM: status KILLED, resumable
+STOP_AT = "aot.stop_at"  # on both runs of a pair: the evaluation step at which its sign was established
+ERROR = "aot.error"  # on a failed run: the error's text
+AXES = "aot.axes"  # on a trial run: its grid axes (JSON)
+NODE = "aot.node"  # on a trial run: the Ray node it ran on
+WORKERS = "aot.workers"  # on a data-parallel trial run: its worker count
+LR_SEARCH = "aot.lr_search"  # on a learning-rate search run: the preset searched
+PID, HOST, ATTEMPT = "aot.pid", "aot.host", "aot.attempt"  # on a trial run: who runs it, which attempt
+DATA_VERSION = "aot.data_version"  # on a trial run: the content hash of the prepared data it read
+SUPERSEDED, SUPERSEDED_BY = "superseded", "aot.superseded_by"  # role (and the new data version) of a finished
+# run whose data changed after it ran: out of the sweep's trials, kept for its history
+TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a local SQLite store, keep artifacts beside the database (the server decides for http stores)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a trial needs to find its place in MLflow (small and picklable: it travels to Ray workers)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str
+    stop_on_sign: bool = False  # trials look for the driver's stop request (tag STOP_AT) at each evaluation
+    system_metrics_s: float = 30.0  # MLflow's system metrics (CPU, memory, GPU) every this many seconds; 0: off
+    gpu_tflops: float | None = None  # the peak for mfu on a GPU whose name is not in train.mfu's table
+    # trial id -> the content hash of the prepared data it reads (tag DATA_VERSION on its run): a finished run
+    # counts as done only while its data is the data of now
+    data_versions: Mapping[str, str] = field(default_factory=dict)
+
+
+class SweepRuns:
+    """One handle on a sweep's runs: the client, the sweep's experiment, its parent run (the one given, else the
+    newest), and the searches of its trial runs. Built once where a sweep's runs are read or written."""
+
+    def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None) -> None:
+        self.uri, self.sweep = uri, sweep
+        self.client = client(uri)
+        self._parent_id = parent_run_id
+        self._exp: str | None = None
+
+    def experiment(self, create: bool = False) -> str | None:
+        """The sweep's experiment id (created with `create`), None when there is none yet."""
+        if self._exp is None:
+            exp = self.client.get_experiment_by_name(self.sweep)
+            if exp is not None:
+                self._exp = exp.experiment_id
+            elif create:
+                self._exp = self.client.create_experiment(self.sweep, artifact_location=artifact_root(self.uri))
+        return self._exp
+
+    def parents(self, newest_only: bool = False) -> list:
+        """Every parent run of the sweep (one per `--fresh` start), newest first."""
+        exp = self.experiment()
+        if exp is None:
+            return []
+        return self.client.search_runs(
+            [exp], filter_string=f"tags.`{ROLE}` = 'sweep' and tags.sweep = '{_quote(self.sweep)}'",
+            order_by=["attributes.start_time DESC"], max_results=1 if newest_only else 1000)
+
+    def parent(self) -> Any:
+        """The parent run given, else the newest; None when the sweep has none."""
+        if self._parent_id is not None:
+            return self.client.get_run(self._parent_id)
+        newest = self.parents(newest_only=True)
+        return newest[0] if newest else None
+
+    @property
+    def parent_run_id(self) -> str | None:
+        if self._parent_id is None:
+            p = self.parent()
+            self._parent_id = p.info.run_id if p is not None else None
+        return self._parent_id
+
+    def trials(self, status: str | None = None, ended_after_ms: int | None = None,
+               evaluated_after_s: float | None = None, role: str = "trial") -> list:
+        """The parent run's trial runs, optionally by status, by an end after `ended_after_ms` (epoch ms) and by
+        an evaluation after `evaluated_after_s` (epoch s: the trainers' `eval_time`), newest first."""
+        exp, parent = self.experiment(), (self.parent_run_id if self.experiment() is not None else None)
+        if exp is None or parent is None:
+            return []
+        filt = (f"tags.`{ROLE}` = '{role}' and tags.sweep = '{_quote(self.sweep)}' "
+                f"and tags.`mlflow.parentRunId` = '{parent}'")
+        if status:
+            filt += f" and attributes.status = '{status}'"
+        if ended_after_ms is not None:
+            filt += f" and attributes.end_time > {int(ended_after_ms)}"
+        if evaluated_after_s is not None:
+            filt += f" and metrics.eval_time > {float(evaluated_after_s):.3f}"
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([exp], filter_string=filt, order_by=["attributes.start_time DESC"],
+                                           max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+
+def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
+    return SweepRuns(uri, sweep).experiment(create)
+
+
+def find_parent(uri: str, exp_id: str, sweep: str):
+    """The sweep's newest parent run, or None."""
+    return SweepRuns(uri, sweep).parent()
+
+
+def chosen_parent(uri: str, sweep: str, run_id: str | None = None) -> tuple[Any, list]:
+    """(the parent run a report reads, the sweep's other parent runs newest first): `run_id` when given (it must be
+    a parent run of this sweep), else the newest. (None, []) when the sweep has no run yet."""
+    every = SweepRuns(uri, sweep).parents()
+    if run_id is None:
+        return (every[0], every[1:]) if every else (None, [])
+    match = [r for r in every if r.info.run_id == run_id or r.info.run_id.startswith(run_id)]
+    if len(match) != 1:
+        known = ", ".join(r.info.run_id for r in every) or "none"
+        raise TrackingError(f"--parent {run_id}: {'no' if not match else 'more than one'} parent run of sweep "
+                            f"{sweep!r} matches (its parent runs: {known})")
+    return match[0], [r for r in every if r.info.run_id != match[0].info.run_id]
+
+
+def start_sweep(uri: str, sweep: str, spec_text: str, fresh: bool = False) -> SweepContext:
+    """Get or create the sweep's experiment and parent run (a new one with `fresh`); record the sweep YAML."""
+    runs = SweepRuns(uri, sweep)
+    exp_id = runs.experiment(create=True)
+    c = runs.client
+    parent = None if fresh else runs.parent()
+    if parent is None:
+        run = c.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep})
+        run_id = run.info.run_id
+    else:
+        run_id = parent.info.run_id
+        c.update_run(run_id, status="RUNNING")
+    c.log_text(run_id, spec_text, "sweep.yaml")
+    return SweepContext(uri=uri, experiment_id=exp_id, parent_run_id=run_id, sweep=sweep)
+
+
+LR_TAG = "aot.lr."  # + model preset: the learning rate the sweep's search chose, on the parent run
+
+
+def searched_lrs(uri: str, sweep: str, parent_run_id: str | None = None) -> dict[str, float]:
+    """preset -> learning rate chosen by the sweep's lr search (empty without a parent run or a search)."""
+    runs = SweepRuns(uri, sweep, parent_run_id)
+    parent = runs.parent() if runs.experiment() is not None else None
+    if parent is None:
+        return {}
+    return {k[len(LR_TAG):]: float(v) for k, v in parent.data.tags.items() if k.startswith(LR_TAG)}
+
+
+def record_lr(ctx: SweepContext, preset: str, lr: float, loss: float, trials: int) -> None:
+    """Keep a search's result on the parent run, so a resumed sweep reuses it (and its trial ids)."""
+    from mlflow.entities import Metric, RunTag
+
+    c = client(ctx.uri)
+    retry(lambda: c.log_batch(ctx.parent_run_id, tags=[RunTag(LR_TAG + preset, repr(lr))], metrics=[
+        Metric(f"lr_search.{preset}.best_val_loss", loss, int(time.time() * 1000), trials)]))
+
+
+SIGN_ALPHA, SIGN_AFTER = "aot.sign_alpha", "aot.sign_after"  # the sweep's sequential sign test, on the parent run
+
+
+def record_sign_rule(ctx: SweepContext, alpha: float, after: float) -> None:
+    """Keep the sign test's settings on the parent run, so a later `report` repeats the test the run made."""
+    c = client(ctx.uri)
+    retry(lambda: (c.set_tag(ctx.parent_run_id, SIGN_ALPHA, repr(alpha)),
+                   c.set_tag(ctx.parent_run_id, SIGN_AFTER, repr(after))))
+
+
+def sign_rule(parent: Any) -> tuple[float, float] | None:
+    """(alpha, after) recorded on a parent run, or None."""
+    tags = parent.data.tags
+    if SIGN_ALPHA in tags and SIGN_AFTER in tags:
+        return float(tags[SIGN_ALPHA]), float(tags[SIGN_AFTER])
+    return None
+
+
+def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
+    c = client(ctx.uri)
+    if status == "KILLED":  # interrupted: the parent and every trial run left open are marked so, not failed
+        c.set_tag(ctx.parent_run_id, INTERRUPTED, "1")
+        for run in trial_runs(ctx.uri, ctx.sweep, "RUNNING", ctx.parent_run_id):
+            with contextlib.suppress(Exception):
+                c.set_tag(run.info.run_id, INTERRUPTED, "1")
+                c.set_terminated(run.info.run_id, status="KILLED")
+    elif status == "FINISHED":
+        with contextlib.suppress(Exception):
+            c.delete_tag(ctx.parent_run_id, INTERRUPTED)
+    c.set_terminated(ctx.parent_run_id, status=status)
+
+
+def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None,
+               ended_after_ms: int | None = None, evaluated_after_s: float | None = None) -> list:
+    """Child runs of the sweep's current parent run (or of `parent_run_id`): `SweepRuns.trials`."""
+    return SweepRuns(uri, sweep, parent_run_id).trials(status, ended_after_ms, evaluated_after_s)
+
+
+def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None,
+                       versions: Mapping[str, str] | None = None) -> set[str]:
+    """Trial ids with a FINISHED run; with `versions` (trial id -> the hash of its prepared data now) only those
+    whose run read that data (runs of versions before DATA_VERSION count as current)."""
+    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)
+            if versions is None or not _stale(r, versions)}
+
+
+def _stale(run: Any, versions: Mapping[str, str]) -> bool:
+    had, now = run.data.tags.get(DATA_VERSION), versions.get(run.data.tags.get("trial_id"))
+    return had is not None and now is not None and had != now
+
+
+def stale_trial_runs(uri: str, sweep: str, versions: Mapping[str, str], parent_run_id: str | None = None) -> list:
+    """FINISHED trial runs whose prepared data has changed since they ran (a corpus edited, say)."""
+    return [r for r in trial_runs(uri, sweep, "FINISHED", parent_run_id) if _stale(r, versions)]
+
+
+def supersede(uri: str, runs: list, versions: Mapping[str, str]) -> None:
+    """Take finished runs of changed data out of the sweep's trials (role SUPERSEDED, and the version that
+    replaced theirs): kept in MLflow for their history, no longer done, paired or reported."""
+    c = client(uri)
+    for r in runs:
+        new = versions.get(r.data.tags.get("trial_id"), "")
+        retry(lambda: c.set_tag(r.info.run_id, SUPERSEDED_BY, new))
+        retry(lambda: c.set_tag(r.info.run_id, ROLE, SUPERSEDED))
+
+
+def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str, role: str = "trial"):
+    """The newest run of one trial under a parent run (a trainer's own lookup: one query, by its ids)."""
+    runs = client(uri).search_runs(
+        [exp_id], filter_string=f"tags.`{ROLE}` = '{role}' and tags.trial_id = '{_quote(trial_id)}' "
+                                f"and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
