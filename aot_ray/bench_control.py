@@ -18,6 +18,7 @@ Setting the runs up takes minutes at N = 1000 (it is not timed).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import subprocess
@@ -126,7 +127,7 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
     from .spec import expand, parse_sweep
     from .spec.expand import flatten
     from .tracking import TrialTracker, start_sweep
-    from .live import expected_pairs, sign_callback
+    from .signs import expected_pairs, sign_callback
 
     env_before = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
@@ -191,8 +192,8 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
         out.append(("sign refresh, all running, 5% new", again, 2.0))
 
         # the sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread
-        cb = sign_callback(server.uri, spec.name, every_s=0.0, expected=expected_pairs(trials),
-                           parent_run_id=ctx.parent_run_id)
+        cb = sign_callback(functools.partial(Reader, server.uri, spec.name, ctx.parent_run_id), every_s=0.0,
+                           expected=expected_pairs(trials))
         t_end = time.monotonic() + max(3.0, 2 * again + 1)
         while time.monotonic() < t_end:
             cb.on_trial_result(0, [], None, {})

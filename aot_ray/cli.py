@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
                          fixed_cluster=args.fixed_cluster,
                          stop_on_sign=args.stop_on_sign, restart_errored=args.restart_errored, fresh=args.fresh,
                          verbose=0 if args.quiet else 1)
-    from .interrupt import terminable
+    from .execution.interrupt import terminable
 
     with terminable():  # SIGTERM, like Ctrl-C, at any moment: the driver's clean-up runs
         out = run(spec, text, uri=uri, storage=storage, options=options)
@@ -233,7 +233,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _slurm(args: argparse.Namespace) -> int:
-    from .slurm_job import submit
+    from .cluster.slurm_job import submit
 
     job = submit(args.sweep, args.run_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                  cpus_per_task=args.cpus_per_task, time_limit=args.time_limit, partition=args.partition,
@@ -245,7 +245,7 @@ def _slurm(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .submit import submit
+    from .cluster.submit import submit
 
     rest = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     submit(args.cluster, args.sweep, rest)

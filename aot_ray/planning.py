@@ -172,7 +172,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     from .data.prepare import check_sizes
     from .publish import MARKER
     from .data.remote import remote_exists
-    from .tune import resources_of
+    from .execution.tune import resources_of
 
     lr_found: dict[str, float] = {}
     searched = spec  # the spec with its search settings, for the lr-search line

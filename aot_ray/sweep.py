@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import AotError, DataError, TrackingError
-from .interrupt import Interrupted, interruptible, stop_tune
+from .execution.interrupt import Interrupted, interruptible, stop_tune
 from .storage import Storage, is_remote
 from .planning import check_space, data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
 from .tracking.store import check_reachable
@@ -26,7 +26,7 @@ def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: s
     from . import tracking
     from .data.prepare import data_hash
     from .spec import lr_search_trials, with_learning_rates
-    from .lr_search import search_lr
+    from .execution.lr_search import search_lr
 
     lrs = tracking.searched_lrs(ctx.uri, spec.name, ctx.parent_run_id)
     ls = spec.lr_search
@@ -166,10 +166,10 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
            lease: Any, say: Say) -> tuple[list[Any], list[str], dict]:
     """Ray, the data, the lr search and Tune, under the lease; (outcomes, skipped trial ids, prepared data)."""
     from . import tracking
-    from .data_parallel import check_data_parallel_fits
-    from .gpus import gpu_size_finder
-    from .progress import Progress
-    from .tune import check_cluster, prepare_on_ray, ray_session, run_trials
+    from .execution.data_parallel import check_data_parallel_fits
+    from .execution.gpus import gpu_size_finder
+    from .execution.progress import Progress
+    from .execution.tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     verbose = opts.verbose
     trials = expand(spec)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Record the address of the Ray head just started here (head_start_ray_commands, right after `ray start --head`)
-# in ~/.aot_ray/ray_address, so the head's entry (aot_ray/head.py) joins this cluster and not whichever Ray on
+# in ~/.aot_ray/ray_address, so the head's entry (aot_ray/cluster/head.py) joins this cluster and not whichever Ray on
 # the machine started last, as `--address auto` would.
 set -euo pipefail
 project=$(cd "$(dirname "$0")/.." && pwd)

@@ -4,7 +4,7 @@
 # (never 0.0.0.0).
 #   bash cluster/start_mlflow.sh         start (idempotent), wait until it answers, record its address
 #   bash cluster/start_mlflow.sh stop    stop it (cluster/bin/ray runs this on `ray stop`, so `ray down` does)
-# The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/head.py) reads it.
+# The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/cluster/head.py) reads it.
 # MLflow answers 403 to Host headers other than localhost and private ranges unless --allowed-hosts names them:
 # the head's own address and the loopback names (tunnels) are allowed, nothing else.
 #   AOT_MLFLOW_HOST (default: the first of `hostname -I`), AOT_MLFLOW_PORT (5000), AOT_MLFLOW_DIR (~/mlflow),

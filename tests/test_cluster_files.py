@@ -55,7 +55,7 @@ def run_cli(*args, cwd=ROOT, env=None):
 def test_submit_shells_out_only_to_commands_and_options_the_real_ray_cli_has():
     """Each `ray` invocation of `aot-ray submit` checked against the installed Ray's own --help (a mocked CLI let
     `ray rsync_up` pass once); the real cycle is tests/test_cluster_launcher.py."""
-    from aot_ray.submit import ENTRY, commands
+    from aot_ray.cluster.submit import ENTRY, commands
 
     ray = str(Path(sys.executable).parent / "ray")
     cmds = commands("cluster/aws.yaml", "sweeps/quickstart.yaml", ["--storage", "s3://b/aot"], ray)
@@ -70,7 +70,7 @@ def test_submit_shells_out_only_to_commands_and_options_the_real_ray_cli_has():
 
 
 def test_a_sweep_outside_the_project_lands_in_its_sweeps_folder():
-    from aot_ray.submit import rel_path
+    from aot_ray.cluster.submit import rel_path
 
     assert rel_path("sweeps/sizes.yaml") == "sweeps/sizes.yaml"
     assert rel_path("/home/me/my.yaml") == "sweeps/my.yaml"
@@ -92,7 +92,7 @@ def test_submit_rejects_bad_files_before_touching_the_cluster(args, needle):
 
 @pytest.fixture
 def head_state(tmp_path, monkeypatch):
-    from aot_ray import head
+    from aot_ray.cluster import head
 
     monkeypatch.setattr(head, "STATE", tmp_path / "state")
     monkeypatch.setattr(head, "PROJECT", ROOT)
@@ -103,7 +103,7 @@ def head_state(tmp_path, monkeypatch):
 
 
 def test_head_entry_uses_the_addresses_the_head_recorded(head_state, tmp_path, monkeypatch):
-    from aot_ray import head
+    from aot_ray.cluster import head
 
     (head_state / "ray_address").write_text("10.1.2.3:6379\n")
     (head_state / "mlflow_uri").write_text("http://10.1.2.3:5000\n")
@@ -119,7 +119,7 @@ def test_head_entry_uses_the_addresses_the_head_recorded(head_state, tmp_path, m
 
 
 def test_head_entry_without_recorded_addresses_says_which_file_and_flag(head_state, capsys):
-    from aot_ray import head
+    from aot_ray.cluster import head
 
     assert head.main(["sweeps/quickstart.yaml"]) == 2
     err = capsys.readouterr().err

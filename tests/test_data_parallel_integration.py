@@ -15,7 +15,7 @@ from aot_ray.data.prepare import prepare
 from aot_ray.errors import AotError
 from aot_ray.spec import expand, parse_sweep
 from aot_ray.train import MemoryTracker, train
-from aot_ray.data_parallel import check_data_parallel_fits
+from aot_ray.execution.data_parallel import check_data_parallel_fits
 
 from test_faults_integration import kill_when, spec_dict
 

@@ -51,7 +51,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert victim is not None, (tmp_path / "first.log").read_text()[-3000:]
     done_before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "driverkill")
                    if r.info.status == "FINISHED"}
-    from aot_ray import own_ray
+    from aot_ray.execution import own_ray
 
     notes = [json.loads(f.read_text()) for f in own_ray._state_dir().glob("own-ray-*.json")]
     recorded = next(n["procs"] for n in notes if n["driver"]["pid"] == first.pid)

@@ -137,7 +137,7 @@ def test_a_finished_trial_is_never_rerun_or_reopened(tmp_path, ray_local):
     from aot_ray import sweep
     from aot_ray.data.prepare import prepare
     from aot_ray.spec import expand, parse_sweep
-    from aot_ray.tune import run_trials
+    from aot_ray.execution.tune import run_trials
 
     raw = spec_dict("final", steps=30)
     spec = parse_sweep(raw)

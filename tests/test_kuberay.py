@@ -83,7 +83,7 @@ def test_the_entrypoint_is_a_sweep_that_fits_the_worker_pods():
     import ray
 
     from aot_ray.cli import _parser
-    from aot_ray.slurm_job import check_fits
+    from aot_ray.cluster.slurm_job import check_fits
     from aot_ray.spec.load import load_sweep
 
     spec = manifest()["spec"]

@@ -1,10 +1,10 @@
-"""The sweep's progress figures and line (aot_ray/progress.py), on numbers with known answers."""
+"""The sweep's progress figures and line (aot_ray/execution/progress.py), on numbers with known answers."""
 
 from __future__ import annotations
 
 import pytest
 
-from aot_ray.progress import figures, line
+from aot_ray.execution.progress import figures, line
 
 
 def test_counts_tokens_and_an_eta_from_this_drivers_own_throughput():

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from aot_ray.tracking import lease as L
-from aot_ray import own_ray, tracking, tune_state
+from aot_ray import tracking
+from aot_ray.execution import own_ray
+from aot_ray.execution import tune_state
 from aot_ray.cli import SET_HELP, main
 from aot_ray.errors import SpecError, disk_full
 from aot_ray.spec import expand, load_sweep, parse_sweep

@@ -1,4 +1,4 @@
-"""The pure parts of the Slurm job (aot_ray/slurm.py, slurm_job.py): port blocks, Slurm's per-node counts, GPUs
+"""The pure parts of the Slurm job (aot_ray/cluster/slurm.py, slurm_job.py): port blocks, Slurm's per-node counts, GPUs
 from Slurm's variables, the fit check, argument splitting. The job itself runs on a real Slurm in
 test_slurm_integration.py."""
 
@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from aot_ray.slurm import Ports, SlurmError, expand_counts, gpus_per_node
-from aot_ray.slurm_job import check_fits, split_args
+from aot_ray.cluster.slurm import Ports, SlurmError, expand_counts, gpus_per_node
+from aot_ray.cluster.slurm_job import check_fits, split_args
 from aot_ray.spec import parse_sweep
 
 

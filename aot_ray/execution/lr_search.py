@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import AotError
-from .spec.schema import RunSpec
-from .tracking import LR_SEARCH, SweepContext
+from ..errors import AotError
+from ..spec.schema import RunSpec
+from ..tracking import LR_SEARCH, SweepContext
 from .tune import tune_resources
 
 
@@ -18,9 +18,9 @@ def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepCont
     driver killed after it) counts as it is, never trained or reopened again."""
     from ray import tune
 
-    from .spec import lr_search_trials
-    from .tracking import TrialTracker, find_trial_run, retry
-    from .train.tracked import train_tracked
+    from ..spec import lr_search_trials
+    from ..tracking import TrialTracker, find_trial_run, retry
+    from ..train.tracked import train_tracked
 
     losses = []
     for trial in lr_search_trials(spec, preset, config["lr"]):
@@ -38,7 +38,7 @@ def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepCont
 def searched_candidates(ctx: SweepContext, spec: Any, preset: str) -> dict[float, float]:
     """lr -> mean final validation loss of every candidate of this preset's search whose runs (one per searched
     direction) are all FINISHED under this sweep's parent run: they count as trials of a resumed search."""
-    from .tracking import ROLE, client, retry
+    from ..tracking import ROLE, client, retry
 
     c = client(ctx.uri)
     runs = retry(lambda: c.search_runs(
@@ -61,7 +61,7 @@ def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: 
     count towards lr_search.trials, and the sampler learns from them) and runs only the rest."""
     from ray import tune
 
-    from .spec import lr_search_trials
+    from ..spec import lr_search_trials
 
     ls = spec.lr_search
     done = searched_candidates(ctx, spec, preset)

@@ -106,7 +106,7 @@ class Progress:
 
     def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
                  gpu_tflops: float = 250.0) -> None:
-        from .planning import trial_cost
+        from ..planning import trial_cost
 
         self.ctx, self.every_s, self.say = ctx, every_s, say
         costs = {t.trial_id: trial_cost(t, gpu_tflops) for t in trials}
@@ -119,7 +119,7 @@ class Progress:
         self.last: Figures | None = None
 
     def _latest(self) -> dict[str, tuple[str, int]]:
-        from .tracking import trial_runs
+        from ..tracking import trial_runs
 
         out: dict[str, tuple[str, int]] = {}
         for r in trial_runs(self.ctx.uri, self.ctx.sweep, parent_run_id=self.ctx.parent_run_id):  # newest first
@@ -144,7 +144,7 @@ class Progress:
         try:
             from mlflow.entities import Metric
 
-            from .tracking import client
+            from ..tracking import client
 
             now, step = int(time.time() * 1000), int(elapsed)
             client(self.ctx.uri).log_batch(self.ctx.parent_run_id,

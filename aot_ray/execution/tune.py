@@ -9,19 +9,21 @@ adapts it to `tune.report` / `tune.get_checkpoint`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .storage import Storage, is_remote, join
+from ..storage import Storage, is_remote, join
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from .errors import AotError, disk_full
+from ..errors import AotError, disk_full
 from .interrupt import keep_sigterm
-from .live import expected_pairs, sign_callback
-from .spec.schema import RunSpec, TrialSpec
-from .tracking import NODE, SweepContext
+from ..aggregate.read import Reader
+from ..signs import expected_pairs, sign_callback
+from ..spec.schema import RunSpec, TrialSpec
+from ..tracking import NODE, SweepContext
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -62,7 +64,7 @@ def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
     """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
     import ray
 
-    from .errors import AotError
+    from ..errors import AotError
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1:
@@ -85,8 +87,8 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     was rebuilt)."""
     from ray import tune
 
-    from .tracking import TrialTracker
-    from .train.tracked import train_tracked
+    from ..tracking import TrialTracker
+    from ..train.tracked import train_tracked
     from .tune_state import trial_checkpoints
 
     trial = trials[config["trial_id"]]
@@ -132,7 +134,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
 
 def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
     """The trial's MLflow run under this sweep's parent run when it is FINISHED, else None."""
-    from .tracking import find_trial_run, retry
+    from ..tracking import find_trial_run, retry
 
     run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id))
     return run if run is not None and run.info.status == "FINISHED" else None
@@ -197,7 +199,7 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     import ray
     from ray.exceptions import RayTaskError
 
-    from .data.prepare import prepare
+    from ..data.prepare import prepare
 
     @ray.remote(num_cpus=1)
     def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
@@ -296,8 +298,8 @@ def run_trials(
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
             verbose=verbose,
-            callbacks=[sign_callback(ctx.uri, ctx.sweep, run.sign_interval_s, run.stop_on_sign,
-                                     expected_pairs(all_trials), ctx.parent_run_id)],
+            callbacks=[sign_callback(functools.partial(Reader, ctx.uri, ctx.sweep, ctx.parent_run_id),
+                                     run.sign_interval_s, run.stop_on_sign, expected_pairs(all_trials))],
         ),
     )
     one_line_tune_errors()
@@ -349,7 +351,7 @@ def one_line_tune_errors() -> None:
 
 def failed_trial_ids(ctx: SweepContext, trials: list[TrialSpec]) -> set[str]:
     """The trials whose run under this sweep's parent run ended FAILED."""
-    from .tracking import trial_runs
+    from ..tracking import trial_runs
 
     ids = {t.trial_id for t in trials}
     return {r.data.tags.get("trial_id") for r in trial_runs(ctx.uri, ctx.sweep, "FAILED", ctx.parent_run_id)
@@ -358,7 +360,7 @@ def failed_trial_ids(ctx: SweepContext, trials: list[TrialSpec]) -> set[str]:
 
 def outcomes_from_mlflow(ctx: SweepContext, trials: list[TrialSpec]) -> list[TrialOutcome]:
     """Each trial's outcome as its MLflow run records it (where Tune's own record cannot be read)."""
-    from .tracking import ERROR, trial_runs
+    from ..tracking import ERROR, trial_runs
 
     runs: dict[str, Any] = {}
     for r in trial_runs(ctx.uri, ctx.sweep, parent_run_id=ctx.parent_run_id):  # newest first

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .spec.presets import PRESETS, RECURRENT, Shape, arch_of, count_params, resolve_shape
-from .spec.schema import ModelSpec
+from ..spec.presets import PRESETS, RECURRENT, Shape, arch_of, count_params, resolve_shape
+from ..spec.schema import ModelSpec
 
 if TYPE_CHECKING:
     import torch

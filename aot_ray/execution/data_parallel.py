@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import AotError
-from .spec.schema import TrialSpec
-from .tracking import NODE, SweepContext, WORKERS
+from ..errors import AotError
+from ..spec.schema import TrialSpec
+from ..tracking import NODE, SweepContext, WORKERS
 
 
 def worker_resources(trial: TrialSpec) -> dict[str, float]:
@@ -61,9 +61,9 @@ def _dp_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from .tracking import TrialTracker, client, run_holds
-    from .train import MemoryTracker
-    from .train.tracked import train_tracked
+    from ..tracking import TrialTracker, client, run_holds
+    from ..train import MemoryTracker
+    from ..train.tracked import train_tracked
 
     trial: TrialSpec = config["trial"]
     # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
@@ -125,7 +125,7 @@ def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: s
 
 def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
     """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
-    from . import storage
+    from .. import storage
 
     for tid in trial_ids:
         storage.remove_tree(storage.join(dp_root, tid))

@@ -2,10 +2,10 @@
 
 It is reached three ways, all ending here:
   ray submit CLUSTER.yaml sweeps/sizes.yaml [run options]      the head's login `python` (cluster/bin/python)
-                                                               hands a sweep YAML to `python -m aot_ray.head`
+                                                               hands a sweep YAML to `python -m aot_ray.cluster.head`
   ray submit CLUSTER.yaml cluster/entry.py sweeps/sizes.yaml   the explicit form; `aot-ray submit` runs this
                                                                file itself (the package ships it)
-  python -m aot_ray.head sweeps/sizes.yaml                      on the head, by hand
+  python -m aot_ray.cluster.head sweeps/sizes.yaml                      on the head, by hand
 Defaults are what the head recorded when it started, not guesses: the GCS address of the Ray it started
 (cluster/record_ray.sh; `--address auto` would join whichever Ray on the machine started last) and the address
 the MLflow server was bound to (cluster/start_mlflow.sh). `--address` / `--tracking-uri` (or $RAY_ADDRESS /
@@ -23,7 +23,7 @@ PROJECT = Path(os.environ.get("AOT_RAY_PROJECT", Path.home() / "aot_ray"))
 STATE = Path.home() / ".aot_ray"
 RAY_ADDRESS_FILE = "ray_address"
 MLFLOW_URI_FILE = "mlflow_uri"
-USAGE = "usage: python -m aot_ray.head SWEEP.yaml [aot-ray run options]"
+USAGE = "usage: python -m aot_ray.cluster.head SWEEP.yaml [aot-ray run options]"
 
 
 class HeadError(Exception):

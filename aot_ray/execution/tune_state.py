@@ -14,7 +14,7 @@ import posixpath
 import time
 from typing import Any
 
-from . import storage
+from .. import storage
 
 STATE_FILES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "tuner.pkl")
 

@@ -1,6 +1,6 @@
 """A sweep inside a Slurm job: `sbatch [options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]`.
 
-The batch step (`python -m aot_ray.slurm_job ...`, on the job's first node) checks everything it can before
+The batch step (`python -m aot_ray.cluster.slurm_job ...`, on the job's first node) checks everything it can before
 anything starts (the sweep, the tracking server, a storage every node sees, trials that fit the allocation),
 then starts a Ray head on its node and a Ray worker on every other node (one `srun` step each, `node` below),
 each on the address Slurm reaches that node at, with ports and a short temp folder of the job's own (derived
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AotError
+from ..errors import AotError
 
 PORT_BLOCK = 200  # ports per job: head services, 10 per node (nodes of one job may share a host), workers
 
@@ -168,7 +168,7 @@ def node_address(node: str) -> str:
 
 
 def node_main(argv: list[str]) -> int:
-    """`python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS` in one srun step per
+    """`python -m aot_ray.cluster.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS` in one srun step per
     node: `ray start --block` with this node's address, the job's ports and temp folder, and the CPUs and GPUs
     of this step's allocation."""
     index, address, head, temp = int(argv[0]), argv[1], argv[2], argv[3]
@@ -197,7 +197,7 @@ def temp_dir(job_id: int, index: int) -> str:
 
 
 def clean_main(argv: list[str]) -> int:
-    """`python -m aot_ray.slurm clean JOB_ID LOGS_DIR`, one task per node once the job's Ray is stopped: Ray's
+    """`python -m aot_ray.cluster.slurm clean JOB_ID LOGS_DIR`, one task per node once the job's Ray is stopped: Ray's
     logs of each of the job's temp folders on this node are kept under LOGS_DIR (in the job's folder in storage)
     and the folders removed, so that the job leaves nothing in /tmp."""
     import shutil
@@ -220,6 +220,6 @@ if __name__ == "__main__":
         sys.exit(node_main(sys.argv[2:]))
     if sys.argv[1:2] == ["clean"] and len(sys.argv) == 4:
         sys.exit(clean_main(sys.argv[2:]))
-    print("usage: python -m aot_ray.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS | "
-          "clean JOB_ID LOGS_DIR (srun steps that aot_ray.slurm_job starts)", file=sys.stderr)
+    print("usage: python -m aot_ray.cluster.slurm node INDEX ADDRESS HEAD_ADDRESS TEMP_DIR PORT_BASE CPUS | "
+          "clean JOB_ID LOGS_DIR (srun steps that aot_ray.cluster.slurm_job starts)", file=sys.stderr)
     sys.exit(2)

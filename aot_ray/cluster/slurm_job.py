@@ -1,6 +1,6 @@
-"""The batch step of a Slurm job (`python -m aot_ray.slurm_job SWEEP.yaml [-- run options]`, what
+"""The batch step of a Slurm job (`python -m aot_ray.cluster.slurm_job SWEEP.yaml [-- run options]`, what
 cluster/slurm.sbatch runs) and `aot-ray slurm`, which checks a sweep before `sbatch` queues it. The facts of the
-allocation, the job's ports and each node's `ray start` are `aot_ray.slurm`."""
+allocation, the job's ports and each node's `ray start` are `aot_ray.cluster.slurm`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .errors import AotError
-from .interrupt import keep_sigterm, last_signal
+from ..errors import AotError
+from ..execution.interrupt import keep_sigterm, last_signal
 from .slurm import Allocation, Ports, SlurmError, temp_dir
-from .storage import is_remote
+from ..storage import is_remote
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
@@ -37,7 +37,7 @@ def split_args(argv: list[str]) -> tuple[str, list[str]]:
 
 def run_args(sweep: str, rest: list[str]) -> Any:
     """The `aot-ray run` options, parsed by the CLI's own parser (a bad option is its one-line error)."""
-    from .cli import _parser
+    from ..cli import _parser
 
     return _parser().parse_args(["run", sweep, *rest])
 
@@ -45,7 +45,7 @@ def run_args(sweep: str, rest: list[str]) -> Any:
 def check_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) -> None:
     """Every trial must fit what the job was given: one node's CPUs and GPUs per process, the whole job for a
     data-parallel trial's workers (Slurm adds no nodes, so a trial that does not fit would wait forever)."""
-    from .spec import expand
+    from ..spec import expand
 
     for t in expand(spec):
         r = t.resources
@@ -133,7 +133,7 @@ class JobRay:
         for i, (node, addr) in enumerate(zip(alloc.nodes, alloc.addresses)):
             gpus = [f"--gres=gpu:{alloc.gpus}"] if alloc.gpus else []
             cmd = ["srun", "--overlap", "-N1", "-n1", "-w", node, "--kill-on-bad-exit=0", *gpus, sys.executable,
-                   "-m", "aot_ray.slurm", "node", str(i), addr, alloc.addresses[0], temp_dir(alloc.job_id, i),
+                   "-m", "aot_ray.cluster.slurm", "node", str(i), addr, alloc.addresses[0], temp_dir(alloc.job_id, i),
                    str(ports.base), str(alloc.cpus[i])]
             self.steps.append(subprocess.Popen(cmd, env=env, stdout=(job_dir / f"ray-{node}.log").open("ab"),
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -176,7 +176,7 @@ class JobRay:
         # then one task per node keeps Ray's logs in the job's folder and removes the job's temp folders there
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(["srun", "--overlap", f"-N{len(self.alloc.nodes)}", "--ntasks-per-node=1",
-                            sys.executable, "-m", "aot_ray.slurm", "clean", str(self.alloc.job_id),
+                            sys.executable, "-m", "aot_ray.cluster.slurm", "clean", str(self.alloc.job_id),
                             str(self.job_dir / "ray-logs")], capture_output=True, timeout=120)
 
 
@@ -206,10 +206,10 @@ def requeue(job_id: int) -> None:
 
 def job(argv: list[str]) -> int:
     """The batch step; its exit code is aot-ray run's (130 when stopped by a signal, then requeued)."""
-    from .cli import main as cli_main
-    from .planning import resolve_storage
-    from .spec import load_sweep
-    from .tracking.store import check_reachable, resolve_uri
+    from ..cli import main as cli_main
+    from ..planning import resolve_storage
+    from ..spec import load_sweep
+    from ..tracking.store import check_reachable, resolve_uri
 
     sweep, rest = split_args(argv)
     submit_dir = os.environ.get("SLURM_SUBMIT_DIR", os.getcwd())
@@ -285,7 +285,7 @@ def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 
     job id. Nothing is queued for a sweep that does not load or trials that cannot fit the allocation asked for."""
     import shutil
 
-    from .spec import load_sweep
+    from ..spec import load_sweep
 
     args = run_args(sweep, rest)
     spec = load_sweep(sweep, args.sets)
@@ -308,7 +308,7 @@ def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .interrupt import terminable
+    from ..execution.interrupt import terminable
 
     try:
         with terminable():

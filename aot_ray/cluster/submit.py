@@ -1,6 +1,6 @@
 """`aot-ray submit CLUSTER.yaml SWEEP.yaml`: validate both files here, sync the sweep to the head, and start the
 driver there detached from the SSH session (`ray submit --tmux`), with Ray's own cluster launcher. The script it
-submits is the package's own head entry (aot_ray/head.py), so an installed `aot-ray` needs no checkout."""
+submits is the package's own head entry (aot_ray/cluster/head.py), so an installed `aot-ray` needs no checkout."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import AotError
+from ..errors import AotError
 
 # the head's entry script, by path: importing it would close a circle (it imports the CLI, which imports this)
 ENTRY = Path(__file__).with_name("head.py").resolve()
@@ -56,7 +56,7 @@ def commands(cluster: str, sweep: str, run_args: list[str], ray: str = "ray") ->
 
 
 def submit(cluster: str, sweep: str, run_args: list[str], say=print) -> None:
-    from .spec import load_sweep
+    from ..spec import load_sweep
 
     cfg = load_cluster(cluster)
     spec = load_sweep(sweep)  # a bad sweep fails here, before anything reaches the cluster
