@@ -61,7 +61,7 @@ def test_submit_shells_out_only_to_commands_and_options_the_real_ray_cli_has():
     cmds = commands("cluster/aws.yaml", "sweeps/quickstart.yaml", ["--storage", "s3://b/aot"], ray)
     assert [c[1] for c in cmds] == ["rsync-up", "submit"]
     assert cmds[1][3:] == ["cluster/aws.yaml", str(ENTRY), "sweeps/quickstart.yaml", "--", "--storage", "s3://b/aot"]
-    assert ENTRY.is_file() and ENTRY.parent.name == "aot_ray"  # shipped in the package, not read from a checkout
+    assert ENTRY.is_file() and ENTRY.parent.parent.name == "aot_ray"  # shipped in the package, not from a checkout
     for cmd in cmds:
         helptext = subprocess.run([ray, cmd[1], "--help"], capture_output=True, text=True)
         assert helptext.returncode == 0, f"ray {cmd[1]}: {helptext.stderr}"
