@@ -176,11 +176,10 @@ def _run(args: argparse.Namespace) -> int:
 def _data_versions(spec: Any) -> dict[str, str] | None:
     """trial id -> the hash of the data it would read now, so the report leaves out runs of changed data; None
     where the corpora cannot be read here (the report then takes every finished run as current)."""
-    from .planning import data_hashes
-    from .spec import expand
+    from .sweep_plan import SweepPlan
 
     try:
-        return data_hashes(expand(spec))
+        return SweepPlan.of(spec).versions
     except Exception:
         return None
 

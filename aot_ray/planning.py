@@ -1,30 +1,29 @@
-"""What a sweep would run, what is already done, and what it would cost (`aot-ray plan`, `aot-ray status`):
-trial costs, GPU memory checks, epochs, the distinct datasets and whether they are prepared, finished trials in
-MLflow. Reads local metadata and the tracking store; starts nothing, downloads nothing, creates no store."""
+"""What a sweep would run, what is already done, and what it would cost (`aot-ray plan`, `aot-ray status`), from
+its `SweepPlan`: trial costs, epochs, the distinct datasets and whether they are prepared, the storage checks,
+each trial's state in MLflow. Reads local metadata and the tracking store; starts nothing, downloads nothing,
+creates no store."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import DataError, DiskFull, TrackingError
+from .errors import DataError, DiskFull
 from .models import count_params, resolve_shape
 from .spec import SweepSpec, TrialSpec, expand, lr_search_trials
 from .storage import Storage, is_remote
-from .tracking.store import check_reachable, client, store_exists
-from .tracking import ERROR, finished_trial_ids, stale_trial_runs, trial_runs
+from .sweep_plan import SweepPlan
+from .tracking import ERROR, trial_runs
+from .tracking.store import client, store_exists
+
 
 def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
     raw = flag or spec.run.storage or "aot_results"
     if is_remote(raw):
         return raw
     return str((Path(cwd or os.getcwd()) / raw).resolve())
-
-
-def where_of(trial: TrialSpec) -> str:
-    return f"data.{trial.dataset}"
 
 
 def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
@@ -65,38 +64,6 @@ def check_space(trials: list[TrialSpec], storage: str) -> None:
                        f"another --storage")
 
 
-GpuSize = Callable[[TrialSpec], "tuple[int | None, str]"]
-
-
-def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | None = None) -> dict[str, Any]:
-    """trial id -> MemoryCheck for every GPU trial: its micro-batch against its share of the GPU it will get. The
-    GPU's size comes from the cluster (`discovered`), else from what the sweep declares, else it is unknown."""
-    from .data.prepare import vocab_size_of
-    from .memory import check_trial, declared_gpu_bytes
-
-    out = {}
-    for t in trials:
-        if t.resources.gpu <= 0:
-            continue
-        gpu_bytes, source = discovered(t) if discovered else (None, "")
-        if gpu_bytes is None:
-            gpu_bytes, source = declared_gpu_bytes(t, run_spec.gpu_memory_gb, run_spec.gpu_memory_gb_by_resource)
-        out[t.trial_id] = check_trial(t, vocab_size_of(t.data), gpu_bytes, source)
-    return out
-
-
-def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None:
-    """One line naming the first trial that cannot fit its GPU share (and how many others), or None."""
-    from .data.prepare import vocab_size_of
-    from .memory import refusal
-
-    bad = [t for t in trials if t.trial_id in checks and checks[t.trial_id].fits is False]
-    if not bad:
-        return None
-    more = f" ({len(bad) - 1} more trial(s) do not fit either)" if len(bad) > 1 else ""
-    return refusal(bad[0], vocab_size_of(bad[0].data), checks[bad[0].trial_id]) + more
-
-
 def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
     """Tokens in the trial's training split: computed for synthetic data, read from a prepared manifest."""
     from .spec.schema import SYNTHETIC_KINDS, split_sizes
@@ -131,44 +98,9 @@ def epochs_of(trial: TrialSpec, train_tokens: int | None) -> float | None:
     return trial.train.steps * trial.train.batch_size * trial.train.grad_accum / windows
 
 
-def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
-    """trial id -> content hash of the prepared data it reads."""
-    from .data.prepare import data_hash
-
-    cache: dict[int, str] = {}
-    out = {}
-    for t in trials:
-        key = id(t.data)
-        if key not in cache:
-            cache[key] = data_hash(t.data, where_of(t))
-        out[t.trial_id] = cache[key]
-    return out
-
-
-def distinct_datasets(trials: list[TrialSpec], hashes: dict[str, str]) -> dict[str, tuple[str, Any, str | None]]:
-    """hash -> (where, dataset spec, language) for each distinct dataset of the sweep."""
-    out: dict[str, tuple[str, Any, str | None]] = {}
-    for t in trials:
-        out.setdefault(hashes[t.trial_id], (where_of(t), t.data, t.language))
-    return out
-
-
-def done_trials(uri: str, sweep: str, versions: dict[str, str] | None = None
-                ) -> tuple[set[str], set[str], str | None]:
-    """(finished trial ids on the data of now, finished ones whose data changed since they ran, a note if the
-    store cannot be read), without creating a store that does not exist yet."""
-    if not store_exists(uri):
-        return set(), set(), None
-    try:
-        check_reachable(uri)
-        stale = {r.data.tags.get("trial_id") for r in stale_trial_runs(uri, sweep, versions or {})}
-        return finished_trial_ids(uri, sweep, versions=versions or {}), stale, None
-    except (TrackingError, Exception) as e:  # planning must work offline: say so instead of failing
-        return set(), set(), f"tracking store not readable ({str(e).splitlines()[0]}); status unknown"
-
-
 def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
-    """Everything `aot-ray plan` shows. Reads local file metadata and MLflow; downloads nothing."""
+    """Everything `aot-ray plan` shows, from the sweep's `SweepPlan` (the one `run` executes). Reads local file
+    metadata and MLflow; downloads nothing."""
     from .data.prepare import check_sizes
     from .publish import MARKER
     from .data.remote import remote_exists
@@ -184,11 +116,11 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
             lr_found = searched_lrs(uri, spec.name)
         if set(spec.grid.model) <= set(lr_found):
             spec = with_learning_rates(spec, lr_found)
-    trials = expand(spec)
-    hashes = data_hashes(trials)
-    done, stale, note = done_trials(uri, spec.name, hashes)
-    checks = memory_checks(trials, spec.run)
-    manifests = _local_manifests(trials, hashes, storage)
+    sp = SweepPlan.of(spec)
+    trials, hashes = sp.trials, sp.versions
+    done, stale, note = sp.done_offline(uri)
+    checks = sp.memory_checks()
+    manifests = _local_manifests(sp, storage)
     rows = []
     for t in trials:
         mem = checks.get(t.trial_id)
@@ -205,7 +137,7 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
                 "budget": mem.budget, "gpu_bytes": mem.gpu_bytes, "source": mem.source, "fits": mem.fits},
         })
     data = []
-    for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
+    for h, (where, d, lang) in sp.datasets.items():
         path = Storage.of(storage).data(d.kind, h)
         damaged = None
         try:
@@ -228,10 +160,10 @@ def plan(spec: SweepSpec, uri: str, storage: str) -> dict[str, Any]:
     todo = [t for t in trials if t.trial_id not in done]
     return {"sweep": spec.name, "tracking_uri": uri, "storage": storage, "trials": rows, "datasets": data,
             "storage_need": storage_need(todo),
-            "note": note, "lr_search": lr_search, "unfit": unfit_message(trials, checks)}
+            "note": note, "lr_search": lr_search, "unfit": sp.unfit(checks)}
 
 
-def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: str) -> dict[str, dict]:
+def _local_manifests(sp: SweepPlan, storage: str) -> dict[str, dict]:
     """hash -> manifest of each dataset already prepared in a local storage (remote ones are not fetched)."""
     import json
 
@@ -240,7 +172,7 @@ def _local_manifests(trials: list[TrialSpec], hashes: dict[str, str], storage: s
     out = {}
     if is_remote(storage):
         return out
-    for h, (_, d, _) in distinct_datasets(trials, hashes).items():
+    for h, (_, d, _) in sp.datasets.items():
         folder = Path(Storage.of(storage).data(d.kind, h))
         if (folder / MARKER).is_file():
             with contextlib.suppress(OSError, ValueError):

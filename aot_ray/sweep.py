@@ -11,9 +11,10 @@ from typing import Any, Callable
 from .errors import AotError, DataError, TrackingError
 from .execution.interrupt import Interrupted, interruptible, stop_tune
 from .storage import Storage, is_remote
-from .planning import check_space, data_hashes, distinct_datasets, memory_checks, unfit_message, where_of
+from .planning import check_space
+from .sweep_plan import SweepPlan, where_of
 from .tracking.store import check_reachable
-from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash, expand
+from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash
 
 Say = Callable[[str], None]
 
@@ -76,14 +77,13 @@ def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: boo
     """`aot-ray prepare`: every distinct dataset once, in this process; one summary line each."""
     from .data.prepare import prepare
 
-    trials = expand(spec)
-    hashes = data_hashes(trials)
+    sp = SweepPlan.of(spec)
     manifests = {}
-    for h, (where, d, lang) in distinct_datasets(trials, hashes).items():
+    for h, (where, d, lang) in sp.datasets.items():
         prepared, built = prepare(d, storage, where, progress=progress)
         manifests[h] = prepared.manifest
         say(summary_line(where, lang, h, prepared.location, built, prepared.manifest))
-    check_fits(trials, hashes, manifests)
+    check_fits(sp.trials, sp.versions, manifests)
     return manifests
 
 
@@ -172,16 +172,15 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
     from .execution.tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     verbose = opts.verbose
-    trials = expand(spec)
-    hashes = data_hashes(trials)  # also fails fast on missing local files
-    datasets = distinct_datasets(trials, hashes)
+    sp = SweepPlan.of(spec)  # what `plan` showed; also fails fast on missing local files
+    trials, hashes, datasets = sp.trials, sp.versions, sp.datasets
     data_parallel = any(t.resources.workers > 1 for t in trials)
     with ray_session(opts.address, opts.num_cpus, opts.num_gpus, dashboard=data_parallel,
                      owner=content_hash([uri, spec.name, storage]), say=say,
                      log_to_driver=verbose > 0) as own_ray:  # --quiet: the trainers' own lines stay in Ray's logs
         check_cluster(storage, uri, run_spec.shared_storage)
         check_data_parallel_fits(trials, own_ray or opts.fixed_cluster, say)
-        unfit = unfit_message(trials, memory_checks(trials, spec.run, gpu_size_finder()))
+        unfit = sp.unfit(sp.memory_checks(gpu_size_finder()))  # the cluster's own GPU sizes
         if unfit:
             raise AotError(unfit)
         prepared = prepare_on_ray({h: (w, d) for h, (w, d, _) in datasets.items()}, storage,
@@ -206,8 +205,8 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 if interrupted():
                     raise Interrupted("interrupted during the learning-rate search; run the same command again to "
                                       "resume it (its finished candidates count)")
-                trials = expand(spec)  # the searched learning rates are part of the trials' identity
-                hashes = data_hashes(trials)
+                sp = SweepPlan.of(spec)  # the searched learning rates are part of the trials' identity
+                trials, hashes = sp.trials, sp.versions
             ctx = replace(ctx, stop_on_sign=run_spec.stop_on_sign is not None,  # trials then poll for stop requests
                           system_metrics_s=run_spec.system_metrics_s, gpu_tflops=run_spec.gpu_tflops,
                           data_versions=hashes)

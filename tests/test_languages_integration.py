@@ -89,8 +89,8 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
     """Identity includes the data: a finished trial whose corpus changed is not done (plan says stale), not
     reported as current, and `run` trains it again from step 0 on the new data; its old run stays, superseded."""
     from aot_ray.aggregate import report
-    from aot_ray.planning import data_hashes, plan
-    from aot_ray.spec import expand
+    from aot_ray.planning import plan
+    from aot_ray.sweep_plan import SweepPlan
 
     corpus = write_text(tmp_path / "corpora" / "en.txt", docs("en", 200))
     spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", [
@@ -105,7 +105,7 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
     old = {r.data.tags["trial_id"]: r.data.tags[tracking.DATA_VERSION] for r in tracking.trial_runs(uri, spec.name)}
 
     write_text(corpus, docs("en", 200) + docs("en", 50, seed=1))  # the corpus is edited
-    now = data_hashes(expand(spec))
+    now = SweepPlan.of(spec).versions
     assert set(now.values()).isdisjoint(old.values())
     assert [r["status"] for r in plan(spec, uri, storage)["trials"]] == ["stale", "stale"]
     before = report(uri, spec.name, tmp_path / "report", versions=now)

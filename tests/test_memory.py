@@ -164,7 +164,7 @@ def test_prediction_within_15_percent_of_cuda_max_memory_allocated(preset, micro
 
 def test_gpu_size_comes_from_cluster_then_custom_resource_then_run_setting():
     from aot_ray.spec.schema import RunSpec
-    from aot_ray.planning import memory_checks
+    from aot_ray.sweep_plan import memory_checks
 
     raw = copy.deepcopy(SWEEP)
     raw["grid"]["model"] = ["tiny", "mini"]

@@ -291,3 +291,27 @@ def test_text_control_is_the_reversed_characters_tokenizer():
 
     suffix, d = control_data(TextData(paths=("/x/{lang}.txt",)))
     assert suffix == "reversed" and d.tokenizer.reverse_chars and d.paths == ("/x/{lang}.txt",)
+
+
+def test_a_sweep_is_expanded_once_per_state_and_plan_shows_what_run_executes(tmp_path, monkeypatch):
+    """The loader's checks, `plan` and the run's SweepPlan share one expansion; a new sweep state (here a new
+    seed) is expanded anew. The plan's trials and data versions are the SweepPlan's."""
+    import dataclasses
+    import sys
+
+    from aot_ray.planning import plan
+    from aot_ray.spec import load_sweep
+    from aot_ray.sweep_plan import SweepPlan
+
+    mod = sys.modules["aot_ray.spec.expand"]
+    calls = []
+    real = mod._expand
+    monkeypatch.setattr(mod, "_expand", lambda s: calls.append(s) or real(s))
+    spec = load_sweep("sweeps/quickstart.yaml")
+    shown = plan(spec, f"sqlite:///{tmp_path}/none.db", str(tmp_path / "results"))
+    sp = SweepPlan.of(spec)
+    assert len(calls) == 1
+    assert [r["trial_id"] for r in shown["trials"]] == [t.trial_id for t in sp.trials]
+    assert {d["hash"] for d in shown["datasets"]} == set(sp.datasets) == set(sp.versions.values())
+    more = dataclasses.replace(spec, grid=dataclasses.replace(spec.grid, seed=spec.grid.seed + (99,)))
+    assert len(SweepPlan.of(more).trials) > len(sp.trials) and len(calls) == 2

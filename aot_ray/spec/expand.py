@@ -100,9 +100,24 @@ def control_trials(spec: SweepSpec) -> list[TrialSpec]:
     return list(out.values())
 
 
+_EXPANDED: dict[int, tuple[Any, tuple[TrialSpec, ...]]] = {}  # id(spec) -> (weak ref to it, its trials)
+
+
 def expand(spec: SweepSpec) -> list[TrialSpec]:
     """All trials of the sweep, forward and backward of a cell adjacent, in a deterministic order; the control
-    cells of `null_controls` last."""
+    cells of `null_controls` last. A sweep is frozen, so it is expanded once (the loader's checks, `plan` and
+    `run` then share the result); a new sweep state (learned rates, --set) is a new object, expanded anew."""
+    import weakref
+
+    held = _EXPANDED.get(id(spec))
+    if held is not None and held[0]() is spec:
+        return list(held[1])
+    trials = _expand(spec)
+    _EXPANDED[id(spec)] = (weakref.ref(spec, lambda _, key=id(spec): _EXPANDED.pop(key, None)), tuple(trials))
+    return trials
+
+
+def _expand(spec: SweepSpec) -> list[TrialSpec]:
     g = spec.grid
     d = spec.defaults
     override_names = [name for name, _ in g.overrides]
