@@ -25,7 +25,7 @@ USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
 MLFLOW_WAIT_S = float(os.environ.get("AOT_MLFLOW_WAIT", "300"))
 REQUEUE_WAIT_S = 120.0  # longer than Slurm's KillWait (30 s by default): the requeue ends this process first
-SBATCH = Path(__file__).resolve().parents[1] / "cluster" / "slurm.sbatch"
+SBATCH = Path(__file__).resolve().parents[2] / "cluster" / "slurm.sbatch"  # the checkout's cluster/
 
 
 def split_args(argv: list[str]) -> tuple[str, list[str]]:
