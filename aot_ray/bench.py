@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import seeds
 from .data.prepare import Prepared, prepare
 from .data.tokenfile import dtype_for
-from .memory import micro_batches, predict_trial
+from .memory import gpu_budget_of, micro_batches, predict_trial
 from .models import build_model
 from .spec import expand, parse_sweep
 from .train import MemoryTracker, train
@@ -125,8 +125,7 @@ def run_trainer(trial, data, memory: bool) -> dict:
     result = train(trial, MemoryTracker(), data=data)
     out = {"tokens_per_s": result.tokens_per_s, "compile_seconds": result.compile_seconds}
     if memory and cuda:
-        budget = torch.cuda.get_device_properties(0).total_memory
-        budget = int(budget * trial.resources.gpu) if 0 < trial.resources.gpu < 1 else budget
+        budget = gpu_budget_of(trial, torch.cuda.get_device_properties(0).total_memory)
         micro, passes = micro_batches(trial, data.vocab_size, budget=budget)
         out.update(measured=torch.cuda.max_memory_allocated(),
                    predicted=predict_trial(trial, data.vocab_size, micro, passes).total, micro=micro, passes=passes)

@@ -144,7 +144,7 @@ def micro_batches(trial: "TrialSpec", vocab: int, *, workers: int | None = None,
     does not divide the per-worker batch."""
     t = trial.train
     w = workers or trial.resources.workers
-    per_worker = t.batch_size * t.grad_accum // w
+    per_worker = trial.per_worker_batch(w)
     if t.micro_batch is None:
         return t.batch_size // w, t.grad_accum
     if t.micro_batch == "auto":
@@ -184,8 +184,14 @@ class MemoryCheck:
 
 
 def gpu_share(trial: "TrialSpec") -> float:
+    """The fraction of a GPU the trial gets: its `resources.gpu` when a fraction, else the whole GPU."""
     g = trial.resources.gpu
     return g if 0 < g < 1 else 1.0
+
+
+def gpu_budget_of(trial: "TrialSpec", gpu_bytes: int) -> int:
+    """Bytes of a GPU of `gpu_bytes` that the trial may use (the one rule: trainer, memory check, benchmark)."""
+    return int(gpu_bytes * gpu_share(trial))
 
 
 def declared_gpu_bytes(trial: "TrialSpec", gpu_memory_gb: float | None,
@@ -202,7 +208,7 @@ def declared_gpu_bytes(trial: "TrialSpec", gpu_memory_gb: float | None,
 
 def check_trial(trial: "TrialSpec", vocab: int, gpu_bytes: int | None, source: str = "") -> MemoryCheck:
     """Resolve the trial's micro-batch against its share of a GPU of `gpu_bytes` and predict its peak."""
-    budget = int(gpu_bytes * gpu_share(trial)) if gpu_bytes else None
+    budget = gpu_budget_of(trial, gpu_bytes) if gpu_bytes else None
     micro, passes = micro_batches(trial, vocab, budget=budget)
     return MemoryCheck(micro, passes, predict_trial(trial, vocab, micro, passes), budget, gpu_bytes, source)
 
@@ -210,8 +216,7 @@ def check_trial(trial: "TrialSpec", vocab: int, gpu_bytes: int | None, source: s
 def refusal(trial: "TrialSpec", vocab: int, check: MemoryCheck) -> str:
     """One line for a trial whose prediction exceeds its share: the numbers, and a micro-batch that fits."""
     gib = lambda b: f"{b / GiB:.1f} GiB" if b >= GiB / 10 else f"{b / 2**20:.1f} MiB"  # noqa: E731
-    t = trial.train
-    per_worker = t.batch_size * t.grad_accum // trial.resources.workers
+    per_worker = trial.per_worker_batch()
     share = f"gpu {trial.resources.gpu:g} x {gib(check.gpu_bytes)}" if check.gpu_bytes else ""
     head = (f"trial {trial.trial_id}: predicted peak GPU memory {gib(check.estimate.total)} at micro-batch "
             f"{check.micro} x {check.passes} exceeds its share of the GPU, {gib(check.budget)} ({share}, from "

@@ -384,7 +384,7 @@ def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
 
 def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
     m, t = trial.train.micro_batch, trial.train
-    per_worker = t.batch_size * t.grad_accum // trial.resources.workers
+    per_worker = trial.per_worker_batch()
     if isinstance(m, int) and per_worker % m:
         if "train.micro_batch" in dict(trial.axes):
             where = "grid.train.micro_batch"

@@ -325,6 +325,11 @@ class TrialSpec:
     language: Optional[str] = None
     axes: tuple[tuple[str, Any], ...] = ()
 
+    def per_worker_batch(self, workers: int | None = None) -> int:
+        """Windows each data-parallel worker takes per optimizer step: the global batch over the workers (the
+        one rule: the loader's check, the micro-batch resolution, the memory check's refusal)."""
+        return self.train.batch_size * self.train.grad_accum // (workers or self.resources.workers)
+
     @property
     def stride(self) -> int:
         return self.train.stride or self.context_length

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from .. import precision, seeds
 from ..data.prepare import Prepared, load
 from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
-from ..memory import micro_batches
+from ..memory import gpu_budget_of, micro_batches
 from ..models import arch_of, build_model
 from ..spec.expand import flatten
 from ..spec.schema import TrialSpec
@@ -94,9 +94,7 @@ def gpu_budget(trial: TrialSpec, device: torch.device) -> int | None:
     """Bytes of this GPU the trial may use: its `resources.gpu` share of the device (all of it when 0 or >= 1)."""
     if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    share = trial.resources.gpu
-    return int(total * share) if 0 < share < 1 else total
+    return gpu_budget_of(trial, torch.cuda.get_device_properties(device).total_memory)
 
 
 def world() -> tuple[int, int]:
