@@ -4,8 +4,6 @@ submits is the package's own head entry (aot_ray/cluster/head.py), so an install
 
 from __future__ import annotations
 
-import copy
-import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,25 +17,23 @@ ENTRY = Path(__file__).with_name("head.py").resolve()
 
 
 def load_cluster(path: str) -> dict:
-    """Read a cluster YAML and check it with Ray's autoscaler config validation (as `ray up` does)."""
+    """Read a cluster YAML and check it against the cluster config schema Ray ships with its autoscaler
+    (`ray/autoscaler/ray-schema.json`, the schema `ray up` validates with), before anything reaches a cluster."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+
     p = Path(path)
     if not p.is_file():
         raise AotError(f"{path}: no such cluster file (see cluster/aws.yaml, gcp.yaml, onprem.yaml)")
     try:
         cfg = yaml.safe_load(p.read_text())
-        from ray.autoscaler._private.util import prepare_config, validate_config
-
-        quiet = logging.getLogger("ray.autoscaler")
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)  # Ray reports the defaults it fills in at INFO on stderr
-        try:
-            prepared = prepare_config(copy.deepcopy(cfg))
-            validate_config(prepared)
-        finally:
-            quiet.setLevel(level)
-    except Exception as e:  # yaml, jsonschema and Ray's own errors: one line naming the file
+        schema = json.loads(resources.files("ray.autoscaler").joinpath("ray-schema.json").read_text())
+        jsonschema.validate(cfg, schema)
+    except Exception as e:  # yaml and jsonschema errors: one line naming the file
         raise AotError(f"{path}: not a valid Ray cluster config: {str(e).strip().splitlines()[0]}") from None
-    return prepared
+    return cfg
 
 
 def rel_path(sweep: str) -> str:
