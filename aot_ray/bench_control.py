@@ -180,12 +180,16 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
             evals[t.trial_id] += 1
             evaluate(tr, t, evals[t.trial_id] * STEPS // EVALS, rng)
 
+        def refresh_after(moved: list) -> float:
+            """Seconds of the refresh that follows a new evaluation of each of `moved`."""
+            for t in moved:
+                new_evaluation(t)
+            t0 = time.perf_counter()
+            watcher.refresh()
+            return time.perf_counter() - t0
+
         moved = trials[: max(1, round(changed * n))]
-        for t in moved:
-            new_evaluation(t)
-        t0 = time.perf_counter()
-        watcher.refresh()
-        again = time.perf_counter() - t0
+        again = refresh_after(moved)
         say(f"N={n}: sign refresh, first {first:.2f} s ({watcher.last['runs']} runs read); after "
             f"{len(moved)} runs ({changed:.0%}) got an evaluation {again:.2f} s ({watcher.last['read']} histories "
             f"read, {watcher.last['looks']} looks logged, {watcher.last['failed']} failed reads)")
@@ -204,15 +208,10 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
 
         # the usual shape of a large sweep: most runs finished, as many running as the cluster has GPUs (10%)
         running = trials[: max(2, n // 10)]
-        t0 = time.perf_counter()
         quiet(lambda t: finish(*trackers[t.trial_id], evals[t.trial_id]), trials[len(running):])
         time.sleep(watcher.margin_s)  # a sweep's refreshes are run.sign_interval_s (30 s) apart: more than that
         watcher.refresh()  # reads the runs that finished
-        for t in running[: max(1, round(changed * n))]:
-            new_evaluation(t)
-        t0 = time.perf_counter()
-        watcher.refresh()
-        mixed = time.perf_counter() - t0
+        mixed = refresh_after(running[: max(1, round(changed * n))])
         say(f"N={n}: sign refresh with {n - len(running)} runs finished and {len(running)} running, "
             f"{max(1, round(changed * n))} of them with a new evaluation: {mixed:.2f} s ({watcher.last['runs']} runs, "
             f"{watcher.last['read']} histories read, {watcher.last['looks']} looks logged)")

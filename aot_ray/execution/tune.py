@@ -20,8 +20,6 @@ from ..storage import Storage, is_remote, join
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from ..errors import AotError, disk_full
 from .interrupt import keep_sigterm
-from ..aggregate.read import Reader
-from ..signs import expected_pairs, sign_callback
 from ..spec.schema import RunSpec, TrialSpec
 from ..tracking import NODE, SweepContext
 
@@ -257,6 +255,10 @@ def run_trials(
     whatever checkpoints they have (those whose data changed since their last run)."""
     from ray import tune
 
+    # the driver's side only: trainer processes import this module too, and need neither the report's reader
+    # nor the sign test (scipy, the aggregate package)
+    from ..aggregate.read import Reader
+    from ..signs import expected_pairs, sign_callback
     from . import tune_state
 
     path = Storage(storage).experiment(experiment)
