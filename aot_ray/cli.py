@@ -124,9 +124,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .render import plan_text
+    from .sweep.render import plan_text
     from .spec import load_sweep
-    from .planning import plan, resolve_storage
+    from .sweep import resolve_storage
+    from .sweep.preview import plan
 
     spec = load_sweep(args.sweep, args.sets)
     result = plan(spec, resolve_uri(args.tracking_uri, spec.run.tracking_uri), resolve_storage(args.storage, spec))
@@ -145,7 +146,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .aggregate import render
     from .spec import load_sweep_text
-    from .planning import resolve_storage
+    from .sweep import resolve_storage
     from .sweep import RunOptions, run
 
     spec, text = load_sweep_text(args.sweep, args.sets)
@@ -176,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 def _data_versions(spec: Any) -> dict[str, str] | None:
     """trial id -> the hash of the data it would read now, so the report leaves out runs of changed data; None
     where the corpora cannot be read here (the report then takes every finished run as current)."""
-    from .sweep_plan import SweepPlan
+    from .sweep import SweepPlan
 
     try:
         return SweepPlan.of(spec).versions
@@ -190,7 +191,7 @@ def _report(args: argparse.Namespace) -> int:
     path = Path(args.sweep)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         from .spec import load_sweep
-        from .planning import resolve_storage
+        from .sweep import resolve_storage
 
         spec = load_sweep(args.sweep, args.sets)
         name, uri = spec.name, resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -254,7 +255,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .aggregate import format_table
     from .spec import load_sweep
-    from .planning import status
+    from .sweep.status import status
 
     spec = load_sweep(args.sweep, args.sets)
     uri = resolve_uri(args.tracking_uri, spec.run.tracking_uri)
@@ -284,7 +285,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from .spec import load_sweep
-    from .planning import resolve_storage
+    from .sweep import resolve_storage
     from .sweep import prepare_local
 
     spec = load_sweep(args.sweep, args.sets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .storage import is_remote
+
 
 class AotError(Exception):
     """An error caused by the user's input or environment, shown without a traceback."""
@@ -46,7 +48,7 @@ def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> Dis
     if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
         return None
     free = ""
-    if "://" not in path:  # (storage.is_remote: errors imports nothing of ours)
+    if not is_remote(path):
         try:
             from pathlib import Path
 

@@ -89,8 +89,8 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
     """Identity includes the data: a finished trial whose corpus changed is not done (plan says stale), not
     reported as current, and `run` trains it again from step 0 on the new data; its old run stays, superseded."""
     from aot_ray.aggregate import report
-    from aot_ray.planning import plan
-    from aot_ray.sweep_plan import SweepPlan
+    from aot_ray.sweep.preview import plan
+    from aot_ray.sweep import SweepPlan
 
     corpus = write_text(tmp_path / "corpora" / "en.txt", docs("en", 200))
     spec, text = load_sweep_text(ROOT / "sweeps" / "languages-local.yaml", [

@@ -5,12 +5,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# lowest first: pure helpers, the sweep spec, data, models and the memory model, the trainer, MLflow tracking, the
-# sign test, the report, what drives Ray (and plan), the sweep's orchestration, the entry points
+# lowest first: pure helpers, the sweep spec, data, models with the memory model and the costs, the trainer, MLflow
+# tracking, the sign test, the report, what drives Ray, the sweep driven end to end (plan, status, run), the entry
+# points
 LAYER = {"errors": 0, "seeds": 0, "stats": 0, "precision": 0, "storage": 0, "publish": 0, "spec": 1, "data": 2,
-         "models": 3, "memory": 3, "train": 4, "tracking": 5, "signs": 6, "aggregate": 7, "execution": 8,
-         "planning": 8, "sweep_plan": 8, "render": 8, "sweep": 9, "cluster": 10, "cli": 10, "bench": 10, "bench_control": 10,
-         "bench_prepare": 10, "__init__": 0}
+         "models": 3, "memory": 3, "costs": 3, "train": 4, "tracking": 5, "signs": 6, "aggregate": 7,
+         "execution": 8, "sweep": 9, "cluster": 10, "cli": 10, "bench": 10,
+         "__init__": 0}
 
 
 def top(mod: str) -> str:  # aot_ray.x.y -> x

@@ -153,7 +153,7 @@ def test_plan_refuses_a_trial_over_its_gpu_share(tmp_path):
 def test_prediction_within_15_percent_of_cuda_max_memory_allocated(preset, micro, tmp_path):
     import numpy as np
 
-    from aot_ray.bench import bench_trial, random_data, run_trainer
+    from aot_ray.bench.trainer import bench_trial, random_data, run_trainer
 
     t = bench_trial(preset, 256, micro * 2, 6, "cuda", micro=micro, vocab=50257)
     data = random_data(50257, 2_000_000, str(tmp_path))
@@ -164,7 +164,7 @@ def test_prediction_within_15_percent_of_cuda_max_memory_allocated(preset, micro
 
 def test_gpu_size_comes_from_cluster_then_custom_resource_then_run_setting():
     from aot_ray.spec.schema import RunSpec
-    from aot_ray.sweep_plan import memory_checks
+    from aot_ray.sweep.plan import memory_checks
 
     raw = copy.deepcopy(SWEEP)
     raw["grid"]["model"] = ["tiny", "mini"]

@@ -262,7 +262,7 @@ def _read_only_store(tmp_path: Path) -> None:
 
 def test_eval_windows_cut_to_the_split_is_planned_and_logged(tmp_path, capsys):
     from aot_ray.data.prepare import prepare
-    from aot_ray.planning import plan
+    from aot_ray.sweep.preview import plan
     from aot_ray.train.loop import train
     from aot_ray.train.tracker import MemoryTracker
 

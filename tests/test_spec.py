@@ -299,9 +299,9 @@ def test_a_sweep_is_expanded_once_per_state_and_plan_shows_what_run_executes(tmp
     import dataclasses
     import sys
 
-    from aot_ray.planning import plan
+    from aot_ray.sweep.preview import plan
     from aot_ray.spec import load_sweep
-    from aot_ray.sweep_plan import SweepPlan
+    from aot_ray.sweep import SweepPlan
 
     mod = sys.modules["aot_ray.spec.expand"]
     calls = []

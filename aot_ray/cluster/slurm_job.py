@@ -207,7 +207,7 @@ def requeue(job_id: int) -> None:
 def job(argv: list[str]) -> int:
     """The batch step; its exit code is aot-ray run's (130 when stopped by a signal, then requeued)."""
     from ..cli import main as cli_main
-    from ..planning import resolve_storage
+    from ..sweep import resolve_storage
     from ..spec import load_sweep
     from ..tracking.store import check_reachable, resolve_uri
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
+from ..storage import is_remote
 from ..spec.schema import HFData, TextData
 
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 
 
 def _is_url(p: str) -> bool:
-    return "://" in p and not p.startswith("file://")
+    return is_remote(p) and not p.startswith("file://")
 
 
 def resolve_paths(data: TextData, where: str) -> list[str]:

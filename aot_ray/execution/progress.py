@@ -106,7 +106,7 @@ class Progress:
 
     def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
                  gpu_tflops: float = 250.0) -> None:
-        from ..planning import trial_cost
+        from ..costs import trial_cost
 
         self.ctx, self.every_s, self.say = ctx, every_s, say
         costs = {t.trial_id: trial_cost(t, gpu_tflops) for t in trials}

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import seeds
-from .data.prepare import Prepared, prepare
-from .data.tokenfile import dtype_for
-from .memory import gpu_budget_of, micro_batches, predict_trial
-from .models import build_model
-from .spec import expand, parse_sweep
-from .train import MemoryTracker, train
-from .train.loop import autocast_for, scaler_for
-from .train.mfu import flops_per_token
+from .. import seeds
+from ..data.prepare import Prepared, prepare
+from ..data.tokenfile import dtype_for
+from ..memory import gpu_budget_of, micro_batches, predict_trial
+from ..models import build_model
+from ..spec import expand, parse_sweep
+from ..train import MemoryTracker, train
+from ..train.loop import autocast_for, scaler_for
+from ..train.mfu import flops_per_token
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 
@@ -160,7 +160,7 @@ def _mem_line(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m aot_ray.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--preset")
     ap.add_argument("--context", type=int)

@@ -1,5 +1,6 @@
-"""Sweep orchestration: prepare each distinct dataset once, and run (tracking check, data preparation as Ray
-tasks, Tune, then the AoT report). What would run and what it costs is `planning`."""
+"""A sweep's run: prepare each distinct dataset once (`aot-ray prepare`), and run it (the tracking check, the
+lease, data preparation as Ray tasks, the lr search, stale and finished trials, Tune, then the AoT report), all
+from its `SweepPlan`, the one `plan` shows."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AotError, DataError, TrackingError
-from .execution.interrupt import Interrupted, interruptible, stop_tune
-from .storage import Storage, is_remote
-from .planning import check_space
-from .sweep_plan import SweepPlan, where_of
-from .tracking.store import check_reachable
-from .spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash
+from ..costs import check_space
+from ..errors import AotError, DataError, TrackingError
+from ..execution.interrupt import Interrupted, interruptible, stop_tune
+from ..spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash
+from ..storage import Storage, is_remote
+from ..tracking.store import check_reachable
+from .options import RunOptions
+from .plan import SweepPlan, where_of
 
 Say = Callable[[str], None]
 
@@ -24,10 +26,10 @@ def _search_learning_rates(spec: SweepSpec, ctx: Any, prepared: dict, storage: s
     """The sweep with each preset's learning rate from its Optuna search: a search already recorded on the parent
     run is reused, so a resumed sweep keeps its trial ids. A search cut short (`stopped`: a signal, a lost
     store) records nothing: the next run resumes it from its finished candidates."""
-    from . import tracking
-    from .data.prepare import data_hash
-    from .spec import lr_search_trials, with_learning_rates
-    from .execution.lr_search import search_lr
+    from .. import tracking
+    from ..data.prepare import data_hash
+    from ..spec import lr_search_trials, with_learning_rates
+    from ..execution.lr_search import search_lr
 
     lrs = tracking.searched_lrs(ctx.uri, spec.name, ctx.parent_run_id)
     ls = spec.lr_search
@@ -75,7 +77,7 @@ def check_fits(trials: list[TrialSpec], hashes: dict[str, str], manifests: dict[
 
 def prepare_local(spec: SweepSpec, storage: str, say: Say = print, progress: bool = False) -> dict[str, dict]:
     """`aot-ray prepare`: every distinct dataset once, in this process; one summary line each."""
-    from .data.prepare import prepare
+    from ..data.prepare import prepare
 
     sp = SweepPlan.of(spec)
     manifests = {}
@@ -99,37 +101,12 @@ class RunOutcome:
         return [o for o in self.ran if not o.ok]
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """The flags of `aot-ray run` beside the sweep YAML. `run_spec` is the one place where they meet the sweep's
-    `run:` section: a flag that was given wins, one that was not keeps the YAML's value."""
-    address: str | None = None  # a running Ray cluster (else $RAY_ADDRESS, else a Ray of this process's own)
-    num_cpus: int | None = None  # the resources of that own Ray
-    num_gpus: int | None = None
-    max_concurrent_trials: int | None = None
-    shared_storage: bool = False  # a local storage path every node mounts
-    fixed_cluster: bool = False  # the cluster cannot grow (a Slurm job): a trial no node can hold is refused
-    stop_on_sign: bool = False  # run.stop_on_sign with its defaults, where the YAML has none
-    restart_errored: bool = False  # errored trials start over instead of resuming
-    fresh: bool = False  # a new parent run and Tune state; the earlier ones stay untouched
-    verbose: int = 1
-
-    def run_spec(self, run: RunSpec) -> RunSpec:
-        if self.max_concurrent_trials is not None:
-            run = replace(run, max_concurrent_trials=self.max_concurrent_trials)
-        if self.stop_on_sign and run.stop_on_sign is None:
-            run = replace(run, stop_on_sign=SignStopSpec())
-        if self.shared_storage:
-            run = replace(run, shared_storage=True)
-        return run
-
-
 def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: RunOptions | None = None,
         say: Say = print, **flags: Any) -> RunOutcome:
     """Run the sweep, resuming where an earlier run of it stopped (see `tune.run_trials`). `options` are the
     command line's (`flags`: the same as keywords, RunOptions' fields)."""
-    from . import aggregate
-    from .tracking.lease import Lease
+    from .. import aggregate
+    from ..tracking.lease import Lease
 
     opts = options or RunOptions(**flags)
     run_spec = opts.run_spec(spec.run)
@@ -165,11 +142,11 @@ def stale_line(ids: list[str], trials: list[Any], hashes: dict[str, str]) -> str
 def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOptions, run_spec: RunSpec,
            lease: Any, say: Say) -> tuple[list[Any], list[str], dict]:
     """Ray, the data, the lr search and Tune, under the lease; (outcomes, skipped trial ids, prepared data)."""
-    from . import tracking
-    from .execution.data_parallel import check_data_parallel_fits
-    from .execution.gpus import gpu_size_finder
-    from .execution.progress import Progress
-    from .execution.tune import check_cluster, prepare_on_ray, ray_session, run_trials
+    from .. import tracking
+    from ..execution.data_parallel import check_data_parallel_fits
+    from ..execution.gpus import gpu_size_finder
+    from ..execution.progress import Progress
+    from ..execution.tune import check_cluster, prepare_on_ray, ray_session, run_trials
 
     verbose = opts.verbose
     sp = SweepPlan.of(spec)  # what `plan` showed; also fails fast on missing local files

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .spec import SweepSpec, TrialSpec, expand
-from .tracking import finished_trial_ids, stale_trial_runs
-from .tracking.store import check_reachable, store_exists
+from ..spec import SweepSpec, TrialSpec, expand
+from ..tracking import finished_trial_ids, stale_trial_runs
+from ..tracking.store import check_reachable, store_exists
 
 
 def where_of(trial: TrialSpec) -> str:
@@ -20,7 +20,7 @@ def where_of(trial: TrialSpec) -> str:
 
 def data_hashes(trials: list[TrialSpec]) -> dict[str, str]:
     """trial id -> content hash of the prepared data it reads."""
-    from .data.prepare import data_hash
+    from ..data.prepare import data_hash
 
     cache: dict[int, str] = {}
     out = {}
@@ -46,8 +46,8 @@ GpuSize = Callable[[TrialSpec], "tuple[int | None, str]"]
 def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | None = None) -> dict[str, Any]:
     """trial id -> MemoryCheck for every GPU trial: its micro-batch against its share of the GPU it will get. The
     GPU's size comes from the cluster (`discovered`), else from what the sweep declares, else it is unknown."""
-    from .data.prepare import vocab_size_of
-    from .memory import check_trial, declared_gpu_bytes
+    from ..data.prepare import vocab_size_of
+    from ..memory import check_trial, declared_gpu_bytes
 
     out = {}
     for t in trials:
@@ -62,8 +62,8 @@ def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | 
 
 def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None:
     """One line naming the first trial that cannot fit its GPU share (and how many others), or None."""
-    from .data.prepare import vocab_size_of
-    from .memory import refusal
+    from ..data.prepare import vocab_size_of
+    from ..memory import refusal
 
     bad = [t for t in trials if t.trial_id in checks and checks[t.trial_id].fits is False]
     if not bad:

@@ -1,7 +1,7 @@
 """The driver's control plane at cluster scale, against a real `mlflow server` this benchmark starts (SQLite,
 4 workers, on 127.0.0.1): N trial runs in pairs and cells of 3 seeds, written through the real `TrialTracker`.
 
-    python -m aot_ray.bench_control [--sizes 100,1000] [--changed 0.05] [--backend-store-uri postgresql://...]
+    python -m aot_ray.bench.control [--sizes 100,1000] [--changed 0.05] [--backend-store-uri postgresql://...]
 
 For each N it prints, against its target:
 - the live sign refresh (`signs.Watcher`, as the sweep's Tune callback runs it) with every run RUNNING and 5
@@ -120,14 +120,14 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
     """(name, seconds, target) for N runs."""
     import yaml
 
-    from . import signs
-    from .aggregate.read import Reader
-    from .aggregate.write import report
-    from .planning import status
-    from .spec import expand, parse_sweep
-    from .spec.expand import flatten
-    from .tracking import TrialTracker, start_sweep
-    from .signs import expected_pairs, sign_callback
+    from .. import signs
+    from ..aggregate.read import Reader
+    from ..aggregate.write import report
+    from ..sweep.status import status
+    from ..spec import expand, parse_sweep
+    from ..spec.expand import flatten
+    from ..tracking import TrialTracker, start_sweep
+    from ..signs import expected_pairs, sign_callback
 
     env_before = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
@@ -243,7 +243,7 @@ def bench(n: int, changed: float, say: Any = print, backend: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m aot_ray.bench_control", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m aot_ray.bench.control", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000", help="trial-run counts, comma-separated")
     ap.add_argument("--changed", type=float, default=0.05, help="fraction of runs with a new evaluation")
     ap.add_argument("--backend-store-uri", default=None,

@@ -1,6 +1,6 @@
 """Preparation throughput (MB of text per second) against a single-process `tokenizer.encode` loop.
 
-    python -m aot_ray.bench_prepare [--mb 40] [--vocab 8192] [--sample-mb 4]
+    python -m aot_ray.bench.prepare [--mb 40] [--vocab 8192] [--sample-mb 4]
 
 Writes a synthetic multi-document corpus (Zipf-distributed words, so BPE has real work), runs the full
 `prepare()` on it (read, split by document, BPE training on the sample, batched parallel encoding, writing),
@@ -39,7 +39,7 @@ def make_corpus(path: Path, mb: float, seed: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m aot_ray.bench.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=40.0, help="corpus size in MB")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--sample-mb", type=float, default=4.0, help="text the BPE is trained on")
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from tokenizers import Tokenizer
 
-    from .data.prepare import prepare
-    from .data.sources import documents
-    from .spec import TextData, TokenizerSpec
+    from ..data.prepare import prepare
+    from ..data.sources import documents
+    from ..spec import TextData, TokenizerSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="aot-bench-prep-"))
     size = make_corpus(tmp / "corpus.txt", args.mb)

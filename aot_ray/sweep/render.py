@@ -1,18 +1,18 @@
 """The plan as text: one row per trial (resources, GPU memory, cost, state), the totals, the datasets, the lr
 search and the warnings a researcher should read before spending GPU-hours. Nothing here computes a figure:
-`planning.plan` does."""
+`preview.plan` does."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .aggregate.tables import MAX_EPOCHS
-from .aggregate.text import format_table
-from .spec import SweepSpec
+from ..aggregate.tables import MAX_EPOCHS
+from ..aggregate.text import format_table
+from ..spec import SweepSpec
 
 
 def plan_text(result: dict[str, Any], spec: SweepSpec) -> str:
-    """`aot-ray plan`'s output for `sweep.plan`'s result (an unfit trial's error is the caller's to print)."""
+    """`aot-ray plan`'s output for `preview.plan`'s result (an unfit trial's error is the caller's to print)."""
     out: list[str] = []
 
     def asks(res: dict[str, float]) -> str:
