@@ -14,7 +14,7 @@ from aot_ray import precision
 from aot_ray.data.prepare import prepare
 from aot_ray.memory import uses_bf16
 from aot_ray.train import MemoryTracker, train
-from aot_ray.train.loop import autocast_for, scaler_for
+from aot_ray.train.device import autocast_for, scaler_for
 
 from specs import tiny_trials
 

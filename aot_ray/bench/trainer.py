@@ -35,7 +35,7 @@ from ..memory import gpu_budget_of, micro_batches, predict_trial
 from ..models import build_model
 from ..spec import expand, parse_sweep
 from ..train import MemoryTracker, train
-from ..train.loop import autocast_for, scaler_for
+from ..train.device import autocast_for, scaler_for
 from ..train.mfu import flops_per_token
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM

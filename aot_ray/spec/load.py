@@ -9,7 +9,8 @@ import yaml
 
 from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
-from .presets import PRESETS, resolve_shape
+from .checks import check_dataset, check_languages, check_lr_search, check_model, check_trials
+from .presets import PRESETS
 from .schema import (
     LrSearchSpec,
     DATASET_KINDS,
@@ -20,10 +21,8 @@ from .schema import (
     OptimSpec,
     ResourcesSpec,
     RunSpec,
-    SYNTHETIC_KINDS,
     SweepSpec,
     TrainSpec,
-    split_sizes,
 )
 
 TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search", "null_controls")
@@ -35,7 +34,6 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 # under Ray's session folder) and its MLflow experiment: a file name may have at most 255 bytes, and Ray nests the
 # experiment folder in deep paths of its own
 MAX_NAME = 100
-MAX_TRIAL_ID = 200
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -141,7 +139,7 @@ def parse_sweep(raw: Any) -> SweepSpec:
         raise SpecError("description", f"must be a string, got {describe(description)}")
     data = _parse_data(raw["data"])
     defaults = build(Defaults, raw.get("defaults") or {}, "defaults")
-    _check_model(defaults.model, "defaults.model")
+    check_model(defaults.model, "defaults.model")
     grid = _parse_grid(raw["grid"], data)
     run = build(RunSpec, raw.get("run") or {}, "run")
     per_model = _parse_per_model(raw.get("per_model") or {})
@@ -151,30 +149,10 @@ def parse_sweep(raw: Any) -> SweepSpec:
         raise SpecError("null_controls", f"must be true or false, got {describe(null_controls)}")
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
                      per_model=per_model, lr_search=lr_search, null_controls=null_controls)
-    _check_trials(spec)
+    check_trials(spec)
     if lr_search is not None:
-        _check_lr_search(spec)
+        check_lr_search(spec)
     return spec
-
-
-def _check_lr_search(spec: SweepSpec) -> None:
-    from .expand import lr_search_trials
-
-    ls = spec.lr_search
-    if ls.high <= ls.low:
-        raise SpecError("lr_search.high", f"must be greater than lr_search.low ({ls.low:g}), got {ls.high:g}")
-    if not ls.directions or len(set(ls.directions)) != len(ls.directions):
-        raise SpecError("lr_search.directions", "must list forward and/or backward, each once")
-    if any(k == "optim.lr" for k, _ in spec.grid.overrides):
-        raise SpecError("lr_search", "the grid already has an optim.lr axis; drop one of them")
-    for preset, sections in spec.per_model.items():
-        if "lr" in sections.get("optim", {}):
-            raise SpecError(f"per_model.{preset}.optim.lr", "lr_search sets the learning rate; drop one of them")
-    for preset in spec.grid.model:
-        trial = lr_search_trials(spec, preset, ls.low)[0]
-        if trial.optim.warmup_steps >= trial.train.steps:
-            raise SpecError("lr_search.steps", f"must be more than optim.warmup_steps ({trial.optim.warmup_steps}) "
-                                               f"of model {preset}, got {trial.train.steps}")
 
 
 def _parse_data(raw: Any) -> dict:
@@ -191,30 +169,8 @@ def _parse_data(raw: Any) -> dict:
         if kind not in DATASET_KINDS:
             raise SpecError(join(path, "kind"), f"must be one of {', '.join(DATASET_KINDS)}; got {describe(kind)}")
         out[name] = build(DATASET_KINDS[kind], body, path)
-        _check_dataset(out[name], path)
+        check_dataset(out[name], path)
     return out
-
-
-def _check_dataset(data: Any, path: str) -> None:
-    if data.kind not in SYNTHETIC_KINDS:
-        if data.kind == "text" and not data.paths:
-            raise SpecError(join(path, "paths"), "must list at least one file, glob or URL")
-        if data.tokenizer.vocab_size < 257:
-            raise SpecError(join(path, "tokenizer.vocab_size"),
-                            f"must be at least 257 (256 byte symbols + <|endoftext|>), got {data.tokenizer.vocab_size}")
-        return
-    limit = data.capacity()
-    if data.n_samples > limit:
-        raise SpecError(join(path, "n_samples"), f"{data.n_samples} exceeds the {limit} distinct lines these settings allow")
-    if data.kind == "linear" and data.k > data.bits * (data.bits - 1):
-        raise SpecError(join(path, "k"), f"a {data.bits}x{data.bits} matrix has only {data.bits * (data.bits - 1)} off-diagonal entries, got {data.k}")
-
-
-def _check_model(model: ModelSpec, path: str) -> None:
-    try:
-        resolve_shape(model)
-    except ValueError as e:
-        raise SpecError(path, str(e)) from None
 
 
 def _axis_values(raw: Any, path: str) -> list:
@@ -249,7 +205,7 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
             for i, v in enumerate(values):
                 if not isinstance(v, str):
                     raise SpecError(join(path, i), f"must be a preset name, got {describe(v)}")
-                _check_model(ModelSpec(preset=v), join(path, i))
+                check_model(ModelSpec(preset=v), join(path, i))
         elif key == "context_length":
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -273,7 +229,7 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
             raise SpecError(path, "unknown axis (expected dataset, model, context_length, direction, seed, "
                                   "or a dotted field such as optim.lr, train.steps, data.k)")
         named[key] = tuple(values)
-    _check_languages(named.get("language", ()), named["dataset"], data)
+    check_languages(named.get("language", ()), named["dataset"], data)
     return Grid(**named, overrides=tuple(overrides))
 
 
@@ -302,24 +258,6 @@ def _parse_per_model(raw: Any) -> dict:
     return out
 
 
-def _check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
-    """A `language` axis needs datasets with `{lang}` placeholders, and `{lang}` needs a language axis."""
-    from .expand import lang_fields
-
-    for name in datasets:
-        fields = lang_fields(data[name])
-        if languages and not fields:
-            raise SpecError("grid.language", f"dataset {name!r} has no {{lang}} placeholder to fill (put {{lang}} in "
-                                             f"its paths, name or data_files, or drop it from grid.dataset)")
-        if fields and not languages:
-            raise SpecError(f"data.{name}.{fields[0]}", "uses {lang} but the grid has no language axis")
-        known = getattr(data[name], "languages", ())
-        for i, lang in enumerate(languages):
-            if known and lang not in known:
-                raise SpecError(join("grid.language", i),
-                                f"unknown language {lang!r} for dataset {name!r} (known: {' '.join(known)})")
-
-
 def _override_values(key: str, values: list, path: str, datasets: list) -> list:
     section, _, name = key.partition(".")
     if key in RESERVED:
@@ -337,75 +275,3 @@ def _override_values(key: str, values: list, path: str, datasets: list) -> list:
     if name not in field_names(cls):
         raise SpecError(path, f"{section} has no field {name!r} (expected one of: {', '.join(field_names(cls))})")
     return [field_value(cls, name, v, join(path, i)) for i, v in enumerate(values)]
-
-
-def _check_trials(spec: SweepSpec) -> None:
-    """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
-    from .expand import expand
-
-    for trial in expand(spec):
-        axes = dict(trial.axes)
-        if len(trial.trial_id) > MAX_TRIAL_ID:  # Tune names each trial's folder by its id
-            raise SpecError("grid", f"trial id {trial.trial_id[:40]}... is {len(trial.trial_id)} characters long, at "
-                                    f"most {MAX_TRIAL_ID} (it names the trial's folder); use shorter axis values")
-        ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
-        if trial.data.kind not in SYNTHETIC_KINDS:
-            lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts
-        else:
-            n_train, n_val = split_sizes(trial.data)
-            per_line = trial.data.line_tokens()
-        for split, lines in (() if not per_line else (("validation", n_val), ("training", n_train))):
-            if lines * per_line < trial.context_length:
-                raise SpecError(
-                    ctx_path,
-                    f"context length {trial.context_length} is longer than the {split} split of dataset "
-                    f"{trial.dataset!r} ({lines} lines x {per_line} tokens = {lines * per_line}); lower it or raise "
-                    f"data.{trial.dataset}.n_samples",
-                )
-        if trial.optim.warmup_steps >= trial.train.steps:
-            where = "grid.optim.warmup_steps" if "optim.warmup_steps" in axes else "defaults.optim.warmup_steps"
-            raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
-        _check_workers(spec, trial)
-        _check_micro_batch(spec, trial)
-        if any(k.startswith("model.") for k in axes):
-            _check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
-        else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
-            _check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
-
-
-def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
-    """Where a trial's `resources.<name>` was set: a grid axis, per_model, or defaults."""
-    if f"resources.{name}" in dict(trial.axes):
-        return f"grid.resources.{name}"
-    if name in spec.per_model.get(trial.model.preset, {}).get("resources", {}):
-        return f"per_model.{trial.model.preset}.resources.{name}"
-    return f"defaults.resources.{name}"
-
-
-def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
-    m, t = trial.train.micro_batch, trial.train
-    per_worker = trial.per_worker_batch()
-    if isinstance(m, int) and per_worker % m:
-        if "train.micro_batch" in dict(trial.axes):
-            where = "grid.train.micro_batch"
-        elif "micro_batch" in spec.per_model.get(trial.model.preset, {}).get("train", {}):
-            where = f"per_model.{trial.model.preset}.train.micro_batch"
-        else:
-            where = "defaults.train.micro_batch"
-        raise SpecError(where, f"{m} does not divide the {per_worker} windows each worker takes per step "
-                               f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} / {trial.resources.workers} "
-                               f"worker(s)); pick a divisor of {per_worker}, or auto")
-
-
-def _check_workers(spec: SweepSpec, trial: Any) -> None:
-    workers, gpu = trial.resources.workers, trial.resources.gpu
-    if workers == 1:
-        return
-    if trial.train.batch_size % workers:
-        raise SpecError(_resources_path(spec, trial, "workers"),
-                        f"{workers} data-parallel workers cannot split train.batch_size {trial.train.batch_size} "
-                        f"evenly (it is the global batch); pick a divisor of it")
-    if gpu not in (0, 1):
-        raise SpecError(_resources_path(spec, trial, "gpu"),
-                        f"a data-parallel trial ({workers} workers) takes one whole GPU per worker (NCCL cannot "
-                        f"share one), got {gpu:g}; use gpu: 1, or workers: 1 to share a GPU")

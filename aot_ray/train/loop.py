@@ -19,15 +19,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import precision, seeds
+from .. import seeds
 from ..data.prepare import Prepared, load
 from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
-from ..memory import gpu_budget_of, micro_batches
-from ..models import arch_of, build_model
+from ..memory import micro_batches
+from ..models import build_model
 from ..spec.expand import flatten
 from ..spec.schema import TrialSpec
 from . import checkpoint as ckpt
 from .batches import Prefetcher
+from .device import autocast_for, compile_for, gpu_budget, pick_device, scaler_for, world
 from .evaluate import evaluate
 from .mfu import flops_per_token, peak_tflops
 from .loss import LMObjective
@@ -58,50 +59,6 @@ class TrainResult:
     per_window: np.ndarray
     per_position: np.ndarray
     compile_seconds: float = 0.0
-
-
-def pick_device(trial: TrialSpec) -> torch.device:
-    want = trial.train.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast_for(trial: TrialSpec, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The autocast of the precision `aot_ray.precision` picks for this trial on this device."""
-    chosen = precision.of_device(trial.train.precision, device)
-    if chosen == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if chosen == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def scaler_for(trial: TrialSpec, device: torch.device) -> torch.amp.GradScaler:
-    """fp16 trains with a gradient scaler; at other precisions the scaler is off (each call passes through)."""
-    on = precision.scaled(precision.of_device(trial.train.precision, device))
-    return torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda", enabled=on)
-
-
-def compile_for(trial: TrialSpec, device: torch.device) -> bool:
-    """`train.compile`: `auto` compiles GPT models on CUDA (LSTM/GRU keep cuDNN's fused kernels)."""
-    c = trial.train.compile
-    if c == "auto":
-        return device.type == "cuda" and arch_of(trial.model.preset) == "gpt2"
-    return bool(c)
-
-
-def gpu_budget(trial: TrialSpec, device: torch.device) -> int | None:
-    """Bytes of this GPU the trial may use: its `resources.gpu` share of the device (all of it when 0 or >= 1)."""
-    if device.type != "cuda":
-        return None
-    return gpu_budget_of(trial, torch.cuda.get_device_properties(device).total_memory)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _stop_requested(tracker: Tracker, n_workers: int, device: torch.device) -> int | None:

@@ -1,0 +1,147 @@
+"""The checks of a parsed sweep that need more than one field: a dataset's settings against what they can
+generate, a model's shape, the language axis against the datasets' placeholders, every expanded trial (its id's
+length, context against the data, warmup against steps, data-parallel workers, micro-batches, the shape with its
+overrides), and the lr search. Each rejection names the YAML path of the field to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import SpecError
+from .build import join
+from .presets import resolve_shape
+from .schema import SYNTHETIC_KINDS, ModelSpec, SweepSpec, split_sizes
+
+MAX_TRIAL_ID = 200
+
+
+def check_lr_search(spec: SweepSpec) -> None:
+    from .expand import lr_search_trials
+
+    ls = spec.lr_search
+    if ls.high <= ls.low:
+        raise SpecError("lr_search.high", f"must be greater than lr_search.low ({ls.low:g}), got {ls.high:g}")
+    if not ls.directions or len(set(ls.directions)) != len(ls.directions):
+        raise SpecError("lr_search.directions", "must list forward and/or backward, each once")
+    if any(k == "optim.lr" for k, _ in spec.grid.overrides):
+        raise SpecError("lr_search", "the grid already has an optim.lr axis; drop one of them")
+    for preset, sections in spec.per_model.items():
+        if "lr" in sections.get("optim", {}):
+            raise SpecError(f"per_model.{preset}.optim.lr", "lr_search sets the learning rate; drop one of them")
+    for preset in spec.grid.model:
+        trial = lr_search_trials(spec, preset, ls.low)[0]
+        if trial.optim.warmup_steps >= trial.train.steps:
+            raise SpecError("lr_search.steps", f"must be more than optim.warmup_steps ({trial.optim.warmup_steps}) "
+                                               f"of model {preset}, got {trial.train.steps}")
+
+
+def check_dataset(data: Any, path: str) -> None:
+    if data.kind not in SYNTHETIC_KINDS:
+        if data.kind == "text" and not data.paths:
+            raise SpecError(join(path, "paths"), "must list at least one file, glob or URL")
+        if data.tokenizer.vocab_size < 257:
+            raise SpecError(join(path, "tokenizer.vocab_size"),
+                            f"must be at least 257 (256 byte symbols + <|endoftext|>), got {data.tokenizer.vocab_size}")
+        return
+    limit = data.capacity()
+    if data.n_samples > limit:
+        raise SpecError(join(path, "n_samples"), f"{data.n_samples} exceeds the {limit} distinct lines these settings allow")
+    if data.kind == "linear" and data.k > data.bits * (data.bits - 1):
+        raise SpecError(join(path, "k"), f"a {data.bits}x{data.bits} matrix has only {data.bits * (data.bits - 1)} off-diagonal entries, got {data.k}")
+
+
+def check_model(model: ModelSpec, path: str) -> None:
+    try:
+        resolve_shape(model)
+    except ValueError as e:
+        raise SpecError(path, str(e)) from None
+
+
+def check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
+    """A `language` axis needs datasets with `{lang}` placeholders, and `{lang}` needs a language axis."""
+    from .expand import lang_fields
+
+    for name in datasets:
+        fields = lang_fields(data[name])
+        if languages and not fields:
+            raise SpecError("grid.language", f"dataset {name!r} has no {{lang}} placeholder to fill (put {{lang}} in "
+                                             f"its paths, name or data_files, or drop it from grid.dataset)")
+        if fields and not languages:
+            raise SpecError(f"data.{name}.{fields[0]}", "uses {lang} but the grid has no language axis")
+        known = getattr(data[name], "languages", ())
+        for i, lang in enumerate(languages):
+            if known and lang not in known:
+                raise SpecError(join("grid.language", i),
+                                f"unknown language {lang!r} for dataset {name!r} (known: {' '.join(known)})")
+
+
+def check_trials(spec: SweepSpec) -> None:
+    """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
+    from .expand import expand
+
+    for trial in expand(spec):
+        axes = dict(trial.axes)
+        if len(trial.trial_id) > MAX_TRIAL_ID:  # Tune names each trial's folder by its id
+            raise SpecError("grid", f"trial id {trial.trial_id[:40]}... is {len(trial.trial_id)} characters long, at "
+                                    f"most {MAX_TRIAL_ID} (it names the trial's folder); use shorter axis values")
+        ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
+        if trial.data.kind not in SYNTHETIC_KINDS:
+            lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts
+        else:
+            n_train, n_val = split_sizes(trial.data)
+            per_line = trial.data.line_tokens()
+        for split, lines in (() if not per_line else (("validation", n_val), ("training", n_train))):
+            if lines * per_line < trial.context_length:
+                raise SpecError(
+                    ctx_path,
+                    f"context length {trial.context_length} is longer than the {split} split of dataset "
+                    f"{trial.dataset!r} ({lines} lines x {per_line} tokens = {lines * per_line}); lower it or raise "
+                    f"data.{trial.dataset}.n_samples",
+                )
+        if trial.optim.warmup_steps >= trial.train.steps:
+            where = "grid.optim.warmup_steps" if "optim.warmup_steps" in axes else "defaults.optim.warmup_steps"
+            raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
+        _check_workers(spec, trial)
+        _check_micro_batch(spec, trial)
+        if any(k.startswith("model.") for k in axes):
+            check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
+        else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
+            check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
+
+
+def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
+    """Where a trial's `resources.<name>` was set: a grid axis, per_model, or defaults."""
+    if f"resources.{name}" in dict(trial.axes):
+        return f"grid.resources.{name}"
+    if name in spec.per_model.get(trial.model.preset, {}).get("resources", {}):
+        return f"per_model.{trial.model.preset}.resources.{name}"
+    return f"defaults.resources.{name}"
+
+
+def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
+    m, t = trial.train.micro_batch, trial.train
+    per_worker = trial.per_worker_batch()
+    if isinstance(m, int) and per_worker % m:
+        if "train.micro_batch" in dict(trial.axes):
+            where = "grid.train.micro_batch"
+        elif "micro_batch" in spec.per_model.get(trial.model.preset, {}).get("train", {}):
+            where = f"per_model.{trial.model.preset}.train.micro_batch"
+        else:
+            where = "defaults.train.micro_batch"
+        raise SpecError(where, f"{m} does not divide the {per_worker} windows each worker takes per step "
+                               f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} / {trial.resources.workers} "
+                               f"worker(s)); pick a divisor of {per_worker}, or auto")
+
+
+def _check_workers(spec: SweepSpec, trial: Any) -> None:
+    workers, gpu = trial.resources.workers, trial.resources.gpu
+    if workers == 1:
+        return
+    if trial.train.batch_size % workers:
+        raise SpecError(_resources_path(spec, trial, "workers"),
+                        f"{workers} data-parallel workers cannot split train.batch_size {trial.train.batch_size} "
+                        f"evenly (it is the global batch); pick a divisor of it")
+    if gpu not in (0, 1):
+        raise SpecError(_resources_path(spec, trial, "gpu"),
+                        f"a data-parallel trial ({workers} workers) takes one whole GPU per worker (NCCL cannot "
+                        f"share one), got {gpu:g}; use gpu: 1, or workers: 1 to share a GPU")
