@@ -149,3 +149,61 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
     assert all("aot.error" not in r.data.tags and "aot.interrupted" not in r.data.tags for r in trials)
     parent = next(r for r in runs if r.data.tags.get("aot.role") == "sweep")
     assert parent.info.status == "FINISHED" and "aot.interrupted" not in parent.data.tags
+
+
+def test_a_resumed_sweep_takes_stop_on_sign_added_on_its_command_line(tmp_path):
+    """A sweep started without the live stop, interrupted (Ctrl-C) after its first evaluations, then resumed with
+    `--stop-on-sign` and `--quiet`: the resumed run is this command's, not the first one's (Tune's saved state
+    is a cache, never restored with its old callbacks): the unfinished trials resume from their checkpoints in
+    the same runs, the cell stops at one step well before train.steps, the parent run records this run's rule,
+    and nothing of Tune's progress tables is printed. The level comes from `--set` (alpha 0.5, as in
+    test_report_integration's stop test: three seeds of this cell do not reach alpha 0.05 in a test's time);
+    the flag alone takes the defaults (tests/test_cli.py)."""
+    from test_report_integration import STOP_SWEEP
+
+    raw = {k: v for k, v in STOP_SWEEP.items() if k != "run"}
+    raw["name"] = "addstop"
+    raw["defaults"] = {**raw["defaults"], "train": {**raw["defaults"]["train"], "checkpoint_every": 250}}
+    raw["run"] = {"max_concurrent_trials": 6, "sign_interval_s": 0}
+    uri, cmd, env = driver_command(tmp_path, raw)
+    with open(tmp_path / "first.log", "w") as log:  # not quiet
+        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    c = tracking.client(uri)
+    deadline = time.time() + 300
+    evaluated = False
+    while time.time() < deadline and not evaluated:
+        time.sleep(0.3)
+        try:
+            runs = tracking.trial_runs(uri, "addstop")
+            evaluated = len(runs) == 6 and all(any(m.step >= 250 for m in c.get_metric_history(r.info.run_id,
+                                                                                                 "val_loss"))
+                                               for r in runs)
+        except Exception:
+            continue
+    assert evaluated, (tmp_path / "first.log").read_text()[-3000:]
+    first.send_signal(signal.SIGINT)
+    assert first.wait(180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "addstop")}
+    assert all(r.data.tags.get("aot.stop_at") is None for r in tracking.trial_runs(uri, "addstop"))
+
+    sets = ["--set", "run.stop_on_sign.alpha=0.5", "--set", "run.stop_on_sign.after=0.1",
+            "--set", "run.stop_on_sign.looks=1"]
+    second = subprocess.run([*cmd, "--stop-on-sign", *sets], capture_output=True, text=True, timeout=900, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout and "unfinished trial(s)" in second.stdout, second.stdout[-3000:]
+    # --quiet of this run, not the first's verbosity
+    assert "Trial status" in (tmp_path / "first.log").read_text() and "Trial status" not in second.stdout + second.stderr
+    runs = tracking.trial_runs(uri, "addstop")
+    assert len(runs) == 6 and {r.data.tags["trial_id"]: r.info.run_id for r in runs} == before  # the same runs
+    at = {r.data.tags.get("aot.stop_at") for r in runs}
+    assert len(at) == 1 and None not in at, at
+    (at,) = at
+    assert 300 <= int(at) < 3000 and int(at) % 250 == 0
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        stopped = int(r.data.metrics["stopped_at_step"])
+        assert int(at) <= stopped < 3000
+        resumed = [m.value for m in c.get_metric_history(r.info.run_id, "resumed_from_step")]
+        assert resumed and resumed[0] >= 250  # from its checkpoint, not from scratch
+    parent = tracking.find_parent(uri, tracking.experiment_id(uri, "addstop", create=False), "addstop")
+    assert tracking.sign_rule(parent) == (0.5, 0.1)  # the rule of the resumed run
