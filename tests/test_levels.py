@@ -190,6 +190,7 @@ def _text_sweep(name, grid, steps=10):
             "grid": {"dataset": ["cc100"], "seed": [0], **grid}}
 
 
+@pytest.mark.slow  # seconds: the full suite runs it
 def test_report_of_eleven_languages_one_seed(tmp_path):
     from aot_ray.aggregate.write import report
 

@@ -148,6 +148,7 @@ def test_own_ray_clean_up_stops_only_what_a_gone_driver_recorded(tmp_path, monke
             p.wait()
 
 
+@pytest.mark.slow  # seconds: the full suite runs it
 def test_the_store_watch_stops_a_driver_whose_sqlite_file_is_gone(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "CHECK_S", 0.05)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -163,6 +164,7 @@ def test_the_store_watch_stops_a_driver_whose_sqlite_file_is_gone(tmp_path, monk
     assert lost == [f"database file {tmp_path}/m.db was deleted"] and held.lost == lost[0]
 
 
+@pytest.mark.slow  # seconds: the full suite runs it
 def test_the_store_watch_gives_up_after_its_patience(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "CHECK_S", 0.05)
     monkeypatch.setattr(L, "RENEW_S", 0.05)
@@ -220,6 +222,7 @@ def test_report_and_status_name_the_parent_they_read_and_choose_with_parent(tmp_
     assert "--parent nope: no parent run" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds: the full suite runs it
 def test_status_plan_and_report_work_on_a_read_only_store():
     import shutil
     import tempfile

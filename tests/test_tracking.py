@@ -155,6 +155,7 @@ def test_sqlite_paths_and_whether_a_store_is_there(tmp_path):
     assert store.resolve_uri("sqlite:///rel.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/rel.db"
 
 
+@pytest.mark.slow  # seconds: the full suite runs it
 def test_trial_runs_carry_mlflows_system_metrics(tmp_path):
     """MLflow's own SystemMetricsMonitor on the trial's run (CPU and memory here; GPU ones need a GPU and
     nvidia-ml-py), from begin to finish; off with system_metrics_s 0."""
