@@ -182,7 +182,7 @@ class FakeReader:
 def test_a_stopped_pair_is_compared_at_its_stop_step_not_at_its_final_losses():
     """Forward stopped at step 300, backward ran on to 400 before it saw the request: the pair's delta and
     interval come from both sides' evaluation at 300 (the step the sign test settled), not from 300 vs 400."""
-    from aot_ray.aggregate.write import at_stop_steps
+    from aot_ray.aggregate.assemble import at_stop_steps
 
     rng = np.random.default_rng(1)
     base = 2 + 0.1 * rng.standard_normal(200)

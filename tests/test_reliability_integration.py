@@ -172,7 +172,7 @@ def test_sigterm_around_ray_init_and_shutdown_stays_ours(tmp_path):
         import os, signal, time
         import ray
         from aot_ray.execution.interrupt import Interrupted, terminable
-        from aot_ray.execution.tune import ray_session
+        from aot_ray.execution.session import ray_session
         with terminable():
             with ray_session(num_cpus=1, num_gpus=0):
                 for _ in range(2):

@@ -1,5 +1,6 @@
 """The AoT report, layered: `read` (MLflow -> tidy records and per-window losses), `tables` (pure: pairs with
-intervals, seed means, trends, sign tests, sequential sign states), `plots`, `text` (the terminal summary,
+intervals, seed means, trends, sign tests), `levels` (replication across axes) and `reference` (the paper's
+values beside ours), `assemble` (all of it from one read), `plots` and `figures`, `text` (the terminal summary,
 report.md, CSV), and `write` (files, MLflow artifacts, `watch`)."""
 
 from .tables import PAIR_COLUMNS, SUMMARY_COLUMNS, delta, pair_rows, summarize

@@ -1,5 +1,5 @@
-"""The module that drives Ray Tune's grid: one Tune trial per expanded trial, resources from the spec (the
-Optuna learning-rate search that can precede it is `lr_search`).
+"""The module that drives Ray Tune's grid: one Tune trial per expanded trial, resources from the spec (Ray's
+session is `session`; the Optuna learning-rate search that can precede the grid is `lr_search`).
 
 The expanded trials travel once through the object store (`tune.with_parameters`); each Tune trial's config
 holds only its trial id, so Tune's tables and folders are named by it. The trainer stays Ray-free: `_trainable`
@@ -16,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..storage import Storage, is_remote, join
+from ..storage import Storage, join
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from ..errors import AotError, disk_full
-from .interrupt import keep_sigterm
+from ..errors import disk_full
 from ..spec.schema import RunSpec, TrialSpec
 from ..tracking import NODE, SweepContext
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 
 @dataclass(frozen=True)
 class TrialOutcome:
@@ -56,26 +51,6 @@ def tune_resources(trial: TrialSpec) -> dict[str, float]:
     if trial.resources.workers > 1:
         return {"memory": DRIVER_MEMORY}
     return {k: v for k, v in resources_of(trial).items() if k != "workers"}
-
-
-def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
-    """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
-    import ray
-
-    from ..errors import AotError
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1:
-        if not is_remote(storage) and not shared_storage:
-            raise AotError(
-                f"storage {storage} is a local path and the cluster has {len(nodes)} nodes: trials on other nodes "
-                f"could not read its prepared data or checkpoints; use s3://... or gs://..., or a shared file system "
-                f"path with --shared-storage")
-        if uri.startswith("sqlite:") and not shared_storage:
-            raise AotError(
-                f"tracking URI {uri} is a local SQLite file and the cluster has {len(nodes)} nodes; start an MLflow "
-                f"server on the head and pass --tracking-uri http://HEAD:5000")
-    return len(nodes)
 
 
 def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepContext, data: dict[str, str],
@@ -136,84 +111,6 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
 
     run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id))
     return run if run is not None and run.info.status == "FINISHED" else None
-
-
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False,
-             log_to_driver: bool = True) -> bool:
-    """Connect to `address` (else $RAY_ADDRESS) or start a local Ray of our own; False when Ray was already
-    initialised by the caller.
-    A local Ray gets its dashboard (on 127.0.0.1) only with `dashboard`: Ray Train's placement-group cleaner
-    asks the state API behind it whether a data-parallel run's controller is still alive."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING",
-                              "log_to_driver": log_to_driver}
-    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
-    if address:
-        kwargs["address"] = address
-    else:
-        # "local": a Ray of our own, never whichever other Ray on this machine started last
-        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
-    with keep_sigterm():
-        ray.init(**kwargs)
-    return True
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-                dashboard: bool = False, owner: str | None = None, say: Any = print,
-                log_to_driver: bool = True) -> Iterator[bool]:
-    """Ray for the duration of a sweep: connect or start, and shut down only what this call started.
-    Yields whether this call started a Ray of its own (no autoscaler can add nodes to it). `owner` (a key of
-    the sweep): a Ray of its own is recorded (`own_ray`), and what a killed earlier driver of the same sweep left
-    of its own Ray is stopped first."""
-    import ray
-
-    from . import own_ray
-
-    own = not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
-    if own and owner:
-        left = own_ray.clean_up_left(owner)
-        if left:
-            say(f"stopped {len(left)} process(es) that a killed earlier driver of this sweep left of its own Ray "
-                f"(pids {', '.join(map(str, left))})")
-    started = init_ray(address, num_cpus, num_gpus, dashboard, log_to_driver)
-    if started and own and owner:
-        own_ray.record(owner)
-    try:
-        yield started and own
-    finally:
-        if started:
-            with keep_sigterm():  # its core worker leaves SIGTERM at the default (killed, no clean-up) otherwise
-                ray.shutdown()
-            if own and owner:
-                own_ray.forget(owner)
-
-
-def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bool) -> dict[str, tuple[str, bool, dict]]:
-    """Prepare distinct datasets in parallel, one Ray task each: {hash: (where, spec)} -> {hash: (path, built, manifest)}."""
-    import ray
-    from ray.exceptions import RayTaskError
-
-    from ..data.prepare import prepare
-
-    @ray.remote(num_cpus=1)
-    def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
-        prepared, built = prepare(data, storage, where, progress=progress)
-        return prepared.location, built, prepared.manifest
-
-    refs = {h: _prepare.remote(data, where) for h, (where, data) in items.items()}
-    out = {}
-    for h, ref in refs.items():
-        try:
-            out[h] = ray.get(ref)
-        except RayTaskError as e:
-            if isinstance(e.cause, AotError):
-                raise e.cause from None
-            raise
-    return out
 
 
 @contextlib.contextmanager

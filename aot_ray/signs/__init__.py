@@ -11,7 +11,7 @@ report first would spend a look on fewer seeds than the report later finds there
 cell (all of its pairs together, tag `aot.stop_at`) once the test has held one sign at `looks` consecutive looks.
 
 Used while a sweep runs (`sign_callback`: a Tune callback that hands each refresh to a thread of the driver, so
-Tune's event loop never waits on MLflow) and by the report (`aggregate.write`). Both read through
+Tune's event loop never waits on MLflow) and by the report (`aggregate.assemble` and `aggregate.write`). Both read through
 `aggregate.read.Reader`, which the caller makes: this package needs only its `curve`, `client`, `records` and
 `runs`. cells.py holds the test on cells (pure but for reading curves), watch.py the refresh that costs what
 changed (`Watcher`) and the writes, callback.py the Tune callback.

@@ -146,7 +146,8 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
     from ..execution.data_parallel import check_data_parallel_fits
     from ..execution.gpus import gpu_size_finder
     from ..execution.progress import Progress
-    from ..execution.tune import check_cluster, prepare_on_ray, ray_session, run_trials
+    from ..execution.session import check_cluster, prepare_on_ray, ray_session
+    from ..execution.tune import run_trials
 
     verbose = opts.verbose
     sp = SweepPlan.of(spec)  # what `plan` showed; also fails fast on missing local files

@@ -1,0 +1,109 @@
+"""Ray for the duration of a sweep: connect to a cluster or start a Ray of our own (and stop only what was started,
+with what a killed earlier driver left of its own Ray), refuse a multi-node cluster that cannot reach the sweep's
+storage or tracking store, and prepare the distinct datasets as Ray tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from ..errors import AotError
+from ..storage import is_remote
+from .interrupt import keep_sigterm
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False,
+             log_to_driver: bool = True) -> bool:
+    """Connect to `address` (else $RAY_ADDRESS) or start a local Ray of our own; False when Ray was already
+    initialised by the caller.
+    A local Ray gets its dashboard (on 127.0.0.1) only with `dashboard`: Ray Train's placement-group cleaner
+    asks the state API behind it whether a data-parallel run's controller is still alive."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "configure_logging": True, "logging_level": "WARNING",
+                              "log_to_driver": log_to_driver}
+    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
+    if address:
+        kwargs["address"] = address
+    else:
+        # "local": a Ray of our own, never whichever other Ray on this machine started last
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
+    with keep_sigterm():
+        ray.init(**kwargs)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+                dashboard: bool = False, owner: str | None = None, say: Any = print,
+                log_to_driver: bool = True) -> Iterator[bool]:
+    """Ray for the duration of a sweep: connect or start, and shut down only what this call started.
+    Yields whether this call started a Ray of its own (no autoscaler can add nodes to it). `owner` (a key of
+    the sweep): a Ray of its own is recorded (`own_ray`), and what a killed earlier driver of the same sweep left
+    of its own Ray is stopped first."""
+    import ray
+
+    from . import own_ray
+
+    own = not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+    if own and owner:
+        left = own_ray.clean_up_left(owner)
+        if left:
+            say(f"stopped {len(left)} process(es) that a killed earlier driver of this sweep left of its own Ray "
+                f"(pids {', '.join(map(str, left))})")
+    started = init_ray(address, num_cpus, num_gpus, dashboard, log_to_driver)
+    if started and own and owner:
+        own_ray.record(owner)
+    try:
+        yield started and own
+    finally:
+        if started:
+            with keep_sigterm():  # its core worker leaves SIGTERM at the default (killed, no clean-up) otherwise
+                ray.shutdown()
+            if own and owner:
+                own_ray.forget(owner)
+
+
+def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bool) -> dict[str, tuple[str, bool, dict]]:
+    """Prepare distinct datasets in parallel, one Ray task each: {hash: (where, spec)} -> {hash: (path, built, manifest)}."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from ..data.prepare import prepare
+
+    @ray.remote(num_cpus=1)
+    def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
+        prepared, built = prepare(data, storage, where, progress=progress)
+        return prepared.location, built, prepared.manifest
+
+    refs = {h: _prepare.remote(data, where) for h, (where, data) in items.items()}
+    out = {}
+    for h, ref in refs.items():
+        try:
+            out[h] = ray.get(ref)
+        except RayTaskError as e:
+            if isinstance(e.cause, AotError):
+                raise e.cause from None
+            raise
+    return out
+
+
+def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
+    """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        if not is_remote(storage) and not shared_storage:
+            raise AotError(
+                f"storage {storage} is a local path and the cluster has {len(nodes)} nodes: trials on other nodes "
+                f"could not read its prepared data or checkpoints; use s3://... or gs://..., or a shared file system "
+                f"path with --shared-storage")
+        if uri.startswith("sqlite:") and not shared_storage:
+            raise AotError(
+                f"tracking URI {uri} is a local SQLite file and the cluster has {len(nodes)} nodes; start an MLflow "
+                f"server on the head and pass --tracking-uri http://HEAD:5000")
+    return len(nodes)
