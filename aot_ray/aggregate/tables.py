@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_
 TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value", "crossing",
                  "crossing_from", "crossing_to"]
 SIGN_COLUMNS = ["group", "positive", "negative", "p_value"]
-SEQUENCE_COLUMNS = ["cell_key", "look", "step", "n", "delta", "lo", "hi", "sign", "established_at"]  # see signs.py
+SEQUENCE_COLUMNS = ["cell_key", "look", "step", "n", "delta", "lo", "hi", "sign", "established_at"]  # see aot_ray.signs
 DESCRIBE = ("dataset", "language", "arch", "model", "context_length")  # what names a cell, with the axes
 OVERFIT_RISE = 0.05  # validation loss this far (relative) above its best: measured on an overfit model
 MAX_EPOCHS = 20.0  # passes over the training split beyond which a model is flagged (and plan warns)
