@@ -181,3 +181,18 @@ def test_trial_runs_carry_mlflows_system_metrics(tmp_path):
     time.sleep(1.0)
     off.finish()
     assert not any(k.startswith("system/") for k in c.get_run(off.run_id).data.metrics)
+
+
+def test_waiting_for_a_server_says_why_it_never_answered():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert store.wait_for_server(uri, 30, gone) == "exited before answering"
+    assert store.wait_for_server(uri, 0.6, poll_s=0.2) == "did not answer within 1 s"

@@ -25,13 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..tracking.store import wait_for_server
 
 EVALS = 10  # evaluations per run; 5 are in when the refresh is timed
 STEPS = 1000
@@ -52,15 +53,10 @@ class Server:
             [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
              "--backend-store-uri", backend or f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "art")],
             stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer (log: {root / 'server.log'})")
+        why = wait_for_server(self.uri, 120, self.proc)
+        if why is not None:
+            self.stop()
+            raise RuntimeError(f"mlflow server {why} (log: {root / 'server.log'})")
 
     def stop(self) -> None:
         import signal

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ..errors import AotError
 from ..execution.interrupt import keep_sigterm, last_signal
 from .slurm import Allocation, Ports, SlurmError, temp_dir
 from ..storage import is_remote
+from ..tracking.store import wait_for_server
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
@@ -91,18 +91,11 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.db}", "--default-artifact-root", str(root / "artifacts"),
              "--no-serve-artifacts", "--allowed-hosts", allowed],
             stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + MLFLOW_WAIT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SlurmError(f"the job's MLflow server exited before answering (log: {log})")
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=3):
-                    return
-            except OSError:
-                time.sleep(1)
+        why = wait_for_server(self.uri, MLFLOW_WAIT_S, self.proc, poll_s=1)
+        if why is None:
+            return
         self.stop()
-        raise SlurmError(f"the job's MLflow server at {self.uri} did not answer within {MLFLOW_WAIT_S:.0f} s "
-                         f"(log: {log})")
+        raise SlurmError(f"the job's MLflow server at {self.uri} {why} (log: {log})")
 
     def stop(self) -> None:
         _stop_group(self.proc, 30)

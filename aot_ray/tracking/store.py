@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..errors import TrackingError
 
@@ -89,6 +89,21 @@ def check_reachable(uri: str, timeout: float = 5.0, write: bool = True) -> None:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # any backend MLflow supports: report its own reason on one line
         raise TrackingError(f"cannot use MLflow tracking URI {uri}: {str(e).splitlines()[0]}") from None
+
+
+def wait_for_server(uri: str, timeout_s: float, proc: Any = None, poll_s: float = 0.5) -> str | None:
+    """Poll the `/health` of an MLflow server just started (`proc`: its process, when ours) until it answers.
+    None once it does, else why not, in words: it exited first, or did not answer within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return "exited before answering"
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3):
+                return None
+        except OSError:
+            time.sleep(poll_s)
+    return f"did not answer within {timeout_s:.0f} s"
 
 
 def _sqlite_head(db: Path, settle_s: float = 10.0) -> bytes:
