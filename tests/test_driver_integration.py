@@ -1,6 +1,7 @@
 """The driver process killed mid-sweep, then `aot-ray run` again: finished trials are not re-run, the rest
 resume, and MLflow holds exactly one run per trial plus the parent."""
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,20 @@ def driver_command(tmp_path, raw):
     cmd = [sys.executable, "-m", "aot_ray.cli", "run", str(sweep_file), "--tracking-uri", uri,
            "--storage", str(tmp_path / "r"), "--num-cpus", "2", "--quiet"]
     return uri, cmd, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_loud_and_wait(tmp_path, cmd, env, ready, timeout=240):
+    """Start the driver `cmd` without --quiet (its output in first.log) and return its process once `ready()`
+    holds (a failing read of the store, as it is being created, counts as not yet)."""
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.3)
+        with contextlib.suppress(Exception):
+            if ready():
+                return first
+    raise AssertionError((tmp_path / "first.log").read_text()[-3000:])
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
@@ -89,19 +104,10 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
     path), and a finished run carries no error tag."""
     raw = spec_dict("intr", steps=400)
     uri, cmd, env = driver_command(tmp_path, raw)
-    with open(tmp_path / "first.log", "w") as log:  # not quiet: the resumed run below is, and must stay so
-        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
     c = tracking.client(uri)
-    deadline = time.time() + 240
-    started = False
-    while time.time() < deadline and not started:
-        time.sleep(0.3)
-        try:
-            runs = tracking.trial_runs(uri, "intr")
-            started = any(c.get_metric_history(r.info.run_id, "val_loss") for r in runs)
-        except Exception:
-            continue
-    assert started, (tmp_path / "first.log").read_text()[-3000:]
+    # not quiet: the resumed run below is, and must stay so
+    first = start_loud_and_wait(tmp_path, cmd, env, lambda: any(
+        c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.trial_runs(uri, "intr")))
     if sig == signal.SIGINT:  # while it runs: a second driver is refused in one line, status names the first
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         assert again.returncode == 2 and "is already being run by aot-ray run on" in again.stderr, again.stderr
@@ -166,21 +172,14 @@ def test_a_resumed_sweep_takes_stop_on_sign_added_on_its_command_line(tmp_path):
     raw["defaults"] = {**raw["defaults"], "train": {**raw["defaults"]["train"], "checkpoint_every": 250}}
     raw["run"] = {"max_concurrent_trials": 6, "sign_interval_s": 0}
     uri, cmd, env = driver_command(tmp_path, raw)
-    with open(tmp_path / "first.log", "w") as log:  # not quiet
-        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
     c = tracking.client(uri)
-    deadline = time.time() + 300
-    evaluated = False
-    while time.time() < deadline and not evaluated:
-        time.sleep(0.3)
-        try:
-            runs = tracking.trial_runs(uri, "addstop")
-            evaluated = len(runs) == 6 and all(any(m.step >= 250 for m in c.get_metric_history(r.info.run_id,
-                                                                                                 "val_loss"))
-                                               for r in runs)
-        except Exception:
-            continue
-    assert evaluated, (tmp_path / "first.log").read_text()[-3000:]
+
+    def evaluated() -> bool:  # every trial has its first evaluation
+        runs = tracking.trial_runs(uri, "addstop")
+        return len(runs) == 6 and all(any(m.step >= 250 for m in c.get_metric_history(r.info.run_id, "val_loss"))
+                                      for r in runs)
+
+    first = start_loud_and_wait(tmp_path, cmd, env, evaluated, timeout=300)
     first.send_signal(signal.SIGINT)
     assert first.wait(180) == 130, (tmp_path / "first.log").read_text()[-3000:]
     before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "addstop")}
