@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AotError
-from .storage import Storage, is_remote
+from .storage import Storage
 from .tracking.store import check_reachable, resolve_uri, sqlite_path, store_exists, ui_hint
 
 
@@ -217,13 +217,13 @@ def _report(args: argparse.Namespace) -> int:
         watch(uri, name, out_dir, args.watch, **options)
         return 0
     result = report(uri, name, out_dir, **options)
-    if not result["rows"] and not result["running"]:
+    if not result["rows"] and not result["running"] and not result["failed_cells"]:
         raise AotError(f"no finished runs for sweep {name!r} in {uri}")
     if args.json:
         keep = ("pairs", "summary", "trends", "token_trends", "across", "references", "signs", "sequence_rows",
-                "orphans")
+                "orphans", "failed_cells")
         print(json.dumps(_json_safe({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
-                                     if k != "orphans" else result[k] for k in keep}), indent=2, default=str,
+                                     if k not in ("orphans", "failed_cells") else result[k] for k in keep}), indent=2, default=str,
                          allow_nan=False))
     else:
         print(render(result))
@@ -290,8 +290,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep, args.sets)
     storage = resolve_storage(args.storage, spec)
-    if not is_remote(storage):
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    Storage.of(storage).check_writable()
     prepare_local(spec, storage, progress=sys.stderr.isatty())
     return 0
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .storage import is_remote
-
 
 class AotError(Exception):
     """An error caused by the user's input or environment, shown without a traceback."""
@@ -35,6 +33,15 @@ class TrackingError(AotError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+class StorageError(AotError):
+    """A storage root that cannot be used, or a name that would put a file outside its root."""
+
+
+class RunGone(TrackingError):
+    """A trial's MLflow run was deleted (or never existed) under its trainer: its writes can never land, so the
+    trial ends in one line instead of retrying them."""
+
+
 class DiskFull(AotError):
     """A write ran out of space; the message names the path, the size that did not fit and what is free."""
 
@@ -44,6 +51,8 @@ def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> Dis
     None."""
     import errno
     import shutil
+
+    from .storage import is_remote
 
     if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
         return None

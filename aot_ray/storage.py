@@ -5,15 +5,23 @@ place: the root, the prepared data, the reports, Tune's experiment folders, and 
     <root>/data/<kind>-<hash>/          prepared data (aot_ray.data.prepare), built once per corpus
     <root>/reports/<sweep>/             the report's files (local roots; a bucket's reports are on the parent run)
     <root>/<experiment>/                Tune's experiment: its state files and <trial_id>/checkpoint_* folders
+
+Every folder named after something that came from outside (a sweep or experiment name, a tag, a trial id read
+from MLflow) is built by `under`, which refuses a name that is not one plain folder name, so no such name can
+put a file outside its root (`../../x`, `/etc`, `a/b`).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import StorageError
 
 
 def is_remote(path: str | Path) -> bool:
@@ -32,6 +40,21 @@ def join(root: str | Path, *parts: str) -> str:
     return posixpath.join(str(root).rstrip("/"), *parts) if is_remote(root) else str(Path(root, *parts))
 
 
+def folder_name(name: str, what: str) -> str:
+    """`name` when it is one plain folder name, else StorageError naming `what` it is (a sweep, a trial id)."""
+    bad = (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
+           or name != name.strip())
+    if bad:
+        raise StorageError(f"{what} {name!r} cannot name a folder under storage: it must be one folder name (no "
+                           f"'/', '\\', '..' or surrounding spaces); rename it")
+    return name
+
+
+def under(root: str | Path, *parts: str, what: str = "name") -> str:
+    """`root/part/...` where every part is one plain folder name (`folder_name`): never outside `root`."""
+    return join(root, *(folder_name(p, what) for p in parts))
+
+
 @dataclass(frozen=True)
 class Storage:
     """A sweep's storage root (`--storage`, run.storage)."""
@@ -48,15 +71,31 @@ class Storage:
 
     def data(self, kind: str, content_hash: str) -> str:
         """The folder of one prepared dataset."""
-        return join(self.root, "data", f"{kind}-{content_hash}")
+        return under(self.root, "data", f"{kind}-{content_hash}", what="dataset")
 
     def reports(self, sweep: str) -> Path | None:
         """The local folder of a sweep's report files; None on a bucket (the parent run holds them there)."""
-        return None if self.remote else Path(self.root) / "reports" / sweep
+        return None if self.remote else Path(under(self.root, "reports", sweep, what="sweep name"))
 
     def experiment(self, name: str) -> str:
         """Tune's experiment folder (its state and the trials' checkpoints)."""
-        return join(self.root, name)
+        return under(self.root, name, what="experiment name")
+
+    def check_writable(self) -> None:
+        """Create a local root and write a file in it, or StorageError naming the root and the fix: a read-only
+        mount or folder is refused before anything starts (a sweep writes data, checkpoints, reports there). A
+        bucket is checked where it is first written."""
+        if self.remote:
+            return
+        probe = Path(self.root) / f".aot-write-check-{secrets.token_hex(4)}"
+        try:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(f"cannot use storage {self.root}: {e.strerror or e} (a sweep writes its prepared "
+                               f"data, checkpoints and reports there); pass another --storage") from None
 
 
 def children(path: str) -> list[dict[str, Any]]:

@@ -137,7 +137,7 @@ def test_status_fails_on_a_store_it_cannot_read(capsys, uri, needle):
 
 def test_unwritable_paths_are_one_line(capsys, tmp_path):
     assert main(["prepare", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", "/proc/aot"]) == 2
-    assert "cannot use /proc/aot" in _one_line(capsys)
+    assert "cannot use storage /proc/aot: " in _one_line(capsys)
 
 
 def _finished_sweep(tmp_path):

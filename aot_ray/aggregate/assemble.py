@@ -20,7 +20,9 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     prepared data now) runs that read other data are left out (`stale`). `alpha` and `after` set the sequential sign
     test over seeds (looks from `after` x train.steps on); `overfit` the limits of `tables.overfit_note`
     (rise, max_epochs); `reference` "paper" puts the paper's values beside matching cells, "none" does not."""
-    recs = reader.records(include_running=True)
+    recs = reader.records(include_running=True, include_failed=True)
+    failed = [r for r in recs if r["status"] == "FAILED"]  # the newest run of these trials failed
+    recs = [r for r in recs if r not in failed]
     stale = [r for r in recs if _stale(r, versions)] if versions else []
     recs = [r for r in recs if r not in stale]  # their corpus changed since: not the sweep's results any more
     reader.prefetch(recs)  # every per-run read below, on threads, at once
@@ -65,7 +67,20 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "alpha": alpha,
         "stopped": stopped,
         "stale": sorted(r["trial_id"] for r in stale),
+        "failed_cells": failed_cells(failed, recs),
     }
+
+
+def failed_cells(failed: list[dict[str, Any]], others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells with a failed trial, each once: its failed trials, whether any of its trials finished or runs
+    (`lost`: none did, so the cell is missing from every table), and the first failed trial's error."""
+    live = {r["cell_key"] for r in others}
+    cells: dict[str, dict[str, Any]] = {}
+    for r in sorted(failed, key=lambda r: r["trial_id"] or ""):
+        c = cells.setdefault(r["cell_key"], {"cell_key": r["cell_key"], "trials": [], "error": r.get("error"),
+                                            "lost": r["cell_key"] not in live})
+        c["trials"].append(r["trial_id"])
+    return sorted(cells.values(), key=lambda c: (not c["lost"], c["cell_key"] or ""))
 
 
 def _stale(rec: dict[str, Any], versions: dict[str, str]) -> bool:

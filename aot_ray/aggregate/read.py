@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..tracking import AXES, DATA_VERSION, STOP_AT, SweepRuns
+from ..storage import under
+from ..tracking import AXES, DATA_VERSION, ERROR, STOP_AT, SweepRuns
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
 
@@ -53,6 +54,7 @@ def record_of(run: Any) -> dict[str, Any]:
         "epochs": metrics.get("epochs"),  # the latest: how often the training split was seen
         "val_loss": loss if loss is None or math.isfinite(loss) else None,
         "finished": run.info.status == "FINISHED",
+        "error": next(iter((tags.get(ERROR) or "").strip().splitlines()[-1:]), None),  # its last line
         "steps": int(run.data.params["train.steps"]) if "train.steps" in run.data.params else None,
         "eval_every": int(run.data.params["train.eval_every"]) if "train.eval_every" in run.data.params else None,
         # set when the sweep stopped the pair once its sign was established: the report compares it at this step
@@ -87,13 +89,16 @@ class Reader:
         self._disk = Path(cache_dir) if cache_dir is not None else cache_root() / "report"
         self._tmp = tempfile.TemporaryDirectory(prefix="aot-report-")
 
-    def records(self, include_running: bool = True, runs: list | None = None) -> list[dict[str, Any]]:
-        """Newest run per trial id, of the reader's parent run (else the sweep's newest); of `runs` when given."""
+    def records(self, include_running: bool = True, runs: list | None = None,
+                include_failed: bool = False) -> list[dict[str, Any]]:
+        """Newest run per trial id, of the reader's parent run (else the sweep's newest); of `runs` when given.
+        FINISHED runs, RUNNING ones with `include_running`, FAILED ones with `include_failed`."""
         out: dict[str, dict[str, Any]] = {}
         if runs is None:
             runs = self.runs.trials()
+        keep = {"FINISHED"} | ({"RUNNING"} if include_running else set()) | ({"FAILED"} if include_failed else set())
         for run in runs:  # newest first
-            if run.info.status != "FINISHED" and not (include_running and run.info.status == "RUNNING"):
+            if run.info.status not in keep:
                 continue
             rec = record_of(run)
             if rec["trial_id"] not in out:
@@ -120,7 +125,7 @@ class Reader:
         key = (run_id, name)
         if key in self._cache:
             return self._cache[key]
-        path = self._disk / run_id / f"{name}.json"
+        path = Path(under(self._disk, run_id, what="run id")) / f"{name}.json"  # the id came from the store
         try:
             value = json.loads(path.read_text())
         except (OSError, ValueError):

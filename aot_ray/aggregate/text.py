@@ -97,6 +97,19 @@ def _cell_columns(result: dict[str, Any], means: bool = False) -> list[str]:
             *(["L_fw_mean", "L_bw_mean"] if means else []), "delta_mean", "delta_lo", "delta_hi", "direction", *null]
 
 
+def failed_lines(result: dict[str, Any]) -> list[str]:
+    """One line per cell with a failed trial, cells missing from every table first (no trial of theirs finished
+    or runs): which trials failed and the first one's error."""
+    out = []
+    for c in result.get("failed_cells", []):
+        n = len(c["trials"])
+        head = (f"cell {c['cell_key']}: every trial failed ({n}), so it is in no table" if c["lost"]
+                else f"cell {c['cell_key']}: {n} trial(s) failed")
+        out.append(f"{head}: {', '.join(c['trials'])}" + (f"; {c['error']}" if c.get("error") else "")
+                   + "; `aot-ray run --restart-errored` trains them again")
+    return out
+
+
 def level_lines(result: dict[str, Any]) -> list[str]:
     """What each claim rests on, one statement per line, each naming its level."""
     out = []
@@ -163,6 +176,8 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
                   ""]
     if result["orphans"]:
         parts += [f"Finished trials without a finished partner: {', '.join(result['orphans'])}", ""]
+    if result.get("failed_cells"):
+        parts += ["## Failed trials", "", *[f"- {line}" for line in failed_lines(result)], ""]
     if images:
         parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
     return "\n".join(parts)
@@ -226,6 +241,7 @@ def render(result: dict[str, Any]) -> str:
     if result["orphans"]:
         parts.append(f"{len(result['orphans'])} finished trial(s) without a finished partner: "
                      f"{', '.join(result['orphans'])}")
+    parts += [f"failed: {line}" for line in failed_lines(result)]
     if result["pairs"]:
         parts += ["", *reading(conf, result["alpha"])]
     parts += [f"note: {n}" for n in result.get("notes", [])]

@@ -102,7 +102,8 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
         if out_dir is None:
             scratch = Path(tempfile.mkdtemp(prefix="aot-report-"))
         out = Path(out_dir) if out_dir is not None else scratch
-        files = write_files(result, out, sweep, with_plots) if (result["pairs"] or result["sequences"]) else []
+        wanted = result["pairs"] or result["sequences"] or result["failed_cells"]
+        files = write_files(result, out, sweep, with_plots) if wanted else []
         result["files"] = files if scratch is None else []
         if writable and files and chosen is not None:
             for f in files:

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -26,8 +27,35 @@ def _is_url(p: str) -> bool:
     return is_remote(p) and not p.startswith("file://")
 
 
+MISSING = "does not exist"
+KINDS = ((stat.S_ISDIR, "a directory (name the files in it, e.g. DIR/*.txt)"),
+         (stat.S_ISFIFO, "a FIFO (a named pipe)"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_corpus(path: str) -> str | None:
+    """Why a local path cannot be a corpus, else None. A corpus is read twice (a tokenizer sample, then every
+    document) and versioned by size and time, so it must be a regular file. As root, every file is readable:
+    a file its owner keeps from other users (keys, password hashes such as /etc/shadow) is refused, since a
+    sweep file may come from someone else and its text would reach the tokenizer, the runs and the logs."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        what = next((text for test, text in KINDS if test(st.st_mode)), "not a regular file")
+        return f"is {what}, not a regular file"
+    if os.geteuid() == 0 and not st.st_mode & stat.S_IROTH:
+        return (f"is a private file (mode {stat.S_IMODE(st.st_mode):04o}, not readable by other users); aot-ray "
+                f"running as root reads no private file as a corpus: make it readable (chmod o+r) if it is text")
+    return None
+
+
 def resolve_paths(data: TextData, where: str) -> list[str]:
-    """Expand globs (local paths); URLs pass through. Every entry must match at least one file."""
+    """Expand globs (local paths); URLs pass through. Every entry must match at least one regular file; one named
+    without a glob must be one (a directory, a FIFO or a device is refused, saying which)."""
     out: list[str] = []
     for i, p in enumerate(data.paths):
         if _is_url(p):
@@ -35,10 +63,23 @@ def resolve_paths(data: TextData, where: str) -> list[str]:
             continue
         local = p[len("file://"):] if p.startswith("file://") else p
         local = os.path.expanduser(local)
-        matches = sorted(glob.glob(local, recursive=True)) if glob.has_magic(local) else [local]
-        matches = [m for m in matches if os.path.isfile(m)]
+        if not glob.has_magic(local):
+            why = _not_a_corpus(local)
+            if why == MISSING:
+                raise DataError(f"{where}.paths[{i}]: no such file: {p}")
+            if why is not None:
+                raise DataError(f"{where}.paths[{i}]: {p} {why}")
+            out.append(local)
+            continue
+        found = sorted(glob.glob(local, recursive=True))
+        matches = [m for m in found if os.path.isfile(m)]  # a glob may also match folders: those are skipped
         if not matches:
-            raise DataError(f"{where}.paths[{i}]: no such file: {p}")
+            raise DataError(f"{where}.paths[{i}]: no such file: {p}"
+                            + (f" (it matches {len(found)} entries, none a regular file)" if found else ""))
+        for m in matches:
+            why = _not_a_corpus(m)
+            if why is not None:
+                raise DataError(f"{where}.paths[{i}]: {m} {why}")
         out.extend(matches)
     return out
 

@@ -128,4 +128,4 @@ def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
     from .. import storage
 
     for tid in trial_ids:
-        storage.remove_tree(storage.join(dp_root, tid))
+        storage.remove_tree(storage.under(dp_root, tid, what="trial id"))

@@ -3,6 +3,8 @@ tokens and GPU-hours done against the plan, throughput so far, ETA), and the sam
 sweep's parent run (`sweep_*`, at step = seconds since the driver started), so the MLflow UI charts the sweep.
 
 It runs on a thread of the driver, never on Tune's event loop; each refresh is one search of the sweep's runs.
+The same search tells a stalled trial (`Stalls`): a running run whose `train_step` has not moved for long gets
+one warning line.
 The figures are pure (`figures`, `line`), computed from the runs' latest `tokens` and the plan's tokens per
 trial. Throughput counts only the tokens trained since this driver started, so a resumed sweep's ETA is not
 flattered by the work of earlier jobs.
@@ -100,12 +102,42 @@ def line(f: Figures) -> str:
     return " | ".join(parts)
 
 
+class Stalls:
+    """Which running trials stopped making progress: `see(trial_id -> step, now)` with the running trials' latest
+    `train_step` returns one warning line per trial that has not moved for `after_s` and for 5 times the longest
+    wait between its earlier moves (a trial that logs rarely is not flagged for it); once per stall."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._moved: dict[str, tuple[Any, float, float]] = {}  # trial -> (step, when it moved, longest wait)
+        self._warned: set[str] = set()
+
+    def see(self, steps: dict[str, Any], now: float) -> list[str]:
+        out = []
+        for tid, step in steps.items():
+            last, when, longest = self._moved.get(tid, (None, now, 0.0))
+            if tid not in self._moved or step != last:
+                self._moved[tid] = (step, now, max(longest, now - when) if tid in self._moved else 0.0)
+                self._warned.discard(tid)
+                continue
+            idle = now - when
+            if self.after_s > 0 and idle >= max(self.after_s, 5 * longest) and tid not in self._warned:
+                self._warned.add(tid)
+                at = f"step {int(step)}" if step is not None else "before its first logged step"
+                out.append(f"warning: trial {tid} has made no progress for {idle:.0f} s ({at}); its worker may be "
+                           f"frozen, swapped out or hung: it is not stopped (run.stall_warning_s sets this warning)")
+        for tid in set(self._moved) - set(steps):  # no longer running
+            self._moved.pop(tid)
+            self._warned.discard(tid)
+        return out
+
+
 class Progress:
     """The driver's progress thread for one sweep: `start()` once the sweep's runs are open, `stop()` at the end
     (one last line). A failed read or write skips that refresh."""
 
     def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
-                 gpu_tflops: float = 250.0) -> None:
+                 gpu_tflops: float = 250.0, stall_warning_s: float = 0.0) -> None:
         from ..costs import trial_cost
 
         self.ctx, self.every_s, self.say = ctx, every_s, say
@@ -117,15 +149,21 @@ class Progress:
         self._t0 = time.monotonic()
         self._at_start: int | None = None
         self.last: Figures | None = None
+        self.stalls = Stalls(stall_warning_s)
 
     def _latest(self) -> dict[str, tuple[str, int]]:
         from ..tracking import trial_runs
 
         out: dict[str, tuple[str, int]] = {}
+        steps: dict[str, Any] = {}  # the running trials' latest train_step
         for r in trial_runs(self.ctx.uri, self.ctx.sweep, parent_run_id=self.ctx.parent_run_id):  # newest first
             tid = r.data.tags.get("trial_id")
             if tid in self.planned and tid not in out:
                 out[tid] = (r.info.status, int(r.data.metrics.get("tokens", 0)))
+                if r.info.status == "RUNNING":
+                    steps[tid] = r.data.metrics.get("train_step")
+        for warning in self.stalls.see(steps, time.monotonic()):
+            self.say(warning)
         return out
 
     def refresh(self) -> Figures | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..storage import Storage, join
+from ..storage import Storage, under
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from ..errors import disk_full
 from ..spec.schema import RunSpec, TrialSpec
@@ -79,7 +79,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     import ray
 
     tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
-    where = join(root, trial.trial_id)
+    where = under(root, trial.trial_id, what="trial id")
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(path)) if path is not None else None
@@ -198,7 +198,8 @@ def run_trials(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
             verbose=verbose,
             callbacks=[sign_callback(functools.partial(Reader, ctx.uri, ctx.sweep, ctx.parent_run_id),
-                                     run.sign_interval_s, run.stop_on_sign, expected_pairs(all_trials))],
+                                     run.sign_interval_s, run.stop_on_sign, expected_pairs(all_trials)),
+                       notes_callback(say)],
         ),
     )
     one_line_tune_errors()
@@ -222,6 +223,30 @@ def run_trials(
         loss = (result.metrics or {}).get("val_loss")
         outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
     return outcomes, resumed
+
+
+def notes_callback(say: Any = print) -> Any:
+    """A Tune callback that prints, in the driver's own output, what a trial's report says of it in words (the
+    trainer's `NOTE`: a checkpoint it skipped on resume), one line each; a dict lookup per result."""
+    from ray.tune import Callback
+
+    from ..train.tracker import NOTE
+
+    class Notes(Callback):
+        def __init__(self) -> None:
+            self.say = say
+
+        def __getstate__(self) -> dict:  # Tune saves its callbacks; the printer is this process's
+            return {}
+
+        def __setstate__(self, state: dict) -> None:
+            self.say = print
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if result.get(NOTE):
+                self.say(f"trial {trial.config.get('trial_id', trial)}: {result[NOTE]}")
+
+    return Notes()
 
 
 class _OneLine(logging.Filter):

@@ -67,7 +67,7 @@ def trial_checkpoints(experiment_path: str, trial_id: str, download: int = 2) ->
     state less often than trials checkpoint), one since deleted, or none at all (a rebuilt state). From remote
     storage (s3://, gs://, any fsspec URI) the newest `download` are copied to a local temporary folder: an
     unreadable newest one falls back to the next there as it does on a disk."""
-    folder = storage.join(experiment_path, trial_id)
+    folder = storage.under(experiment_path, trial_id, what="trial id")
     try:
         found = [storage.join(folder, _name(e)) for e in storage.children(folder)
                  if e.get("type") == "directory" and _name(e).startswith("checkpoint_")]
@@ -89,4 +89,4 @@ def drop_trial_checkpoints(experiment_path: str, trial_ids: list[str]) -> None:
     """Delete the checkpoints of trials that start over (errored ones with --restart-errored, those whose data
     changed): left in place, a later resume would take their newest step, of the attempt or data given up."""
     for tid in trial_ids:
-        storage.remove_tree(storage.join(experiment_path, tid))
+        storage.remove_tree(storage.under(experiment_path, tid, what="trial id"))

@@ -115,12 +115,12 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def check_limits(f: dataclasses.Field, value: Any, path: str) -> None:
-    """Apply the `gt`/`ge`/`le` limits declared in a field's metadata."""
+    """Apply the `gt`/`ge`/`lt`/`le` limits declared in a field's metadata."""
     if value is None or not f.metadata or isinstance(value, (str, bool)):
         return
     is_int = isinstance(value, int)
     noun = "integer" if is_int else "number"
-    gt, ge, le = f.metadata.get("gt"), f.metadata.get("ge"), f.metadata.get("le")
+    gt, ge, lt, le = (f.metadata.get(k) for k in ("gt", "ge", "lt", "le"))
     if gt == 0 and value <= 0:
         raise SpecError(path, f"must be a positive {noun}, got {value}")
     if gt is not None and gt != 0 and value <= gt:
@@ -129,6 +129,8 @@ def check_limits(f: dataclasses.Field, value: Any, path: str) -> None:
         raise SpecError(path, f"must be a non-negative {noun}, got {value}")
     if ge is not None and ge != 0 and value < ge:
         raise SpecError(path, f"must be at least {ge}, got {value}")
+    if lt is not None and value >= lt:
+        raise SpecError(path, f"must be less than {lt}, got {value}")
     if le is not None and value > le:
         raise SpecError(path, f"must be at most {le}, got {value}")
 

@@ -34,6 +34,11 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 # under Ray's session folder) and its MLflow experiment: a file name may have at most 255 bytes, and Ray nests the
 # experiment folder in deep paths of its own
 MAX_NAME = 100
+# checked before parsing: a real sweep is a few KB (the largest shipped one is under 5 KB), and PyYAML takes
+# seconds and hundreds of MB per few MB of keys
+MAX_SWEEP_BYTES = 1 << 20
+# a window of one token has no order: its forward and backward models would be the same model
+MIN_CONTEXT = 2
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -98,6 +103,10 @@ def load_sweep_text(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
     source = str(path)
     if not p.is_file():
         raise SpecError("", "no such sweep file (give the path of a YAML file, e.g. sweeps/quickstart.yaml)", source)
+    size = p.stat().st_size
+    if size > MAX_SWEEP_BYTES:
+        raise SpecError("", f"is {size / 2**20:.1f} MiB; a sweep file may have at most {MAX_SWEEP_BYTES // 2**20} MiB "
+                            f"(a sweep's grid multiplies a few axes; it does not list its trials)", source)
     try:
         text = p.read_text()
     except UnicodeDecodeError:
@@ -210,6 +219,9 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                     raise SpecError(join(path, i), f"must be a positive integer, got {describe(v)}")
+                if v < MIN_CONTEXT:
+                    raise SpecError(join(path, i), f"must be at least {MIN_CONTEXT}, got {v}: a window of one token "
+                                                   f"has no order, so its forward and backward models are the same")
         elif key == "seed":
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -1,6 +1,6 @@
 """The typed sweep schema: frozen keyword-only dataclasses that a sweep YAML is loaded into.
 
-Numeric constraints live in field metadata (`gt`, `ge`, `le`) so the loader can check every value,
+Numeric constraints live in field metadata (`gt`, `ge`, `lt`, `le`) so the loader can check every value,
 including values that come from grid axes, and name the exact YAML path of a bad one.
 """
 
@@ -158,8 +158,8 @@ class OptimSpec:
 
     lr: float = _num(1e-3, gt=0)
     weight_decay: float = _num(0.1, ge=0)
-    beta1: float = _num(0.9, ge=0, le=1)
-    beta2: float = _num(0.95, ge=0, le=1)
+    beta1: float = _num(0.9, ge=0, lt=1)
+    beta2: float = _num(0.95, ge=0, lt=1)
     eps: float = _num(1e-8, gt=0)
     schedule: Literal["cosine", "cosine_restarts", "linear", "constant"] = "cosine"
     warmup_steps: int = _num(50, ge=0)
@@ -249,6 +249,9 @@ class RunSpec:
     stop_on_sign: Optional[SignStopSpec] = None  # `{}` for the defaults; `aot-ray run --stop-on-sign` too
     sign_interval_s: float = _num(30.0, ge=0)  # how often a running sweep refreshes the sequential sign test
     progress_every_s: float = _num(60.0, gt=0)  # how often the driver prints (and logs) the sweep's progress
+    # a running trial whose step has not moved for this long (and for 5 times the longest wait between its
+    # earlier moves) gets one warning line: a frozen, swapped-out or hung worker; 0: off
+    stall_warning_s: float = _num(600.0, ge=0)
     # MLflow's system metrics on every trial run (CPU, memory; GPU utilisation, memory, power with aot-ray[gpu]),
     # sampled and logged every this many seconds; 0: off
     system_metrics_s: float = _num(30.0, ge=0)

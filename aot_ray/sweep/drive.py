@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from ..costs import check_space
 from ..errors import AotError, DataError, TrackingError
 from ..execution.interrupt import Interrupted, interruptible, stop_tune
 from ..spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash
-from ..storage import Storage, is_remote
+from ..storage import Storage
 from ..tracking.store import check_reachable
 from .options import RunOptions
 from .plan import SweepPlan, where_of
@@ -113,11 +112,7 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
     check_reachable(uri)  # before anything starts
     # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store
     with Lease(uri, spec.name, patience_s=run_spec.tracking_patience_s, on_lost=lambda _: stop_tune()) as lease:
-        if not is_remote(storage):
-            try:
-                Path(storage).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise AotError(f"cannot create storage folder {storage} ({e.strerror}); pass --storage") from None
+        Storage.of(storage).check_writable()  # a read-only root is one line here, not a Ray task's traceback
         outcomes, skipped, prepared = _drive(spec, spec_text, uri, storage, opts, run_spec, lease, say)
         out_dir = Storage.of(storage).reports(spec.name)
         result = aggregate.report(uri, spec.name, out_dir)
@@ -203,7 +198,8 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 say(f"{len(skipped)} of {len(trials)} trials already finished in MLflow")
             check_space(pending, storage)
             data = {t.trial_id: prepared[hashes[t.trial_id]][0] for t in trials}
-            progress = Progress(ctx, trials, run_spec.progress_every_s, say, spec.run.gpu_tflops)
+            progress = Progress(ctx, trials, run_spec.progress_every_s, say, spec.run.gpu_tflops,
+                                run_spec.stall_warning_s)
             progress.start()  # its own thread: Tune's loop never waits on it
             try:
                 with interruptible() as interrupted:

@@ -14,7 +14,7 @@ import time
 import warnings
 from typing import Any
 
-from ..errors import TrackingError
+from ..errors import RunGone, TrackingError
 from ..spec.presets import arch_of
 from .runs import (ATTEMPT, AXES, DATA_VERSION, ERROR, HOST, INTERRUPTED, PID, ROLE, STOP_AT, TRIAL_TAGS,
                    SweepContext, find_trial_run)
@@ -46,7 +46,8 @@ class TrialTracker:
     that run (restorable in MLflow) and opens a new one. Writes are buffered; a failed write keeps the buffer.
     """
 
-    def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500, role: str = "trial") -> None:
+    def __init__(self, ctx: SweepContext, trial: Any, flush_every: int = 500, role: str = "trial",
+                 flush_s: float = 30.0) -> None:
         from mlflow.entities import Metric, Param
 
         # fail fast on each HTTP call and let the buffer carry metrics over an outage, instead of MLflow's
@@ -58,6 +59,11 @@ class TrialTracker:
         self.trial = trial
         self.client = client(ctx.uri)
         self.flush_every = flush_every
+        # and at least this often (seconds): the driver's stall watch and the UI see train_step move between
+        # evaluations; a failed flush is tried again only after as long, so an outage does not slow the loop
+        self.flush_s = flush_s
+        self._flushed_at = time.monotonic()
+        self._failing = False  # the last flush failed
         self._buffer: list = []
         self._pending_artifacts: list[tuple[Any, str]] = []
         self._last_step: dict[str, int] = {}
@@ -162,11 +168,13 @@ class TrialTracker:
             if step <= self._last_step.get(k, -1):
                 continue  # already in the run from an earlier attempt
             self._buffer.append(self._Metric(k, float(v), ts, int(step)))
-        if len(self._buffer) >= self.flush_every:
+        waited = time.monotonic() - self._flushed_at
+        if waited >= self.flush_s or (len(self._buffer) >= self.flush_every and not self._failing):
             self.flush()
 
     def flush(self, attempts: int = 2) -> bool:
         """Write what is buffered; on failure keep it for the next flush. True when nothing is left."""
+        self._flushed_at = time.monotonic()
         try:
             while self._buffer:
                 chunk = self._buffer[:1000]
@@ -177,10 +185,31 @@ class TrialTracker:
                 retry(lambda: self.client.log_dict(self.run_id, obj, name), attempts=attempts)
                 self._pending_artifacts.pop(0)
         except Exception as e:
+            self._check_run(e)
             warnings.warn(f"MLflow write failed ({str(e).splitlines()[0]}); {len(self._buffer)} metrics and "
                           f"{len(self._pending_artifacts)} artifacts kept for the next flush")
+            self._failing = True
             return False
+        self._failing = False
         return True
+
+    def _check_run(self, error: Exception) -> None:
+        """Raise RunGone when `error` says the run can take no write any more: deleted (by a second driver of the
+        sweep, or by hand) or unknown to the store. Such a write is never retried; an outage is."""
+        code = getattr(error, "error_code", "")
+        if code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return
+        try:
+            stage = self.client.get_run(self.run_id).info.lifecycle_stage
+        except Exception as e:
+            if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                return  # cannot tell (an outage): kept for the next flush
+            stage = "missing"
+        if stage != "active":
+            what = "was deleted" if stage == "deleted" else "does not exist"
+            raise RunGone(f"trial {self.trial.trial_id}: its MLflow run {self.run_id} {what} in {self.ctx.uri} (by "
+                          f"another driver of this sweep, or by hand); {len(self._buffer)} metrics cannot be "
+                          f"written, so this attempt ends here (its checkpoints are kept)") from None
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self._pending_artifacts.append((obj, artifact_file))

@@ -72,20 +72,23 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
-def read_first_valid(paths: Iterable[str | Path], accept: Callable[[dict[str, Any]], bool] | None = None
-                     ) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
+def read_first_valid(paths: Iterable[str | Path], accept: Callable[[dict[str, Any]], bool] | None = None,
+                     skipped: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
     """The newest readable checkpoint of `paths` (newest first) whose meta `accept` takes; a bad one is skipped
-    with a warning."""
+    with a warning, and why is appended to `skipped` (the trainer passes it on to the driver's output)."""
+    notes = skipped if skipped is not None else []
     for p in paths:
         try:
             state, meta = read(p)
         except CorruptCheckpoint as e:
-            warnings.warn(f"skipping unreadable checkpoint ({e}); falling back to the previous one")
+            notes.append(f"skipped unreadable checkpoint {Path(p).name} ({str(e).splitlines()[0][:200]})")
+            warnings.warn(f"{notes[-1]}; falling back to the previous one")
             continue
         if accept is None or accept(meta):
             return state, meta, Path(p)
-        warnings.warn(f"skipping checkpoint at step {meta.get('step')} ({p}): its run's metrics up to that step "
-                      f"never reached the tracking store; falling back to the previous one")
+        notes.append(f"skipped checkpoint at step {meta.get('step')}: its run's metrics up to that step never "
+                     f"reached the tracking store")
+        warnings.warn(f"{notes[-1]} ({p}); falling back to the previous one")
     return None
 
 

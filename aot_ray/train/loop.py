@@ -33,7 +33,7 @@ from .evaluate import evaluate
 from .mfu import flops_per_token, peak_tflops
 from .loss import LMObjective
 from .schedule import make_scheduler
-from .tracker import MemoryTracker, Tracker
+from .tracker import NOTE, MemoryTracker, Tracker
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -113,6 +113,7 @@ class _Trial:
     step: int  # the step to start from: 0, or the resumed checkpoint's
     flops_per_token: float  # for mfu
     peak_tflops: float | None  # the GPU's dense bf16 peak; None on the CPU (no mfu)
+    notes: list[str]  # for the driver's output (NOTE), with the next report
 
 
 @dataclass
@@ -169,7 +170,9 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
     candidates = [] if checkpoint is None else checkpoint if isinstance(checkpoint, list) else [checkpoint]
     # a checkpoint counts only if the run holds every point up to its step: resuming past points that were lost
     # with a killed tracking server would leave a gap in the curve
-    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(meta.get("run_id"), int(meta["step"])))
+    skipped: list[str] = []
+    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(meta.get("run_id"), int(meta["step"])),
+                                  skipped)
     if found is not None:
         state, meta, _ = found
         model.load_state_dict(state["model"])
@@ -190,6 +193,9 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
         tracker.log_params(params)
         tracker.log_metrics({"n_params": n_params}, step=0)
 
+    notes = [f"{'; '.join(skipped)}: " + (f"resumed from the checkpoint at step {step}" if found is not None
+                                           else "no readable checkpoint was left, so it started from step 0")
+             ] if skipped else []
     micro, passes = micro_batches(trial, data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
                                   backend=device.type)
     global_batch = t.batch_size * t.grad_accum
@@ -203,7 +209,7 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
                   tokens_per_step=global_batch * trial.context_length, step=step,
                   flops_per_token=flops_per_token(trial, data.vocab_size),
                   peak_tflops=peak_tflops(torch.cuda.get_device_name(device), getattr(tracker, "gpu_tflops", None))
-                  if device.type == "cuda" else None)
+                  if device.type == "cuda" else None, notes=notes)
 
 
 def _batches(r: _Trial) -> Prefetcher:
@@ -285,6 +291,9 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
                               r.autocast)
     loss = prog.last_eval.loss
     metrics = {"step": step, "tokens": step * r.tokens_per_step, "val_loss": loss, "train_loss": prog.last_train}
+    if r.notes:
+        metrics[NOTE] = "; ".join(r.notes)
+        r.notes.clear()
     # epochs: how many times the training split was seen (the report flags a model trained past it)
     # eval_step: the step of the latest evaluation, which one search of the sweep's runs returns for all of them
     # (the live sign test reads the histories of only the runs whose eval_step moved); eval_time: when, in epoch

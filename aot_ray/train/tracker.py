@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+# a key of the metrics the trainer hands to its `on_report`: what the driver should print about the trial in words
+# (a checkpoint it could not resume from), once, with its first evaluation after the start
+NOTE = "aot_note"
+
 
 class Tracker(Protocol):
     run_id: str | None
