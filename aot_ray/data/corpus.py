@@ -1,8 +1,9 @@
 """Natural-language corpora: split by document, train a byte-level BPE, tokenize in parallel batches.
 
-Two streaming passes over the source: the first feeds the tokenizer trainer the first `sample_bytes` of
-training documents, the second encodes every document with `encode_batch_fast` (parallel in Rust) and
-appends the ids, each document followed by <|endoftext|> (id 0), to the split's token file.
+Two streaming passes over the source, each in bounded pieces of documents (`pieces`): the first feeds the
+tokenizer trainer the first `sample_bytes` of training documents, the second encodes every piece with
+`encode_batch_fast` (parallel in Rust, batches of at most BATCH_BYTES) and appends the ids, each document followed
+by <|endoftext|> (id 0), to the split's token file.
 """
 
 from __future__ import annotations
@@ -13,31 +14,32 @@ from typing import Any, Iterator
 
 from ..errors import DataError
 from ..spec.schema import HFData, TextData
-from .sources import documents, is_validation
+from .pieces import Piece
+from .sources import document_pieces, is_validation
 from .tokenizer import train_bpe
 from .tokenfile import TokenWriter
 
-BATCH_DOCS = 2048
-
-
-def _maybe_reverse(doc: str, reverse: bool) -> str:
-    return doc[::-1] if reverse else doc
+BATCH_DOCS = 2048  # pieces per encoding batch, at most
+BATCH_BYTES = 4 << 20  # UTF-8 bytes of text per encoding batch, at most (one piece may add up to 4 * PIECE)
 
 
 def _tokenizer_sample(data: TextData | HFData, where: str, seen: list[int]) -> Iterator[str]:
+    """Training documents' pieces for the BPE trainer, up to the document that reaches `sample_bytes`."""
     size = 0
-    for i, doc in enumerate(documents(data, where)):
-        seen[0] += 1
-        if is_validation(data.seed, i, data.val_fraction):
+    for p in document_pieces(data, where, reverse=data.tokenizer.reverse_chars):
+        if p.last:
+            seen[0] += 1
+        if is_validation(data.seed, p.doc, data.val_fraction):
             continue
-        yield _maybe_reverse(doc, data.tokenizer.reverse_chars)
-        size += len(doc.encode("utf-8"))
-        if size >= data.tokenizer.sample_bytes:
+        yield p.text
+        size += len(p.text.encode("utf-8"))
+        if p.last and size >= data.tokenizer.sample_bytes:
             return
 
 
 def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool = False) -> dict[str, Any]:
-    """Write tokenizer.json, train.bin and val.bin under `out`; return the manifest fields."""
+    """Write tokenizer.json, train.bin and val.bin under `out`; return the manifest fields. Documents are read
+    and encoded in bounded pieces (`pieces`), so memory follows BATCH_BYTES, not the largest document."""
     t0 = time.perf_counter()
     spec = data.tokenizer
     seen = [0]  # documents read while sampling: the base alphabet alone cannot tell an empty corpus
@@ -59,31 +61,33 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
     counts = {"train": 0, "val": 0}
     size = 0
     with TokenWriter(out / "train.bin", got) as train_w, TokenWriter(out / "val.bin", got) as val_w:
-        batch: list[str] = []
-        sides: list[bool] = []
+        batch: list[Piece] = []
+        held = 0  # bytes of text in `batch`
 
         def flush() -> None:
-            encs = tok.encode_batch_fast(batch, add_special_tokens=False)
+            encs = tok.encode_batch_fast([p.text for p in batch], add_special_tokens=False)
             ids: dict[bool, list[int]] = {False: [], True: []}
-            for enc, is_val in zip(encs, sides):  # one array write per split and batch, not per document
-                ids[is_val].extend(enc.ids)
-                ids[is_val].append(0)
+            for enc, p in zip(encs, batch):  # one array write per split and batch, not per piece
+                side = ids[is_validation(data.seed, p.doc, data.val_fraction)]
+                side.extend(enc.ids)
+                if p.last:
+                    side.append(0)
             train_w.append(ids[False])
             val_w.append(ids[True])
             batch.clear()
-            sides.clear()
 
-        for i, doc in enumerate(documents(data, where)):
-            is_val = is_validation(data.seed, i, data.val_fraction)
-            batch.append(_maybe_reverse(doc, spec.reverse_chars))
-            sides.append(is_val)
-            counts["val" if is_val else "train"] += 1
-            n = len(doc.encode("utf-8"))
+        for p in document_pieces(data, where, reverse=spec.reverse_chars):
+            batch.append(p)
+            n = len(p.text.encode("utf-8"))
+            held += n
             size += n
+            if p.last:
+                counts["val" if is_validation(data.seed, p.doc, data.val_fraction) else "train"] += 1
             if bar is not None:
                 bar.update(n)
-            if len(batch) >= BATCH_DOCS:
+            if len(batch) >= BATCH_DOCS or held >= BATCH_BYTES:
                 flush()
+                held = 0
         if batch:
             flush()
     if bar is not None:

@@ -14,11 +14,12 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import DataError
 from ..storage import is_remote
 from ..spec.schema import HFData, TextData
+from .pieces import PIECE, Fragment, Piece, Spill, pieces
 
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 
@@ -104,49 +105,65 @@ def _open_text(path: str) -> io.TextIOBase:
     return fsspec.open(path, "rt", encoding="utf-8", errors="replace", compression=COMPRESSION.get(suffix)).open()
 
 
-def _checked_lines(f: io.TextIOBase, path: str, where: str, probe: int = 1 << 16) -> Iterator[str]:
-    """The file's lines; a warning first when its opening looks binary (NUL characters, or more than 1% of it
-    not UTF-8), since it is read as text anyway and would train on noise."""
+def _line_chunks(f: io.TextIOBase, path: str, where: str, probe: int = 1 << 16) -> Iterator[tuple[str, bool]]:
+    """The file's lines as (chunk, ends its line) pairs, each chunk at most `PIECE` characters: a line of any
+    length is never read whole. A warning first when the file's opening looks binary (NUL characters, or more
+    than 1% of it not UTF-8), since it is read as text anyway and would train on noise. The opening's lines are
+    split as `str.splitlines` splits them, the rest as the file's own iteration does (as they always were: the
+    prepared data of a file stays what it was)."""
     head = f.read(probe)
     if "\x00" in head or head.count("\ufffd") > 0.01 * max(1, len(head)):
         warnings.warn(f"{where}.paths: {path} does not look like UTF-8 text (NUL or undecodable bytes in its first "
                       f"{probe // 1024} KB); it is read as text anyway: check the path")
     parts = head.splitlines(keepends=True)
     tail = parts.pop() if parts and not parts[-1].endswith("\n") else ""
-    yield from parts
-    first = True
-    for line in f:
-        if first and tail:
-            line, first = tail + line, False
-        first = False
-        yield line
-    if first and tail:
-        yield tail
+    for part in parts:
+        yield part, True
+    if tail:
+        yield tail, False
+    while chunk := f.readline(PIECE):
+        yield chunk, chunk.endswith("\n")
 
 
-def _text_documents(data: TextData, where: str) -> Iterator[str]:
+def _fragments(lines: Iterable[tuple[str, bool]], per_line: bool) -> Iterator[Fragment]:
+    """Documents from line chunks: each non-blank line (`per_line`), else each run of non-blank lines joined by
+    "\n"; a line's final "\n" is not part of it. A line's leading whitespace waits in a `Spill` until the line
+    shows text (a blank line is no document and ends a run)."""
+    in_doc, blank, pending = False, True, Spill()
+    try:
+        for chunk, line_end in lines:
+            text = chunk.rstrip("\n") if line_end else chunk
+            if blank and not text.strip():
+                pending.add(text)
+            else:
+                if blank:  # the line's first text: it is part of a document
+                    if in_doc:
+                        yield Fragment("\n", False)
+                    in_doc, blank = True, False
+                    for part in pending.forward():
+                        yield Fragment(part, False)
+                    pending.close()
+                yield Fragment(text, False)
+            if line_end:
+                pending.close()
+                if in_doc and (per_line or blank):
+                    yield Fragment("", True)
+                    in_doc = False
+                blank = True
+        if in_doc:
+            yield Fragment("", True)
+    finally:
+        pending.close()
+
+
+def _text_fragments(data: TextData, where: str) -> Iterator[Fragment]:
     for path in resolve_paths(data, where):
         try:
             f = _open_text(path)
         except (OSError, ValueError) as e:
             raise DataError(f"{where}.paths: cannot open {path} ({e})") from None
         with f:
-            lines = _checked_lines(f, path, where)
-            if data.doc_sep == "line":
-                for line in lines:
-                    line = line.rstrip("\n")
-                    if line.strip():
-                        yield line
-            else:
-                block: list[str] = []
-                for line in lines:
-                    if line.strip():
-                        block.append(line.rstrip("\n"))
-                    elif block:
-                        yield "\n".join(block)
-                        block = []
-                if block:
-                    yield "\n".join(block)
+            yield from _fragments(_line_chunks(f, path, where), per_line=data.doc_sep == "line")
 
 
 def load_hf(data: HFData, where: str):
@@ -168,7 +185,7 @@ def load_hf(data: HFData, where: str):
         raise DataError(f"{where}: cannot load Hugging Face dataset {what}: {msg}") from None
 
 
-def _hf_documents(data: HFData, where: str) -> Iterator[str]:
+def _hf_fragments(data: HFData, where: str) -> Iterator[Fragment]:
     ds = load_hf(data, where)
     columns = list(getattr(ds, "column_names", None) or [])
     if columns and data.text_field not in columns:
@@ -180,22 +197,36 @@ def _hf_documents(data: HFData, where: str) -> Iterator[str]:
                             f"(fields: {', '.join(row)})")
         text = row[data.text_field]
         if isinstance(text, str) and text.strip():
-            yield text
+            yield Fragment(text, True)
+
+
+def document_pieces(data: TextData | HFData, where: str, reverse: bool = False) -> Iterator[Piece]:
+    """Documents in source order as bounded pieces (`pieces.Piece`; with `reverse`, each document reversed),
+    stopping at max_documents / max_bytes (UTF-8 bytes; the document that crosses max_bytes is kept whole)."""
+    frags = _text_fragments(data, where) if isinstance(data, TextData) else _hf_fragments(data, where)
+    n = size = 0
+    current = -1
+    for piece in pieces(frags, reverse):
+        if piece.doc != current:  # a new document
+            if data.max_documents is not None and n >= data.max_documents:
+                return
+            if data.max_bytes is not None and size >= data.max_bytes:
+                return
+            n, current = n + 1, piece.doc
+        if data.max_bytes is not None:
+            size += len(piece.text.encode("utf-8"))
+        yield piece
 
 
 def documents(data: TextData | HFData, where: str) -> Iterator[str]:
-    """Documents in source order, stopping at max_documents / max_bytes (UTF-8 bytes)."""
-    it = _text_documents(data, where) if isinstance(data, TextData) else _hf_documents(data, where)
-    n = size = 0
-    for doc in it:
-        if data.max_documents is not None and n >= data.max_documents:
-            return
-        if data.max_bytes is not None and size >= data.max_bytes:
-            return
-        n += 1
-        if data.max_bytes is not None:
-            size += len(doc.encode("utf-8"))
-        yield doc
+    """Whole documents in source order, capped as `document_pieces` caps them (each one held whole: for tests
+    and the preparation benchmark's baseline, not for preparing)."""
+    parts: list[str] = []
+    for piece in document_pieces(data, where):
+        parts.append(piece.text)
+        if piece.last:
+            yield "".join(parts)
+            parts = []
 
 
 def is_validation(seed: int, index: int, fraction: float) -> bool:
