@@ -153,7 +153,7 @@ def test_the_store_watch_stops_a_driver_whose_sqlite_file_is_gone(tmp_path, monk
     monkeypatch.setattr(L, "CHECK_S", 0.05)
     uri = f"sqlite:///{tmp_path}/m.db"
     lost = []
-    with L.Lease(uri, "sw", on_lost=lost.append) as held:
+    with L.Lease(uri, "sw", on_lost=lambda why, deadline: lost.append(why)) as held:
         held.acquire()
         time.sleep(0.3)
         assert held.lost is None and not lost
@@ -170,17 +170,17 @@ def test_the_store_watch_gives_up_after_its_patience(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "RENEW_S", 0.05)
     uri = f"sqlite:///{tmp_path}/m.db"
     lost = []
-    with L.Lease(uri, "sw", patience_s=0.5, on_lost=lost.append) as held:
+    with L.Lease(uri, "sw", patience_s=0.5, on_lost=lambda why, deadline: lost.append(why)) as held:
         held.acquire()
 
-        def refuse(self, since):
+        def refuse(self, with_info):
             raise RuntimeError("attempt to write a readonly database")
 
         monkeypatch.setattr(L.Lease, "_write", refuse)
         deadline = time.monotonic() + 5
         while not lost and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert lost and "refused every write" in lost[0] and "readonly database" in lost[0]
+    assert lost and "could not be renewed for" in lost[0] and "readonly database" in lost[0]
 
 
 def _fake_sweep(uri: str, name: str, finished: int) -> str:

@@ -4,6 +4,7 @@ Ray Train's `TuneReportCallback`. Rank 0 writes the trial's MLflow run and its c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from ..errors import AotError
 from ..spec.schema import TrialSpec
 from ..tracking import NODE, SweepContext, WORKERS
+from ..train.stops import StopRequested
+from .notices import notice_check, wait_to_be_stopped
 
 
 def worker_resources(trial: TrialSpec) -> dict[str, float]:
@@ -80,23 +83,29 @@ def _dp_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
 
     checkpoint = ray.train.get_checkpoint()
-    closes = rank == 0  # the other ranks' trackers only follow
-    if checkpoint is not None:
-        with checkpoint.as_directory() as resume_from:
-            # every rank decides alike (from the same MLflow run) whether the checkpoint may be resumed from
-            try:
-                meta = json.loads((Path(resume_from) / "meta.json").read_text())
-                held = run_holds(client(config["ctx"].uri), meta.get("run_id"), int(meta["step"]))
-            except (OSError, ValueError, KeyError):
-                held = True  # an unreadable checkpoint is the trainer's to refuse, on every rank alike
-            train_tracked(trial, tracker, [resume_from] if held else None, data=config["data"], on_report=report,
-                          interrupts_resume=False, closes_run=closes)
-    else:
-        train_tracked(trial, tracker, None, data=config["data"], on_report=report, interrupts_resume=False,
-                      closes_run=closes)
+    notice = notice_check(config["stop_file"]) if config.get("stop_file") else None
+    run = functools.partial(train_tracked, trial, tracker, data=config["data"], on_report=report,
+                            interrupts_resume=False, closes_run=rank == 0,  # the other ranks' trackers only follow
+                            stop_notice=notice)
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_from:
+                # every rank decides alike (from the same MLflow run) whether the checkpoint may be resumed from
+                try:
+                    meta = json.loads((Path(resume_from) / "meta.json").read_text())
+                    held = run_holds(client(config["ctx"].uri), meta.get("run_id"),
+                                     int(meta.get("confirmed", meta["step"])))
+                except (OSError, ValueError, KeyError):
+                    held = True  # an unreadable checkpoint is the trainer's to refuse, on every rank alike
+                run([resume_from] if held else None)
+        else:
+            run(None)
+    except StopRequested:
+        wait_to_be_stopped()
 
 
-def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str) -> None:
+def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str,
+                      stop_file: str | None = None) -> None:
     """A data-parallel trial: a Ray Train run named after the trial under `dp_root`, its metrics forwarded to
     Tune. A retry of the Tune trial (or a resumed sweep) starts a run of the same name, which Ray Train resumes
     from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone."""
@@ -106,7 +115,7 @@ def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: s
 
     trainer = TorchTrainer(
         _dp_worker,
-        train_loop_config={"trial": trial, "ctx": ctx, "data": data},
+        train_loop_config={"trial": trial, "ctx": ctx, "data": data, "stop_file": stop_file},
         torch_config=TorchConfig(backend="nccl" if trial.resources.gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=trial.resources.workers, use_gpu=bool(trial.resources.gpu),

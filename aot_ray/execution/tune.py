@@ -18,8 +18,10 @@ from typing import Any, Iterator
 
 from ..storage import Storage, under
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
+from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped
 from ..errors import disk_full
 from ..spec.schema import RunSpec, TrialSpec
+from ..train.stops import StopRequested
 from ..tracking import NODE, SweepContext
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
         tune.report({"step": int(m.get("stopped_at_step", trial.train.steps)),
                      "val_loss": m.get("final_val_loss", m.get("val_loss")), "finished_earlier": 1})
         return
+    notice = notice_check(stop_path(root)) if root else None
     if trial.resources.workers > 1:
-        run_data_parallel(trial, ctx, data[trial.trial_id], dp_root)
+        run_data_parallel(trial, ctx, data[trial.trial_id], dp_root, stop_path(root) if root else None)
         return
     tracker = TrialTracker(ctx, trial)
     import ray
@@ -96,13 +99,18 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     resume = registered is not None or trial.trial_id in from_storage
     # every checkpoint of the trial in storage, newest step first: an unreadable one falls back to the next
     on_disk = trial_checkpoints(root, trial.trial_id) if resume and root else []
-    if on_disk:
-        train_tracked(trial, tracker, on_disk, data=data[trial.trial_id], on_report=report)
-    elif registered is not None:
-        with registered.as_directory() as resume_from:
-            train_tracked(trial, tracker, [resume_from], data=data[trial.trial_id], on_report=report)
-    else:
-        train_tracked(trial, tracker, None, data=data[trial.trial_id], on_report=report)
+    run = functools.partial(train_tracked, trial, tracker, data=data[trial.trial_id], on_report=report,
+                            stop_notice=notice)
+    try:
+        if on_disk:
+            run(on_disk)
+        elif registered is not None:
+            with registered.as_directory() as resume_from:
+                run([resume_from])
+        else:
+            run(None)
+    except StopRequested:
+        wait_to_be_stopped()
 
 
 def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
@@ -140,6 +148,7 @@ def run_trials(
     verbose: int = 1,
     say: Any = print,
     start_over: frozenset[str] = frozenset(),
+    stop: GracefulStop | None = None,
 ) -> tuple[list[TrialOutcome], bool]:
     """Run the `pending` trials (those of `all_trials` not finished in MLflow) as the Tune experiment
     `storage/experiment`. Returns (outcomes, resumed: whether an earlier run of it left state behind).
@@ -149,7 +158,8 @@ def run_trials(
     errored trial from its newest readable checkpoint (errored ones start over with `restart_errored`), runs
     with this run's callbacks and verbosity, and an unreadable state (a disk that filled up while Tune saved it)
     costs one line: it is set aside and the experiment goes on. `start_over`: trials that begin from step 0
-    whatever checkpoints they have (those whose data changed since their last run)."""
+    whatever checkpoints they have (those whose data changed since their last run). `stop`: the driver's own
+    stop of the sweep (a lost lease), which posts the experiment's stop notice to the trials."""
     from ray import tune
 
     # the driver's side only: trainer processes import this module too, and need neither the report's reader
@@ -168,6 +178,8 @@ def run_trials(
                 f"trials are kept) and the checkpoints in storage")
     if not pending:
         return [], resumed
+    notice = StopNotice(path)
+    notice.clear()  # one an earlier driver posted: its trials are gone, and this driver's must not stop
     by_id = {t.trial_id: t for t in all_trials}
     dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
     errored = failed_trial_ids(ctx, pending) if restart_errored and resumed else set()
@@ -199,7 +211,7 @@ def run_trials(
             verbose=verbose,
             callbacks=[sign_callback(functools.partial(Reader, ctx.uri, ctx.sweep, ctx.parent_run_id),
                                      run.sign_interval_s, run.stop_on_sign, expected_pairs(all_trials)),
-                       notes_callback(say)],
+                       trial_notes(say, notice)],
         ),
     )
     one_line_tune_errors()
@@ -208,7 +220,7 @@ def run_trials(
     # fit only, so that nothing else in the process (a test's next driver, say) inherits it
     quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     try:
-        with _environ(quiet if verbose == 0 else {}):
+        with _environ(quiet if verbose == 0 else {}), (stop.tune(notice) if stop else contextlib.nullcontext()):
             grid = tuner.fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
         say(f"Tune's results could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
@@ -223,30 +235,6 @@ def run_trials(
         loss = (result.metrics or {}).get("val_loss")
         outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
     return outcomes, resumed
-
-
-def notes_callback(say: Any = print) -> Any:
-    """A Tune callback that prints, in the driver's own output, what a trial's report says of it in words (the
-    trainer's `NOTE`: a checkpoint it skipped on resume), one line each; a dict lookup per result."""
-    from ray.tune import Callback
-
-    from ..train.tracker import NOTE
-
-    class Notes(Callback):
-        def __init__(self) -> None:
-            self.say = say
-
-        def __getstate__(self) -> dict:  # Tune saves its callbacks; the printer is this process's
-            return {}
-
-        def __setstate__(self, state: dict) -> None:
-            self.say = print
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if result.get(NOTE):
-                self.say(f"trial {trial.config.get('trial_id', trial)}: {result[NOTE]}")
-
-    return Notes()
 
 
 class _OneLine(logging.Filter):

@@ -256,8 +256,9 @@ class RunSpec:
     # sampled and logged every this many seconds; 0: off
     system_metrics_s: float = _num(30.0, ge=0)
     # how long the driver goes on while its tracking store refuses every write before it stops the sweep (its
-    # lease on the sweep expires after 90 s without a write: the driver must stop before another may start)
-    tracking_patience_s: float = _num(60.0, gt=0, le=80)
+    # lease on the sweep expires 90 s after its last renewal, and its trials get 25 s of that to checkpoint and
+    # stop, so at most 65)
+    tracking_patience_s: float = _num(60.0, gt=0, le=65)
 
 
 # ---------------------------------------------------------------- sweep / grid / trial

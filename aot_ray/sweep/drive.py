@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..costs import check_space
 from ..errors import AotError, DataError, TrackingError
-from ..execution.interrupt import Interrupted, interruptible, stop_tune
+from ..execution.interrupt import Interrupted, interruptible
 from ..spec import RunSpec, SignStopSpec, SweepSpec, TrialSpec, content_hash
 from ..storage import Storage
 from ..tracking.store import check_reachable
@@ -105,15 +105,18 @@ def run(spec: SweepSpec, spec_text: str, *, uri: str, storage: str, options: Run
     """Run the sweep, resuming where an earlier run of it stopped (see `tune.run_trials`). `options` are the
     command line's (`flags`: the same as keywords, RunOptions' fields)."""
     from .. import aggregate
+    from ..execution.notices import GracefulStop
     from ..tracking.lease import Lease
 
     opts = options or RunOptions(**flags)
     run_spec = opts.run_spec(spec.run)
     check_reachable(uri)  # before anything starts
-    # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store
-    with Lease(uri, spec.name, patience_s=run_spec.tracking_patience_s, on_lost=lambda _: stop_tune()) as lease:
+    # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store, and
+    # a driver that cannot keep its lease stops its trials (they checkpoint first) before the lease expires
+    stopper = GracefulStop(say)
+    with Lease(uri, spec.name, patience_s=run_spec.tracking_patience_s, on_lost=stopper.stop) as lease:
         Storage.of(storage).check_writable()  # a read-only root is one line here, not a Ray task's traceback
-        outcomes, skipped, prepared = _drive(spec, spec_text, uri, storage, opts, run_spec, lease, say)
+        outcomes, skipped, prepared = _drive(spec, spec_text, uri, storage, opts, run_spec, lease, say, stopper)
         out_dir = Storage.of(storage).reports(spec.name)
         result = aggregate.report(uri, spec.name, out_dir)
         return RunOutcome(ran=outcomes, skipped=skipped, report=result, prepared=prepared)
@@ -135,7 +138,7 @@ def stale_line(ids: list[str], trials: list[Any], hashes: dict[str, str]) -> str
 
 
 def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOptions, run_spec: RunSpec,
-           lease: Any, say: Say) -> tuple[list[Any], list[str], dict]:
+           lease: Any, say: Say, stopper: Any) -> tuple[list[Any], list[str], dict]:
     """Ray, the data, the lr search and Tune, under the lease; (outcomes, skipped trial ids, prepared data)."""
     from .. import tracking
     from ..execution.data_parallel import check_data_parallel_fits
@@ -170,7 +173,7 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
         skipped: list[str] = []
         try:
             if spec.lr_search is not None:
-                with interruptible() as interrupted:
+                with interruptible() as interrupted, stopper.tune():
                     spec = _search_learning_rates(spec, ctx, prepared, storage, run_spec, verbose, say,
                                                   stopped=lambda: interrupted() or lease.lost is not None)
                 if lease.lost:
@@ -205,7 +208,7 @@ def _drive(spec: SweepSpec, spec_text: str, uri: str, storage: str, opts: RunOpt
                 with interruptible() as interrupted:
                     outcomes, _ = run_trials(pending, trials, ctx, data=data, storage=storage, experiment=experiment,
                                              run=run_spec, restart_errored=opts.restart_errored, verbose=verbose,
-                                             say=say, start_over=restart)
+                                             say=say, start_over=restart, stop=stopper)
             finally:
                 progress.stop()
             if lease.lost:

@@ -9,12 +9,21 @@ The names other layers use are here, so that `from aot_ray import tracking` and 
 as they always did.
 """
 
-from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, ROLE, STOP_AT, SUPERSEDED,
-                   SUPERSEDED_BY, WORKERS, SweepContext, SweepRuns, chosen_parent, end_sweep, experiment_id,
+import os
+
+# every MLflow call of this process (driver, trainer, report) fails within seconds on a server that is down or
+# hangs, instead of MLflow's default minutes of retries: the trainers' buffers and checkpoints carry an outage, and
+# the driver's lease must never wait past its own deadlines (a user's setting wins)
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, ROLE, STOP_AT,  # noqa: E402
+                   SUPERSEDED, SUPERSEDED_BY, WORKERS, SweepContext, SweepRuns, chosen_parent, end_sweep, experiment_id,
                    find_parent, find_trial_run, finished_trial_ids, record_lr, record_sign_rule, searched_lrs,
                    sign_rule, stale_trial_runs, start_sweep, supersede, trial_runs)
-from .store import client, retry
-from .tracker import TrialTracker, run_holds
+from .store import client, retry  # noqa: E402
+from .tracker import TrialTracker, run_holds  # noqa: E402
 
 __all__ = ["AXES", "DATA_VERSION", "ERROR", "INTERRUPTED", "LR_SEARCH", "NODE", "ROLE", "STOP_AT", "SUPERSEDED",
            "SUPERSEDED_BY", "WORKERS", "SweepContext", "SweepRuns", "TrialTracker", "chosen_parent", "client",

@@ -119,6 +119,16 @@ def _sqlite_head(db: Path, settle_s: float = 10.0) -> bytes:
         time.sleep(0.2)
 
 
+def reason(e: BaseException) -> str:
+    """Why a tracking call failed, in a few words (a refused connection, a timeout), else its first line."""
+    text = str(e)
+    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("Name or service not known", "unknown host"), ("did not answer within", None)):
+        if needle in text:
+            return words or text.splitlines()[0]
+    return (text.splitlines()[0][:200] if text.strip() else type(e).__name__)
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 

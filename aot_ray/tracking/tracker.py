@@ -50,10 +50,6 @@ class TrialTracker:
                  flush_s: float = 30.0) -> None:
         from mlflow.entities import Metric, Param
 
-        # fail fast on each HTTP call and let the buffer carry metrics over an outage, instead of MLflow's
-        # default minutes of retries blocking the training loop
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._Metric, self._Param = Metric, Param
         self.ctx = ctx
         self.trial = trial
@@ -65,6 +61,10 @@ class TrialTracker:
         self._flushed_at = time.monotonic()
         self._failing = False  # the last flush failed
         self._buffer: list = []
+        # every point logged since the last evaluation the store confirmed (its eval_step written): a checkpoint
+        # carries these (`carry`), so that one written while the store is down resumes without a gap (`replay`)
+        self._journal: list = []
+        self._confirmed = -1  # that evaluation's step
         self._pending_artifacts: list[tuple[Any, str]] = []
         self._last_step: dict[str, int] = {}
         self.run_id: str | None = None
@@ -168,6 +168,7 @@ class TrialTracker:
             if step <= self._last_step.get(k, -1):
                 continue  # already in the run from an earlier attempt
             self._buffer.append(self._Metric(k, float(v), ts, int(step)))
+            self._journal.append(self._buffer[-1])
         waited = time.monotonic() - self._flushed_at
         if waited >= self.flush_s or (len(self._buffer) >= self.flush_every and not self._failing):
             self.flush()
@@ -180,6 +181,10 @@ class TrialTracker:
                 chunk = self._buffer[:1000]
                 retry(lambda: self.client.log_batch(self.run_id, metrics=chunk), attempts=attempts)
                 del self._buffer[: len(chunk)]
+                evals = [int(m.value) for m in chunk if m.key == "eval_step"]
+                if evals and max(evals) > self._confirmed:
+                    self._confirmed = max(evals)
+                    self._journal = [m for m in self._journal if m.step > self._confirmed]
             while self._pending_artifacts:
                 obj, name = self._pending_artifacts[0]
                 retry(lambda: self.client.log_dict(self.run_id, obj, name), attempts=attempts)
@@ -192,6 +197,25 @@ class TrialTracker:
             return False
         self._failing = False
         return True
+
+    def carry(self) -> dict[str, Any]:
+        """What a checkpoint written now must carry for its run to hold every point up to its step once resumed:
+        the last evaluation the store confirmed, the points logged since, the artifacts not yet written."""
+        return {"confirmed": self._confirmed,
+                "metrics": [(m.key, m.value, m.timestamp, m.step) for m in self._journal],
+                "artifacts": list(self._pending_artifacts)}
+
+    def replay(self, carried: dict[str, Any] | None) -> None:
+        """After `begin` on a resume: log what the checkpoint carried (points the run already has are dropped,
+        as for any point), then try to write it."""
+        if not carried:
+            return
+        for key, value, ts, step in carried.get("metrics", []):
+            if step > self._last_step.get(key, -1):
+                self._buffer.append(self._Metric(key, float(value), int(ts), int(step)))
+                self._journal.append(self._buffer[-1])
+        self._pending_artifacts.extend(tuple(a) for a in carried.get("artifacts", []))
+        self.flush()
 
     def _check_run(self, error: Exception) -> None:
         """Raise RunGone when `error` says the run can take no write any more: deleted (by a second driver of the

@@ -33,9 +33,9 @@ from .evaluate import evaluate
 from .mfu import flops_per_token, peak_tflops
 from .loss import LMObjective
 from .schedule import make_scheduler
+from .stops import Report, notice_posted, save, sign_stop_at, stop_now
 from .tracker import NOTE, MemoryTracker, Tracker
 
-Report = Callable[[dict[str, Any], "Path | None"], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,16 +59,6 @@ class TrainResult:
     per_window: np.ndarray
     per_position: np.ndarray
     compile_seconds: float = 0.0
-
-
-def _stop_requested(tracker: Tracker, n_workers: int, device: torch.device) -> int | None:
-    """Rank 0 asks its tracker; under data parallelism it tells the other ranks, so all stop at the same step."""
-    at = tracker.stop_requested()
-    if n_workers > 1:
-        flag = torch.tensor([-1 if at is None else at], dtype=torch.long, device=device)
-        dist.broadcast(flag, src=0)
-        at = None if int(flag.item()) < 0 else int(flag.item())
-    return at
 
 
 def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
@@ -171,8 +161,9 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
     # a checkpoint counts only if the run holds every point up to its step: resuming past points that were lost
     # with a killed tracking server would leave a gap in the curve
     skipped: list[str] = []
-    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(meta.get("run_id"), int(meta["step"])),
-                                  skipped)
+    # (one written while the store was down carries the points since the last evaluation the store confirmed)
+    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(
+        meta.get("run_id"), int(meta.get("confirmed", meta["step"]))), skipped)
     if found is not None:
         state, meta, _ = found
         model.load_state_dict(state["model"])
@@ -183,6 +174,7 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
         ckpt.set_rng_state(state["rng"])
         step = int(meta["step"])
         tracker.begin(step, meta.get("run_id"))
+        tracker.replay(state.get("carried"))
         tracker.log_metrics({"resumed_from_step": step}, step=step)
     else:
         tracker.begin(None)
@@ -305,20 +297,12 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist()}, f"eval/windows/step-{step:08d}.json")
     r.tracker.flush()
     due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
-    path = None
-    if r.rank == 0 and due and (on_report is not None or local_dir is not None):
-        state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-                 "scaler": r.scaler.state_dict(), "rng": ckpt.rng_state()}
-        meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.global_batch,
-                "tokens": step * r.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
-        path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
-        if on_report is None:
-            ckpt.prune(local_dir, t.keep_checkpoints)
+    path = save(r, step, loss, on_report, local_dir, scratch) if due else None
     if on_report is not None:
         on_report(metrics, path)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)  # the reporter has persisted it
-    if step < t.steps and _stop_requested(r.tracker, r.n_workers, r.device) is not None:
+    if step < t.steps and sign_stop_at(r.tracker, r.n_workers, r.device) is not None:
         r.tracker.log_metrics({"stopped_at_step": step}, step=step)
         return True
     return False
@@ -353,6 +337,7 @@ def train(
     data: Prepared | str | Path,
     on_report: Report | None = None,
     workdir: str | Path | None = None,
+    stop_notice: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
     (a folder, or candidate folders newest first: an unreadable one falls back to the next).
@@ -360,7 +345,9 @@ def train(
     Under an initialised torch.distributed process group the model is wrapped in DDP and each worker takes its
     slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
     rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
-    checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`."""
+    checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`.
+    `stop_notice`: asked at every logged step (cheap: it looks at most every few seconds); once it says so the
+    trial checkpoints there, reports it (STOPPED_AT) and raises StopRequested."""
     r = _setup(trial, tracker, checkpoint, data)
     t, step = trial.train, r.step
     prog = _Progress(loss_sum=torch.zeros((), device=r.device), compile_seconds=None if r.compiled else 0.0)
@@ -381,7 +368,9 @@ def train(
             _optimizer_step(r, step, batches, prog)
             step += 1
             if step % t.log_every == 0 or step == t.steps:
-                _log_train_loss(r, step, prog)
+                _log_train_loss(r, step, prog)  # (a stop at a logged step loses no partial train loss)
+                if step < t.steps and stop_notice is not None and notice_posted(r, stop_notice):
+                    stop_now(r, step, on_report, Path(workdir) if workdir else None, scratch)
             if prog.compile_seconds is None:
                 # the first step compiles the model: its time is logged apart and kept out of tokens/s
                 prog.compile_seconds = now() - segment

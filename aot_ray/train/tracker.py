@@ -7,6 +7,8 @@ from typing import Any, Protocol
 # a key of the metrics the trainer hands to its `on_report`: what the driver should print about the trial in words
 # (a checkpoint it could not resume from), once, with its first evaluation after the start
 NOTE = "aot_note"
+# a key of the report of a trial that stopped because its driver asked (`stop_notice`): the step it checkpointed at
+STOPPED_AT = "aot_stopped_at"
 
 
 class Tracker(Protocol):
@@ -31,6 +33,15 @@ class Tracker(Protocol):
 
     def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
         """Close the run (train_tracked calls it; the trainer itself never does)."""
+        ...
+
+    def carry(self) -> dict[str, Any] | None:
+        """What a checkpoint written now carries so that its run holds every point up to it once resumed, even
+        where the store took none of the latest points (`confirmed`: the step the run is known to hold)."""
+        ...
+
+    def replay(self, carried: dict[str, Any] | None) -> None:
+        """On a resume, after `begin`: log what the checkpoint carried."""
         ...
 
 
@@ -68,3 +79,9 @@ class MemoryTracker:
 
     def finish(self, status: str = "FINISHED", error: str | None = None, patience_s: float = 600.0) -> None:
         self.status, self.error = status, error
+
+    def carry(self) -> dict[str, Any] | None:
+        return None
+
+    def replay(self, carried: dict[str, Any] | None) -> None:
+        pass

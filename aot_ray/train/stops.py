@@ -1,0 +1,70 @@
+"""How a trial ends before its last step, and the checkpoint it leaves: the sweep's sign test settled its pair (a
+tag its tracker reads, at an evaluation), or its driver asks it to stop (`stop_notice`: the driver lost its
+tracking store; the trial checkpoints at once and raises StopRequested). `save` writes a trial's checkpoint, with
+what its tracker has not yet seen confirmed in the store, so that a resume leaves no gap in the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .tracker import STOPPED_AT, Tracker
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class StopRequested(KeyboardInterrupt):
+    """The driver asked the trial to stop (its `stop_notice`); it checkpointed first. An interruption: its run
+    is closed KILLED and the sweep resumes it."""
+
+
+def sign_stop_at(tracker: Tracker, n_workers: int, device: torch.device) -> int | None:
+    """Rank 0 asks its tracker; under data parallelism it tells the other ranks, so all stop at the same step."""
+    at = tracker.stop_requested()
+    if n_workers > 1:
+        flag = torch.tensor([-1 if at is None else at], dtype=torch.long, device=device)
+        dist.broadcast(flag, src=0)
+        at = None if int(flag.item()) < 0 else int(flag.item())
+    return at
+
+
+def notice_posted(r: Any, stop_notice: Callable[[], bool]) -> bool:
+    """Whether the driver asks its trials to stop: rank 0 looks, and tells the other ranks (all stop alike)."""
+    posted = bool(stop_notice()) if r.rank == 0 else False
+    if r.n_workers > 1:
+        flag = torch.tensor([int(posted)], dtype=torch.long, device=r.device)
+        dist.broadcast(flag, src=0)
+        posted = bool(flag.item())
+    return posted
+
+
+def save(r: Any, step: int, loss: float | None, on_report: Report | None, local_dir: Path | None,
+          scratch: Path) -> Path | None:
+    """Rank 0 writes a checkpoint at `step` (into `scratch` for `on_report` to persist, else into `local_dir`,
+    pruned there); it carries what the tracker has not yet seen confirmed in the store."""
+    if r.rank != 0 or (on_report is None and local_dir is None):
+        return None
+    carried = r.tracker.carry()
+    state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+             "scaler": r.scaler.state_dict(), "rng": ckpt.rng_state(), "carried": carried}
+    meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.global_batch,
+            "tokens": step * r.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
+    if carried is not None:
+        meta["confirmed"] = carried["confirmed"]
+    path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
+    if on_report is None:
+        ckpt.prune(local_dir, r.trial.train.keep_checkpoints)
+    return path
+
+
+def stop_now(r: Any, step: int, on_report: Report | None, local_dir: Path | None, scratch: Path) -> None:
+    """The driver asked its trials to stop (`stop_notice`): checkpoint at this step, hand it over, and stop."""
+    r.tracker.flush()  # what the store still takes; the checkpoint carries the rest
+    path = save(r, step, None, on_report, local_dir, scratch)
+    if on_report is not None:
+        on_report({"step": step, "tokens": step * r.tokens_per_step, STOPPED_AT: step}, path)  # the driver says it
+    raise StopRequested(f"trial {r.trial.trial_id} stopped at step {step}, as its driver asked (checkpointed)")
