@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The sweep's MLflow tracking server on the head: SQLite backend by default (or a database of yours), artifacts
 # proxied by the server (to a folder on the head, or your bucket), bound to the head's private address
-# (never 0.0.0.0).
+# (never 0.0.0.0), behind MLflow's own authentication (--app-name basic-auth): user aot, a password generated
+# at the first start into $AOT_MLFLOW_DIR/credentials.json (readable by its owner only; the folder too) and
+# recorded for the server's address in ~/.aot_ray/mlflow_credentials.json, where aot-ray's commands find it.
 #   bash cluster/start_mlflow.sh         start (idempotent), wait until it answers, record its address
 #   bash cluster/start_mlflow.sh stop    stop it (cluster/bin/ray runs this on `ray stop`, so `ray down` does)
 # The address it chose is written to ~/.aot_ray/mlflow_uri, where the head's entry (aot_ray/cluster/head.py) reads it.
@@ -48,13 +50,18 @@ fi
 
 URI="http://$HOST:$PORT"
 mkdir -p "$DIR" "$(dirname "$URI_FILE")"
+register() { "$PY" -m aot_ray.tracking.credentials register "$URI" "$DIR" >/dev/null; }
 if running && answers "$URI"; then
   echo "$URI" > "$URI_FILE"
+  register
   echo "mlflow already serving at $URI"
   exit 0
 fi
+# the auth settings and admin credentials of this server's folder (generated once, owner-only)
+settings=$("$PY" -m aot_ray.tracking.credentials env "$DIR")
+eval "$settings"
 # its own session, so that stop takes the server's workers with it
-setsid "$project/.venv/bin/mlflow" server --host "$HOST" --port "$PORT" \
+setsid "$project/.venv/bin/mlflow" server --app-name basic-auth --host "$HOST" --port "$PORT" \
   --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" \
   --allowed-hosts "$HOST,$HOST:$PORT,localhost,localhost:$PORT,127.0.0.1,127.0.0.1:$PORT" \
   > "$DIR/server.log" 2>&1 < /dev/null &
@@ -62,7 +69,8 @@ echo $! > "$PIDFILE"
 for _ in $(seq "$WAIT"); do
   if answers "$URI"; then
     echo "$URI" > "$URI_FILE"
-    echo "mlflow serving at $URI (log: $DIR/server.log)"
+    register
+    echo "mlflow serving at $URI (log: $DIR/server.log; user aot, password in $DIR/credentials.json)"
     exit 0
   fi
   if ! running; then

@@ -13,6 +13,7 @@ Run it alone before a release:  .venv/bin/python -m pytest -m cluster -q
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -190,7 +191,7 @@ def trial_runs(uri: str) -> list:
         return []
 
 
-def test_ray_up_submit_report_and_down_on_a_real_cluster(machine):
+def test_ray_up_submit_report_and_down_on_a_real_cluster(machine, monkeypatch):
     env, cluster, log = machine["env"], machine["cluster"], machine["log"]
     uri = machine["mlflow"]
     storage = f"{machine['home']}/aot_storage"
@@ -203,6 +204,20 @@ def test_ray_up_submit_report_and_down_on_a_real_cluster(machine):
         # the head recorded its own Ray and MLflow addresses; MLflow answers, with the head's address allowed
         head_state = as_user("cat ~/.aot_ray/ray_address ~/.aot_ray/mlflow_uri").stdout.split()
         assert head_state[1] == uri and head_state[0].endswith(":6379"), head_state
+        # the head's MLflow answers its owner only: no credentials, no runs; the password the head generated is
+        # readable by the head's user alone, and the commands run here export it as a user would
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert as_user("stat -c %a ~/mlflow ~/mlflow/credentials.json ~/.aot_ray/mlflow_credentials.json"
+                       ).stdout.split() == ["700", "600", "600"]
+        creds = json.loads(as_user("cat ~/mlflow/credentials.json").stdout)
+        login = {"MLFLOW_TRACKING_USERNAME": creds["username"], "MLFLOW_TRACKING_PASSWORD": creds["password"]}
+        env.update(login)
+        for k, v in login.items():
+            monkeypatch.setenv(k, v)
         from aot_ray.tracking.store import check_reachable
 
         check_reachable(uri)

@@ -66,7 +66,19 @@ def postgres():
     assert not left.strip(), f"left running: {left}"
 
 
-def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path):
+def _login(home, monkeypatch) -> dict:
+    """The credentials start_mlflow.sh recorded for its server, as MLflow's variables (here and for commands)."""
+    import json
+
+    known = json.loads((home / ".aot_ray" / "mlflow_credentials.json").read_text())
+    (entry,) = known.values()
+    login = {"MLFLOW_TRACKING_USERNAME": entry["username"], "MLFLOW_TRACKING_PASSWORD": entry["password"]}
+    for k, v in login.items():
+        monkeypatch.setenv(k, v)
+    return login
+
+
+def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path, monkeypatch):
     backend, root = postgres
     home = tmp_path / "home"  # start_mlflow.sh records the address under $HOME/.aot_ray
     home.mkdir()
@@ -82,12 +94,14 @@ def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path):
         assert uri == f"http://127.0.0.1:{port}"
         assert not (tmp_path / "mlflow" / "mlflow.db").exists()  # the runs live in PostgreSQL
         sets = ["--set", "grid.seed=[0]", "--set", "defaults.train.steps=60"]
+        # the head's user: its commands find the server's credentials in its own ~/.aot_ray
         run = subprocess.run([*AOT_RAY, "run", "sweeps/cluster-check.yaml", "--tracking-uri", uri, "--storage",
                               str(tmp_path / "store"), "--num-cpus", "2", "--quiet", *sets],
                              cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home)})
         assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-2000:]
         assert "progress: 2/2 trials finished" in run.stdout
+        _login(home, monkeypatch)
         runs = tracking.trial_runs(uri, "cluster-check")
         assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         assert list((tmp_path / "bucket").rglob("per_window.json"))  # artifacts went to the destination
@@ -101,6 +115,7 @@ def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path):
         shutil.rmtree(tmp_path / "mlflow")
         p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr
+        _login(home, monkeypatch)  # a new head: new credentials for its new auth database
         again = tracking.trial_runs(uri, "cluster-check")
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     finally:

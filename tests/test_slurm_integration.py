@@ -8,6 +8,7 @@ A requeued job waits for its BeginTime (Slurm holds it about two minutes); the t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -36,6 +37,8 @@ def slurm(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     started = time.time()
     with private_slurm(root / "slurm", cpus=2, unshared=root / "node-local") as env:
+        # where the jobs record their MLflow servers' credentials (a user's ~/.aot_ray otherwise)
+        env["AOT_MLFLOW_CREDENTIALS"] = str(root / "mlflow_credentials.json")
         yield env, root
     left = subprocess.run(["pgrep", "-af", f"slurmctld -f {root}|slurmd -f {root}|/tmp/aot-|{root}"],
                           capture_output=True, text=True).stdout
@@ -113,6 +116,17 @@ def test_a_sweep_on_two_nodes_resumes_after_a_requeue(slurm):
                        "--set", "defaults.train.eval_every=50"], out)
     db = storage / "mlflow" / "mlflow.db"
     wait_evaluated(db, "cluster-check", 100, out)  # mid-sweep
+    # the job's MLflow server, on the node's address, answers the job's owner only (trainers on both nodes log in)
+    uri = (storage / ".aot_ray" / "slurm" / job / "mlflow_uri").read_text().strip()
+    creds = json.loads((storage / "mlflow" / "credentials.json").read_text())
+    api = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+    assert subprocess.run([*curl, api], capture_output=True, text=True).stdout == "401"
+    assert subprocess.run([*curl, "-u", f"aot:{creds['password']}", api], capture_output=True,
+                          text=True).stdout == "200"
+    assert oct((storage / "mlflow").stat().st_mode & 0o777) == "0o700"
+    assert oct((storage / "mlflow" / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    assert uri in json.loads((root / "mlflow_credentials.json").read_text())
     subprocess.run(["scontrol", "requeue", job], env=env, check=True)  # what a preemption does
     state = wait_job(env, job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), out=out)
     log = out.read_text()

@@ -75,24 +75,36 @@ def check_shared(storage: str, alloc: Allocation, job_dir: Path) -> None:
         marker.unlink(missing_ok=True)
 
 
+def mlflow_folder(storage: str) -> Path:
+    """Where the job's tracking server keeps its databases, artifacts and credentials (its owner's only)."""
+    return Path(storage) / "mlflow"
+
+
 class MlflowServer:
     """The job's tracking server on its first node: database and artifacts in the shared storage (artifacts
-    written straight to that folder by every node, so the files outlive the server)."""
+    written straight to that folder by every node, so the files outlive the server), behind MLflow's own
+    authentication with the credentials of that folder (`tracking.credentials`): on a shared cluster, the node's
+    address is reachable by every user, and only the job's owner may read or change its runs."""
 
     def __init__(self, storage: str, host: str, port: int, log: Path) -> None:
-        root = Path(storage) / "mlflow"
-        root.mkdir(parents=True, exist_ok=True)
+        from ..tracking import credentials
+
+        root = mlflow_folder(storage)
+        env = {**os.environ, **credentials.server_env(root)}  # (makes the folder private first)
         self.db = root / "mlflow.db"
         self.uri = f"http://{host}:{port}"
+        self.credentials = root / credentials.CREDENTIALS
         allowed = ",".join(f"{h}{p}" for h in (host, "localhost", "127.0.0.1") for p in ("", f":{port}"))
         mlflow = Path(sys.executable).parent / "mlflow"
         self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--host", host, "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.db}", "--default-artifact-root", str(root / "artifacts"),
+            [str(mlflow), "server", "--app-name", "basic-auth", "--host", host, "--port", str(port), "--workers",
+             "1", "--backend-store-uri", f"sqlite:///{self.db}", "--default-artifact-root", str(root / "artifacts"),
              "--no-serve-artifacts", "--allowed-hosts", allowed],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env)
         why = wait_for_server(self.uri, MLFLOW_WAIT_S, self.proc, poll_s=1)
         if why is None:
+            credentials.register(self.uri, root)  # the owner's `aot-ray report --tracking-uri URI` finds them
             return
         self.stop()
         raise SlurmError(f"the job's MLflow server at {self.uri} {why} (log: {log})")
@@ -234,6 +246,10 @@ def job(argv: list[str]) -> int:
         token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    if not uri:  # the job's own server: the driver and every node's trainers log in with its credentials
+        from ..tracking import credentials
+
+        os.environ.update(credentials.client_env(mlflow_folder(storage)))
     env = {**os.environ}
     print(f"aot-ray: job {alloc.job_id} on {len(alloc.nodes)} node(s) {','.join(alloc.nodes)} "
           f"({', '.join(map(str, alloc.cpus))} CPU, {alloc.gpus} GPU per node); Ray at {alloc.addresses[0]}:"
@@ -245,9 +261,10 @@ def job(argv: list[str]) -> int:
             server = MlflowServer(storage, alloc.addresses[0], ports.mlflow, job_dir / "mlflow.log")
             uri = server.uri
             (job_dir / "mlflow_uri").write_text(uri)
-            print(f"aot-ray: MLflow UI at {uri}; from your machine: ssh -L 5000:{alloc.addresses[0]}:{ports.mlflow} "
-                  f"<login node>, then http://localhost:5000. After the job: aot-ray report {sweep} "
-                  f"--tracking-uri sqlite:///{server.db}", flush=True)
+            print(f"aot-ray: MLflow UI at {uri} (user aot, password in {server.credentials}, readable by you "
+                  f"only); from your machine: ssh -L 5000:{alloc.addresses[0]}:{ports.mlflow} <login node>, then "
+                  f"http://localhost:5000. After the job: aot-ray report {sweep} --tracking-uri "
+                  f"sqlite:///{server.db}", flush=True)
         ray_ = JobRay(alloc, ports, job_dir, env)
         ray_.wait_joined()
         cmd = ["run", sweep, "--address", ray_.address, "--shared-storage", "--fixed-cluster", *rest]

@@ -1,16 +1,38 @@
-"""Ray for the duration of a sweep: connect to a cluster or start a Ray of our own (and stop only what was started,
-with what a killed earlier driver left of its own Ray), refuse a multi-node cluster that cannot reach the sweep's
-storage or tracking store, and prepare the distinct datasets as Ray tasks."""
+"""Ray for the duration of a sweep: connect to a cluster or start a Ray of our own (listening on 127.0.0.1 only; it
+stops only what was started, with what a killed earlier driver left of its own Ray), refuse a multi-node cluster
+that cannot reach the sweep's storage or tracking store, and prepare the distinct datasets as Ray tasks."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Iterator
 
 from ..errors import AotError
 from ..storage import is_remote
 from .interrupt import keep_sigterm
+
+
+# Ray binds its servers (GCS, raylet, object manager, workers, agents, Prometheus metrics) to the node's address,
+# which this setting of Ray's makes the loopback address: the single-machine mode Ray uses where it runs no
+# cluster. Ray reads it once, when it is first imported.
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def loopback_only() -> bool:
+    """Make a Ray this process starts for itself answer on 127.0.0.1 only (nothing another machine can reach);
+    False when it is too late (Ray was imported before in this process) or a user's setting says otherwise."""
+    if "ray" in sys.modules:
+        return os.environ.get(SINGLE_MACHINE) == "0"
+    os.environ.setdefault(SINGLE_MACHINE, "0")
+    return os.environ[SINGLE_MACHINE] == "0"
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False,
@@ -28,6 +50,10 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
     address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
     if address:
         kwargs["address"] = address
+        # the trainers on the cluster's other nodes write to the tracking server with the driver's credentials
+        creds = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+        if creds:
+            kwargs["runtime_env"] = {"env_vars": creds}
     else:
         # "local": a Ray of our own, never whichever other Ray on this machine started last
         kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
@@ -44,11 +70,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     Yields whether this call started a Ray of its own (no autoscaler can add nodes to it). `owner` (a key of
     the sweep): a Ray of its own is recorded (`own_ray`), and what a killed earlier driver of the same sweep left
     of its own Ray is stopped first."""
+    own = not (address or os.environ.get("RAY_ADDRESS")) and not _ray_initialized()
+    if own and not loopback_only():
+        say("note: Ray was imported before this driver started its own Ray, whose servers therefore listen on "
+            "every interface, not only 127.0.0.1")
     import ray
 
     from . import own_ray
 
-    own = not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
     if own and owner:
         left = own_ray.clean_up_left(owner)
         if left:

@@ -79,16 +79,42 @@ def check_reachable(uri: str, timeout: float = 5.0, write: bool = True) -> None:
                 if r.status != 200:
                     raise OSError(f"HTTP {r.status}")
         except (OSError, urllib.error.URLError) as e:
-            reason = getattr(e, "reason", e)
+            why = getattr(e, "reason", e)
             raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                f"cannot reach the MLflow tracking server at {uri} ({why}); start it "
                 f"(mlflow server --host 127.0.0.1 --port 5000) or pass --tracking-uri sqlite:////abs/path/mlflow.db"
             ) from None
+        check_credentials(uri, timeout)
         return
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # any backend MLflow supports: report its own reason on one line
         raise TrackingError(f"cannot use MLflow tracking URI {uri}: {str(e).splitlines()[0]}") from None
+
+
+def check_credentials(uri: str, timeout: float = 5.0) -> None:
+    """A server that asks for credentials (MLflow's basic auth) must take this process's: those of MLflow's own
+    variables, else the ones aot-ray recorded for a server it started at `uri` (`credentials.use_for`)."""
+    import base64
+
+    from .credentials import PASSWORD, USERNAME, use_for
+
+    use_for(uri)
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if os.environ.get(USERNAME):
+        token = base64.b64encode(f"{os.environ[USERNAME]}:{os.environ.get(PASSWORD, '')}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            given = f"user {os.environ[USERNAME]!r} was refused" if os.environ.get(USERNAME) else "none were given"
+            raise TrackingError(f"the MLflow server at {uri} asks for credentials and {given} (HTTP {e.code}): set "
+                                f"{USERNAME} and {PASSWORD}; a server aot-ray started records its own in "
+                                f"~/.aot_ray/mlflow_credentials.json") from None
+    except OSError:
+        pass  # reachable a moment ago: the command's own calls will say what is wrong
 
 
 def wait_for_server(uri: str, timeout_s: float, proc: Any = None, poll_s: float = 0.5) -> str | None:
