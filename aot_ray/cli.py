@@ -220,11 +220,10 @@ def _report(args: argparse.Namespace) -> int:
     if not result["rows"] and not result["running"] and not result["failed_cells"]:
         raise AotError(f"no finished runs for sweep {name!r} in {uri}")
     if args.json:
-        keep = ("pairs", "summary", "trends", "token_trends", "across", "references", "signs", "sequence_rows",
-                "orphans", "failed_cells")
-        print(json.dumps(_json_safe({k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]]
-                                     if k not in ("orphans", "failed_cells") else result[k] for k in keep}), indent=2, default=str,
-                         allow_nan=False))
+        tables = ("pairs", "summary", "trends", "token_trends", "across", "references", "signs", "sequence_rows")
+        out = {k: [{kk: vv for kk, vv in r.items() if kk != "points"} for r in result[k]] for k in tables}
+        out.update(orphans=result["orphans"], failed_cells=result["failed_cells"])
+        print(json.dumps(_json_safe(out), indent=2, default=str, allow_nan=False))
     else:
         print(render(result))
         for f in result["files"]:

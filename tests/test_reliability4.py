@@ -18,7 +18,7 @@ import pytest
 from aot_ray import tracking
 from aot_ray.cli import main
 from aot_ray.errors import DataError, RunGone, SpecError, StorageError
-from aot_ray.spec import load_sweep, parse_sweep
+from aot_ray.spec import parse_sweep
 from aot_ray.storage import Storage, under
 from aot_ray.tracking import lease as L
 
@@ -516,3 +516,34 @@ def test_preparing_one_huge_document_takes_the_memory_of_small_ones(tmp_path):
     one = _prepare_peak(tmp_path / "one.txt", "line", tmp_path / "s1")
     docs = _prepare_peak(tmp_path / "docs.txt", "line", tmp_path / "s2")
     assert one < docs + 100, (one, docs)  # MB: bytes in flight, not the document (it was about 1.5 GB here)
+
+
+def test_a_graceful_stop_waits_for_checkpoints_and_exits_at_the_deadline_if_tune_hangs(tmp_path, monkeypatch):
+    from aot_ray.execution import notices as N
+
+    said, exited = [], []
+    monkeypatch.setattr(N, "stop_tune", lambda: True)  # Tune runs, and is asked to stop
+    monkeypatch.setattr(N, "TUNE_STOP_S", 0.5)
+    monkeypatch.setattr(N.os, "_exit", exited.append)
+    stop = N.GracefulStop(said.append)
+    notice = N.StopNotice(str(tmp_path / "exp"))
+    notice.started("t1")
+    notice.started("t2")
+    with stop.tune(notice):
+        threading.Timer(0.2, notice.ack, ("t1", 1205)).start()
+        t0 = time.monotonic()
+        stop.stop("the lease could not be renewed for 61 s (connection refused)", time.monotonic() + N.TUNE_STOP_S + 1)
+        took = time.monotonic() - t0
+    assert Path(notice.path).exists()  # the trials were told
+    assert said[0] == ("aot-ray: the lease could not be renewed for 61 s (connection refused): stopping the sweep "
+                       "before its lease expires; 1 of 2 running trial(s) checkpointed (t1 at step 1205); the others "
+                       "resume from their last checkpoint: t2")
+    assert "Tune did not stop within the lease" in said[1] and exited == [N.LOST_EXIT]  # it never ended
+    assert 1.4 < took < 3  # acks until 0.5 s before the deadline, then Tune until the deadline
+
+    said.clear()
+    exited.clear()
+    with stop.tune(None):  # Tune ends in time: no exit
+        threading.Timer(0.3, stop._tune_ended.set).start()
+        stop.stop("store lost", time.monotonic() + 5)
+    assert exited == [] and said == ["aot-ray: store lost: stopping the sweep before its lease expires"]

@@ -127,7 +127,8 @@ def test_the_heads_mlflow_server_answers_its_owner_only(tmp_path):
         # aot-ray's commands of the same user find the credentials; another user's (no record) get one line
         base = [*AOT_RAY, "status", "sweeps/quickstart.yaml", "--tracking-uri", uri]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-        ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**clean, "HOME": str(home)})
+        ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**clean, "HOME": str(home)})
         assert ok.returncode == 0 and "driver: none" in ok.stdout, ok.stderr
         other = tmp_path / "other"
         other.mkdir()

@@ -167,7 +167,8 @@ class GracefulStop:
             done = ", ".join(f"{t} at step {s}" for t, s in sorted(acks.items()))
             self.say(f"aot-ray: {why}: stopping the sweep before its lease expires; {len(acks)} of "
                      f"{len(acks) + len(missing)} running trial(s) checkpointed" + (f" ({done})" if done else "")
-                     + (f"; {', '.join(sorted(missing))} resume from their last checkpoint" if missing else ""))
+                     + (f"; the others resume from their last checkpoint: {', '.join(sorted(missing))}"
+                        if missing else ""))
         else:
             self.say(f"aot-ray: {why}: stopping the sweep before its lease expires")
         if not stop_tune():

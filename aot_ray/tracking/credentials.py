@@ -28,6 +28,7 @@ from ..errors import TrackingError
 USER = "aot"
 CREDENTIALS = "credentials.json"
 AUTH_CONFIG = "basic_auth.ini"
+AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"  # MLflow's basic authentication
 USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
@@ -77,10 +78,10 @@ def server_env(folder: str | Path) -> dict[str, str]:
     its auth settings (users in `auth.db` there; nobody but the admin may read or write anything) and admin."""
     folder = Path(folder).resolve()
     creds = server_credentials(folder)
-    _write_private(folder / AUTH_CONFIG, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+    _write_private(folder / AUTH_CONFIG, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                                          f"database_uri = sqlite:///{folder / 'auth.db'}\n"
                                          f"admin_username = {creds['username']}\n"
-                                         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                                         f"authorization_function = {AUTH_FUNCTION}\n")
     return {"MLFLOW_AUTH_CONFIG_PATH": str(folder / AUTH_CONFIG), "MLFLOW_AUTH_ADMIN_USERNAME": creds["username"],
             "MLFLOW_AUTH_ADMIN_PASSWORD": creds["password"], "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["secret_key"]}
 

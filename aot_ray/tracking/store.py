@@ -156,8 +156,12 @@ def reason(e: BaseException) -> str:
 
 
 def client(uri: str):
+    """MLflow's client of `uri`, logged in to a server aot-ray started there (`credentials.use_for`)."""
     from mlflow.tracking import MlflowClient
 
+    from .credentials import use_for
+
+    use_for(uri)
     return MlflowClient(tracking_uri=uri)
 
 
