@@ -103,7 +103,11 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
             scratch = Path(tempfile.mkdtemp(prefix="aot-report-"))
         out = Path(out_dir) if out_dir is not None else scratch
         wanted = result["pairs"] or result["sequences"] or result["failed_cells"]
-        files = write_files(result, out, sweep, with_plots) if wanted else []
+        try:
+            files = write_files(result, out, sweep, with_plots) if wanted else []
+        except OSError as e:  # a full or read-only disk: the report is still printed, and says so
+            files = []
+            result["notes"].append(f"the report's files could not be written to {out} ({e.strerror or e})")
         result["files"] = files if scratch is None else []
         if writable and files and chosen is not None:
             for f in files:

@@ -37,7 +37,6 @@ from .stops import Report, notice_posted, save, sign_stop_at, stop_now
 from .tracker import NOTE, MemoryTracker, Tracker
 
 
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
@@ -158,10 +157,10 @@ def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str
 
     step = 0
     candidates = [] if checkpoint is None else checkpoint if isinstance(checkpoint, list) else [checkpoint]
-    # a checkpoint counts only if the run holds every point up to its step: resuming past points that were lost
-    # with a killed tracking server would leave a gap in the curve
+    # a checkpoint counts only if the run holds every point up to its step (resuming past points lost with a killed
+    # tracking server would leave a gap in the curve): up to the last evaluation the store confirmed, since the
+    # checkpoint carries the points logged after it
     skipped: list[str] = []
-    # (one written while the store was down carries the points since the last evaluation the store confirmed)
     found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(
         meta.get("run_id"), int(meta.get("confirmed", meta["step"]))), skipped)
     if found is not None:
