@@ -115,7 +115,7 @@ def test_a_deleted_store_stops_the_driver_in_one_line_and_signals_always_work(tm
     uri, cmd, env = driver_command(tmp_path / "b", raw)
     c = tracking.client(uri)
     with open(tmp_path / "b.log", "w") as log:
-        second = subprocess.Popen([*cmd, "--set", "run.tracking_patience_s=80"], stdout=log,
+        second = subprocess.Popen([*cmd, "--set", "run.tracking_patience_s=65"], stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
     wait_for(lambda: any(c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.trial_runs(uri, "gone2")),
              what="a first evaluation")

@@ -1,5 +1,6 @@
 """Exact resume against a real MLflow store: N steps == k steps + crash + resume; one run, no duplicate step."""
 
+import json
 import shutil
 import warnings
 
@@ -108,10 +109,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     assert abs(resumed.val_loss - straight.val_loss) < 1e-6
 
 
-def test_a_checkpoint_past_what_the_run_holds_is_not_resumed_from(tmp_path):
+@pytest.mark.parametrize("carried", [True, False], ids=["carried", "older-checkpoint"])
+def test_a_checkpoint_past_what_the_run_holds_resumes_without_a_gap(tmp_path, carried):
     """The tracking server died with the trainer (a Slurm requeue kills both): the checkpoint at step 20 was
-    written, but the points after step 10 never reached MLflow. Resuming from 20 would leave a gap in the run's
-    curve; the trainer falls back to the checkpoint at 10, and the curve is whole."""
+    written, but the points after step 10 never reached MLflow. The checkpoint carries them: the trainer resumes
+    from 20 and writes them first, and the curve is whole. A checkpoint of an earlier version, which carries
+    nothing, would leave a gap: the trainer falls back to the checkpoint at 10, and the curve is whole too."""
     (trial,) = expand(parse_sweep(SPEC))
     data = prepare(trial.data, tmp_path / "store")[0]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -130,14 +133,20 @@ def test_a_checkpoint_past_what_the_run_holds_is_not_resumed_from(tmp_path):
         warnings.simplefilter("ignore")
         train(trial, tr1, data=data, on_report=report_b)
     assert [ckpt.read(p)[1]["step"] for p in saved] == [10, 20]
+    assert ckpt.read(saved[1])[1]["confirmed"] == 10
+    if not carried:  # as an earlier version wrote it: no record of what the store confirmed
+        meta = json.loads((saved[1] / "meta.json").read_text())
+        del meta["confirmed"]
+        (saved[1] / "meta.json").write_text(json.dumps(meta))
     tr2 = tracking.TrialTracker(ctx, trial)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(trial, tr2, list(reversed(saved)), data=data, on_report=persist_into(tmp_path / "c")[0])
     tr2.finish()
-    assert any("skipping checkpoint at step 20" in str(w.message) for w in caught)
+    skipped = any("skipped checkpoint at step 20" in str(w.message) for w in caught)
+    assert skipped != carried
     c = tracking.client(uri)
     assert tr2.run_id == tr1.run_id
-    assert [m.value for m in c.get_metric_history(tr2.run_id, "resumed_from_step")] == [10.0]
+    assert [m.value for m in c.get_metric_history(tr2.run_id, "resumed_from_step")] == [20.0 if carried else 10.0]
     for key in ("train_loss", "val_loss"):
         assert sorted(m.step for m in c.get_metric_history(tr2.run_id, key)) == list(range(5, 41, 5)), key

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from typing import Any, Iterator
 
 from ..errors import AotError
@@ -72,8 +73,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     of its own Ray is stopped first."""
     own = not (address or os.environ.get("RAY_ADDRESS")) and not _ray_initialized()
     if own and not loopback_only():
-        say("note: Ray was imported before this driver started its own Ray, whose servers therefore listen on "
-            "every interface, not only 127.0.0.1")
+        warnings.warn("Ray was imported before this process started its own Ray, whose servers therefore listen "
+                      "on every interface, not only 127.0.0.1 (`aot-ray run` imports Ray only once it starts it)")
     import ray
 
     from . import own_ray
