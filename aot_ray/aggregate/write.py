@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import signs
+from ..errors import disk_full
 from ..tracking import chosen_parent, sign_rule
 from ..tracking.store import store_writable
 from . import figures, levels, plots, tables
@@ -105,9 +106,12 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
         wanted = result["pairs"] or result["sequences"] or result["failed_cells"]
         try:
             files = write_files(result, out, sweep, with_plots) if wanted else []
-        except OSError as e:  # a full or read-only disk: the report is still printed, and says so
+        except OSError as e:  # a full disk (at the end of a sweep, say): the report is still printed, and says so
+            full = disk_full(e, str(out))
+            if full is None:
+                raise
             files = []
-            result["notes"].append(f"the report's files could not be written to {out} ({e.strerror or e})")
+            result["notes"].append(f"the report's files were not written: {full}")
         result["files"] = files if scratch is None else []
         if writable and files and chosen is not None:
             for f in files:
