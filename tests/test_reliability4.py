@@ -136,6 +136,7 @@ def test_names_from_outside_stay_under_their_root(tmp_path, name):
     assert s.reports("quickstart") == tmp_path / "S" / "reports" / "quickstart"
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_report_of_an_experiment_named_to_escape_writes_nothing(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/m.db"
     c = tracking.client(uri)
@@ -187,6 +188,7 @@ def test_an_expired_lease_of_a_live_driver_on_this_machine_still_refuses(tmp_pat
     assert L.holder(uri, "sw") is None  # renewed just now, but its process is gone
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_renewal_checks_the_lease_is_still_its_own(tmp_path, quick_lease, monkeypatch):
     monkeypatch.setattr(L, "RENEW_S", 0.1)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -221,6 +223,7 @@ def test_lease_io_is_bounded_on_a_server_that_never_answers(monkeypatch):
         assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_driver_whose_renewals_hang_gives_up_within_its_patience(tmp_path, quick_lease, monkeypatch):
     monkeypatch.setattr(L, "RENEW_S", 0.1)
     monkeypatch.setattr(L, "RETRY_S", 0.1)
@@ -294,6 +297,7 @@ def _tracker(tmp_path, **kw):
     return tr
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_writes_to_a_deleted_run_end_the_trial_at_once(tmp_path):
     tr = _tracker(tmp_path)
     tr.client.delete_run(tr.run_id)  # a second driver's doing, or a person's
@@ -304,6 +308,7 @@ def test_writes_to_a_deleted_run_end_the_trial_at_once(tmp_path):
     assert time.monotonic() - t0 < 10  # not the 600 s of patience an outage gets
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_metrics_reach_the_store_every_flush_s_between_evaluations(tmp_path):
     tr = _tracker(tmp_path, flush_s=0.3)
     tr.log_metrics({"train_step": 5}, step=5)
@@ -313,6 +318,7 @@ def test_metrics_reach_the_store_every_flush_s_between_evaluations(tmp_path):
     assert [m.step for m in tr.client.get_metric_history(tr.run_id, "train_step")] == [5, 10]
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_checkpoint_carries_what_the_store_did_not_take_and_a_resume_replays_it(tmp_path, monkeypatch):
     tr = _tracker(tmp_path)
     tr.log_metrics({"val_loss": 2.0, "eval_step": 20}, step=20)
@@ -361,6 +367,7 @@ def test_a_trial_without_progress_gets_one_warning_per_stall():
 # ---------------------------------------------------------------- the report names failed cells
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_cells_whose_every_trial_failed_are_named_in_the_report(tmp_path):
     from aot_ray.aggregate import render, report
     from aot_ray.spec import expand
@@ -392,6 +399,7 @@ def test_cells_whose_every_trial_failed_are_named_in_the_report(tmp_path):
 # ---------------------------------------------------------------- a checkpoint fall-back in the driver's output
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_checkpoint_skipped_on_resume_is_a_note_in_the_first_report(tmp_path):
     from aot_ray.data.prepare import prepare
     from aot_ray.train import MemoryTracker, train
@@ -458,6 +466,7 @@ def test_a_document_held_whole_spills_to_disk(monkeypatch):
     held.close()
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_one_line_corpus_prepares_to_the_same_ids_in_pieces(tmp_path, monkeypatch):
     from aot_ray.data import pieces as P
     from aot_ray.data import sources
@@ -518,6 +527,7 @@ def test_preparing_one_huge_document_takes_the_memory_of_small_ones(tmp_path):
     assert one < docs + 100, (one, docs)  # MB: bytes in flight, not the document (it was about 1.5 GB here)
 
 
+@pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_graceful_stop_waits_for_checkpoints_and_exits_at_the_deadline_if_tune_hangs(tmp_path, monkeypatch):
     from aot_ray.execution import notices as N
 
