@@ -1,21 +1,22 @@
 """What a trial costs, from its spec alone (pure but for one disk-usage probe): parameters, training tokens, 6 N D
 FLOPs and GPU-hours, checkpoint bytes and what the trials to run keep in storage, the tokens of its splits, its
-epochs and effective validation windows. `plan` shows these; `run` refuses a storage without room; the progress line
+epochs and effective validation windows, the resources it asks for. `plan` shows these; `run` refuses a storage without room; the progress line
 counts tokens with them."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .data.prepare import vocab_size_of
 from .errors import DiskFull
 from .models import count_params, resolve_shape
 from .spec import TrialSpec
-from .storage import is_remote
+from .spec.schema import SYNTHETIC_KINDS, split_sizes
+from .storage import Storage
 
 
 def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
     """Parameters, training tokens, 6*N*D FLOPs and, for GPU trials, GPU-hours at `gpu_tflops` per GPU."""
-    from .data.prepare import vocab_size_of
 
     vocab = vocab_size_of(trial.data)
     n = count_params(resolve_shape(trial.model), vocab, trial.context_length, trial.model.tie_embeddings)
@@ -38,13 +39,13 @@ def storage_need(trials: list[TrialSpec]) -> int:
     return sum(trial_cost(t)["checkpoint_bytes"] * (t.train.keep_checkpoints + 1) for t in trials)
 
 
-def check_space(trials: list[TrialSpec], storage: str) -> None:
+def check_space(trials: list[TrialSpec], storage: Storage) -> None:
     """Refuse, before the trials start, a local storage without room for their checkpoints."""
     import shutil
 
-    if is_remote(storage) or not trials:
+    if storage.remote or not trials:
         return
-    need, free = storage_need(trials), shutil.disk_usage(storage).free
+    need, free = storage_need(trials), shutil.disk_usage(storage.root).free
     if free < need:
         raise DiskFull(f"storage {storage} has {free / 1e6:.1f} MB free; the {len(trials)} trial(s) to run keep about "
                        f"{need / 1e6:.1f} MB of checkpoints there (train.keep_checkpoints each); free space or pass "
@@ -53,7 +54,6 @@ def check_space(trials: list[TrialSpec], storage: str) -> None:
 
 def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
     """Tokens in the trial's training split: computed for synthetic data, read from a prepared manifest."""
-    from .spec.schema import SYNTHETIC_KINDS, split_sizes
 
     if trial.data.kind in SYNTHETIC_KINDS:
         return split_sizes(trial.data)[0] * trial.data.line_tokens()
@@ -62,7 +62,6 @@ def train_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | Non
 
 def val_tokens_of(trial: TrialSpec, manifest: dict | None = None) -> int | None:
     """Tokens in the trial's validation split: computed for synthetic data, read from a prepared manifest."""
-    from .spec.schema import SYNTHETIC_KINDS, split_sizes
 
     if trial.data.kind in SYNTHETIC_KINDS:
         return split_sizes(trial.data)[1] * trial.data.line_tokens()
@@ -83,3 +82,14 @@ def epochs_of(trial: TrialSpec, train_tokens: int | None) -> float | None:
         return None
     windows = (train_tokens - trial.context_length) // trial.stride + 1
     return trial.train.steps * trial.train.batch_size * trial.train.grad_accum / windows
+
+
+def resources_of(trial: TrialSpec) -> dict[str, float]:
+    """What the trial asks for in all: per worker, times `workers` for a data-parallel trial (shown by `plan`)."""
+    r = trial.resources
+    out: dict[str, float] = {"workers": r.workers} if r.workers > 1 else {}
+    out["cpu"] = r.cpu
+    if r.gpu:
+        out["gpu"] = r.gpu
+    out.update(r.custom)
+    return out

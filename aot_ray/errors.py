@@ -52,7 +52,7 @@ def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> Dis
     import errno
     import shutil
 
-    from .storage import is_remote
+    from .storage import is_remote  # storage imports this module's errors: a circle at import time
 
     if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
         return None

@@ -62,8 +62,20 @@ class Storage:
     root: str
 
     @classmethod
-    def of(cls, root: str | Path) -> "Storage":
+    def of(cls, root: "str | Path | Storage") -> "Storage":
+        if isinstance(root, Storage):
+            return root
         return cls(str(root).rstrip("/") if is_remote(root) else str(Path(root).resolve()))
+
+    @classmethod
+    def resolve(cls, flag: str | None, from_spec: str | None = None, cwd: str | Path | None = None) -> "Storage":
+        """--storage, else the sweep's run.storage, else ./aot_results; a local path made absolute (the trainers
+        and Tune run in other working folders)."""
+        raw = flag or from_spec or "aot_results"
+        return cls.of(raw if is_remote(raw) else Path(cwd or os.getcwd()) / raw)
+
+    def __str__(self) -> str:
+        return self.root
 
     @property
     def remote(self) -> bool:
@@ -132,13 +144,6 @@ def move(src: str, dst: str) -> None:
 def make_dirs(path: str) -> None:
     fs, p = filesystem(path)
     fs.makedirs(p, exist_ok=True)
-
-
-def uri_of(fs: Any, path: str, like: str) -> str:
-    """A path from `fs` as the caller would write it: with the scheme of `like` when that is a URI."""
-    if not is_remote(like):
-        return path
-    return fs.unstrip_protocol(path)
 
 
 def local_copy(path: str) -> str:

@@ -53,7 +53,7 @@ def test_csv_has_the_documented_columns():
 import numpy as np  # noqa: E402
 
 from aot_ray.aggregate import tables  # noqa: E402
-from aot_ray.aggregate.write import markdown, render, write_files  # noqa: E402
+from aot_ray.aggregate.reporting import markdown, render, write_files  # noqa: E402
 
 
 def trial(tid, pair, cell, direction, loss, **kw):

@@ -143,13 +143,13 @@ def test_unwritable_paths_are_one_line(capsys, tmp_path):
 def _finished_sweep(tmp_path):
     """A sweep's runs written as trainers write them (no Ray): one seed, so cell intervals are NaN."""
     from aot_ray.spec import expand, parse_sweep
-    from aot_ray.tracking import TrialTracker, end_sweep, start_sweep
+    from aot_ray.tracking import SweepRuns, TrialTracker, end_sweep
 
     raw = {"name": "tiny-done", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 20, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctx = start_sweep(uri, "tiny-done", "name: tiny-done")
+    ctx = SweepRuns(uri, "tiny-done").start("name: tiny-done")
     for t in expand(parse_sweep(raw)):
         tr = TrialTracker(ctx, t)
         tr.begin(None)

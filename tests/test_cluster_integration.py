@@ -38,19 +38,19 @@ def test_trial_survives_the_loss_of_its_node(tmp_path):
         from aot_ray.errors import AotError
 
         with pytest.raises(AotError, match=r"is a local path and the cluster has 3 nodes"):
-            sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+            sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                       say=lambda _: None)
         t = threading.Thread(target=kill_when, args=(uri, "nodeloss", 100, remove_its_node), daemon=True)
         t.start()
         # one machine: the "nodes" share its disk, which is what --shared-storage asserts
-        out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+        out = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                         say=lambda _: None, shared_storage=True)
         t.join(5)
     finally:
         ray.shutdown()
         cluster.shutdown()
     assert removed and not out.failed
-    (run,) = tracking.trial_runs(uri, "nodeloss")
+    (run,) = tracking.SweepRuns(uri, "nodeloss").trials()
     assert run.info.status == "FINISHED"
     assert run.data.tags["aot.node"] != removed["node_id"]  # the last attempt ran on the surviving node
     c = tracking.client(uri)
@@ -77,15 +77,15 @@ def test_gpu_fractions_and_custom_resources_place_trials(tmp_path):
         mem = spec_dict("mem", steps=40)
         mem["defaults"]["resources"] = {"cpu": 1, "custom": {"bigmem": 1}}
         for raw in (gpu, mem):
-            out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+            out = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                             say=lambda _: None, shared_storage=True)
             assert len(out.ran) == 2 and not out.failed
     finally:
         ray.shutdown()
         cluster.shutdown()
-    gpu_runs = tracking.trial_runs(uri, "gpu")
+    gpu_runs = tracking.SweepRuns(uri, "gpu").trials()
     assert {r.data.tags["aot.node"] for r in gpu_runs} == {gpu_node.node_id}
     (a, b) = sorted(gpu_runs, key=lambda r: r.info.start_time)
     assert b.info.start_time < a.info.end_time  # both halves of the GPU were in use at once
-    assert {r.data.tags["aot.node"] for r in tracking.trial_runs(uri, "mem")} == {mem_node.node_id}
+    assert {r.data.tags["aot.node"] for r in tracking.SweepRuns(uri, "mem").trials()} == {mem_node.node_id}
     assert all(r.data.params["train.device"] == "auto" for r in gpu_runs)

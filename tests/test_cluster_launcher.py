@@ -186,7 +186,7 @@ def trial_runs(uri: str) -> list:
     from aot_ray import tracking
 
     try:
-        return tracking.trial_runs(uri, "cluster-check")
+        return tracking.SweepRuns(uri, "cluster-check").trials()
     except Exception:  # the server answers but the experiment is not there yet
         return []
 
@@ -245,8 +245,7 @@ def test_ray_up_submit_report_and_down_on_a_real_cluster(machine, monkeypatch):
         assert sorted(r.data.tags["seed"] for r in done()) == ["0", "0", "1", "1"]
         from aot_ray import tracking
 
-        wait_for("the driver to close its sweep run", lambda: tracking.find_parent(
-            uri, tracking.experiment_id(uri, "cluster-check", create=False), "cluster-check").info.status
+        wait_for("the driver to close its sweep run", lambda: tracking.SweepRuns(uri, "cluster-check").parent().info.status
             == "FINISHED", 120)
 
         out = machine["tmp"] / "report"

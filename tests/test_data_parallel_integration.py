@@ -14,7 +14,7 @@ from aot_ray import sweep, tracking
 from aot_ray.data.prepare import prepare
 from aot_ray.errors import AotError
 from aot_ray.spec import expand, parse_sweep
-from aot_ray.train import MemoryTracker, train
+from aot_ray.train import RecordingTracker, train
 from aot_ray.execution.data_parallel import check_data_parallel_fits
 
 from test_faults_integration import kill_when, spec_dict
@@ -32,7 +32,7 @@ def dp_spec(name, workers=2):
 def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path, ray_dashboard):
     raw = dp_spec("dp")
     (trial,) = expand(parse_sweep(raw))
-    reference = train(trial, MemoryTracker(), data=prepare(trial.data, tmp_path / "ref")[0])  # one process
+    reference = train(trial, RecordingTracker(), data=prepare(trial.data, tmp_path / "ref")[0])  # one process
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     killed = {}
@@ -49,7 +49,7 @@ def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path,
 
     t = threading.Thread(target=kill_when, args=(uri, "dp", 15, killer), daemon=True)
     t.start()
-    out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+    out = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                     say=lambda _: None)
     t.join(5)
     assert "pid" in killed
@@ -57,7 +57,7 @@ def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path,
     assert outcome.ok and outcome.val_loss == pytest.approx(reference.val_loss, abs=1e-4)  # Tune saw the metrics
 
     c = tracking.client(uri)
-    (run,) = tracking.trial_runs(uri, "dp")  # one run across both attempts, written by rank 0 alone
+    (run,) = tracking.SweepRuns(uri, "dp").trials()  # one run across both attempts, written by rank 0 alone
     assert run.info.status == "FINISHED"
     assert run.data.tags["aot.workers"] == "2" and run.data.tags["aot.attempt"] == "2"
     resumed = [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")]
@@ -87,13 +87,13 @@ def test_errored_data_parallel_trial_restarts_from_scratch_when_asked(tmp_path, 
     raw["defaults"]["train"]["debug_nan_at_step"] = 40  # after checkpoints at steps 15 and 30
     raw["run"]["max_failures"] = 0
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run = lambda **kw: sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri,  # noqa: E731
-                                 storage=str(tmp_path / "r"), verbose=0, say=lambda _: None, **kw)
+    run = lambda **kw: sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri,  # noqa: E731
+                                                        storage=str(tmp_path / "r")), verbose=0, say=lambda _: None, **kw)
     (first,) = run().failed
     assert "training loss became nan at steps 36-40" in first.error  # the trainer's own message, through Train
     (again,) = run(restart_errored=True).failed
     assert "at steps 36-40" in again.error
-    (trial_run,) = tracking.trial_runs(uri, "dpnan")
+    (trial_run,) = tracking.SweepRuns(uri, "dpnan").trials()
     c = tracking.client(uri)
     # started over: a new run, not a resume from the step-30 checkpoint Ray Train still had
     assert c.get_metric_history(trial_run.info.run_id, "resumed_from_step") == []

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from aot_ray.data.prepare import prepare
 from aot_ray.spec import expand, parse_sweep
-from aot_ray.train import MemoryTracker, train
+from aot_ray.train import RecordingTracker, train
 
 from specs import tiny_sweep
 
@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, tmp: str, stop_at: int | None = None) -> None
     try:
         (trial,) = expand(parse_sweep(SPEC))
         data = prepare(trial.data, Path(tmp) / "store")[0]
-        tracker = MemoryTracker()
+        tracker = RecordingTracker()
         tracker.stop_at = stop_at if rank == 0 else None  # only rank 0 has the real tracker
         result = train(trial, tracker, data=data, workdir=Path(tmp) / f"ckpt-{rank}")
         Path(tmp, f"rank{rank}.json").write_text(json.dumps({
@@ -43,7 +43,7 @@ def _worker(rank: int, world: int, tmp: str, stop_at: int | None = None) -> None
 def test_two_workers_match_one_process(tmp_path):
     (trial,) = expand(parse_sweep(SPEC))
     data = prepare(trial.data, tmp_path / "store")[0]
-    single_tracker = MemoryTracker()
+    single_tracker = RecordingTracker()
     single = train(trial, single_tracker, data=data)
 
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)

@@ -55,7 +55,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     while time.time() < deadline and victim is None:
         time.sleep(0.3)
         try:
-            runs = tracking.trial_runs(uri, "driverkill")
+            runs = tracking.SweepRuns(uri, "driverkill").trials()
         except Exception:
             continue
         finished = [r for r in runs if r.info.status == "FINISHED"]
@@ -64,7 +64,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
             if finished and r.info.status == "RUNNING" and steps and max(steps) >= 50:
                 victim = r
     assert victim is not None, (tmp_path / "first.log").read_text()[-3000:]
-    done_before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "driverkill")
+    done_before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.SweepRuns(uri, "driverkill").trials()
                    if r.info.status == "FINISHED"}
     from aot_ray.execution import own_ray
 
@@ -107,7 +107,7 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
     c = tracking.client(uri)
     # not quiet: the resumed run below is, and must stay so
     first = start_loud_and_wait(tmp_path, cmd, env, lambda: any(
-        c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.trial_runs(uri, "intr")))
+        c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.SweepRuns(uri, "intr").trials()))
     if sig == signal.SIGINT:  # while it runs: a second driver is refused in one line, status names the first
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         assert again.returncode == 2 and "is already being run by aot-ray run on" in again.stderr, again.stderr
@@ -175,15 +175,15 @@ def test_a_resumed_sweep_takes_stop_on_sign_added_on_its_command_line(tmp_path):
     c = tracking.client(uri)
 
     def evaluated() -> bool:  # every trial has its first evaluation
-        runs = tracking.trial_runs(uri, "addstop")
+        runs = tracking.SweepRuns(uri, "addstop").trials()
         return len(runs) == 6 and all(any(m.step >= 250 for m in c.get_metric_history(r.info.run_id, "val_loss"))
                                       for r in runs)
 
     first = start_loud_and_wait(tmp_path, cmd, env, evaluated, timeout=300)
     first.send_signal(signal.SIGINT)
     assert first.wait(180) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "addstop")}
-    assert all(r.data.tags.get("aot.stop_at") is None for r in tracking.trial_runs(uri, "addstop"))
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.SweepRuns(uri, "addstop").trials()}
+    assert all(r.data.tags.get("aot.stop_at") is None for r in tracking.SweepRuns(uri, "addstop").trials())
 
     sets = ["--set", "run.stop_on_sign.alpha=0.5", "--set", "run.stop_on_sign.after=0.1",
             "--set", "run.stop_on_sign.looks=1"]
@@ -192,7 +192,7 @@ def test_a_resumed_sweep_takes_stop_on_sign_added_on_its_command_line(tmp_path):
     assert "resuming" in second.stdout and "unfinished trial(s)" in second.stdout, second.stdout[-3000:]
     # --quiet of this run, not the first's verbosity
     assert "Trial status" in (tmp_path / "first.log").read_text() and "Trial status" not in second.stdout + second.stderr
-    runs = tracking.trial_runs(uri, "addstop")
+    runs = tracking.SweepRuns(uri, "addstop").trials()
     assert len(runs) == 6 and {r.data.tags["trial_id"]: r.info.run_id for r in runs} == before  # the same runs
     at = {r.data.tags.get("aot.stop_at") for r in runs}
     assert len(at) == 1 and None not in at, at
@@ -204,5 +204,5 @@ def test_a_resumed_sweep_takes_stop_on_sign_added_on_its_command_line(tmp_path):
         assert int(at) <= stopped < 3000
         resumed = [m.value for m in c.get_metric_history(r.info.run_id, "resumed_from_step")]
         assert resumed and resumed[0] >= 250  # from its checkpoint, not from scratch
-    parent = tracking.find_parent(uri, tracking.experiment_id(uri, "addstop", create=False), "addstop")
+    parent = tracking.SweepRuns(uri, "addstop").parent()
     assert tracking.sign_rule(parent) == (0.5, 0.1)  # the rule of the resumed run

@@ -37,7 +37,7 @@ def kill_when(uri, sweep_name, min_step, killer, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            for run in tracking.trial_runs(uri, sweep_name):
+            for run in tracking.SweepRuns(uri, sweep_name).trials():
                 steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_loss")]
                 if steps and max(steps) >= min_step and "aot.pid" in run.data.tags:
                     killer(run)
@@ -60,11 +60,11 @@ def test_sigkilled_trial_resumes_from_checkpoint(tmp_path, ray_local):
 
     t = threading.Thread(target=kill_when, args=(uri, "sigkill", 100, killer), daemon=True)
     t.start()
-    out = sweep.run(spec, yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0, say=lambda _: None)
+    out = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0, say=lambda _: None)
     t.join(5)
     assert "pid" in killed and not out.failed
     c = tracking.client(uri)
-    (run,) = tracking.trial_runs(uri, "sigkill")
+    (run,) = tracking.SweepRuns(uri, "sigkill").trials()
     assert run.info.status == "FINISHED" and int(run.data.tags["aot.attempt"]) == 2
     resumed = [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")]
     # from a checkpoint, not from step 0; MLflow sees val_loss at a step just before that step's checkpoint is
@@ -78,7 +78,7 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
     raw = spec_dict("nan", steps=40, **{"train.debug_nan_at_step": [None, 12]})
     raw["run"]["max_failures"] = 0
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+    out = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                     say=lambda _: None)
     assert len(out.failed) == 2 and len(out.ran) == 4
     for o in out.failed:
@@ -102,11 +102,11 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
             assert r["step"] == 40 and r["val_loss"] > 0 and r["error"] is None
     assert len(states) == 4
 
-    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.trial_runs(uri, "nan")}
-    again = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in tracking.SweepRuns(uri, "nan").trials()}
+    again = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                       say=lambda _: None, restart_errored=True)
     assert sorted(o.trial_id for o in again.failed) == sorted(o.trial_id for o in out.failed)
-    after = {r.data.tags["trial_id"]: r for r in tracking.trial_runs(uri, "nan")}
+    after = {r.data.tags["trial_id"]: r for r in tracking.SweepRuns(uri, "nan").trials()}
     assert len(after) == 4
     c = tracking.client(uri)
     for tid, run in after.items():
@@ -116,17 +116,17 @@ def test_nan_fails_only_its_trials_and_the_report_pairs_the_rest(tmp_path, ray_l
         else:  # finished trials were not touched
             assert run.info.run_id == before[tid] and run.data.tags["aot.attempt"] == "1"
 
-    fresh = sweep.run(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+    fresh = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                       say=lambda _: None, fresh=True)
     assert len(fresh.ran) == 4 and fresh.skipped == []
     exp = c.get_experiment_by_name("nan")
     parents = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("aot.role") == "sweep"]
     assert len(parents) == 2
     old_parent = c.get_run(next(iter(before.values()))).data.tags["mlflow.parentRunId"]
-    new_parent = tracking.find_parent(uri, exp.experiment_id, "nan").info.run_id
+    new_parent = tracking.SweepRuns(uri, "nan").parent().info.run_id
     assert old_parent != new_parent and {p.info.run_id for p in parents} == {old_parent, new_parent}
-    assert len(tracking.trial_runs(uri, "nan", parent_run_id=old_parent)) == 4  # kept as they were
-    assert len(tracking.trial_runs(uri, "nan")) == 4  # the new sweep's own runs
+    assert len(tracking.SweepRuns(uri, "nan", old_parent).trials()) == 4  # kept as they were
+    assert len(tracking.SweepRuns(uri, "nan").trials()) == 4  # the new sweep's own runs
 
 
 def test_a_finished_trial_is_never_rerun_or_reopened(tmp_path, ray_local):
@@ -137,22 +137,24 @@ def test_a_finished_trial_is_never_rerun_or_reopened(tmp_path, ray_local):
     from aot_ray import sweep
     from aot_ray.data.prepare import prepare
     from aot_ray.spec import expand, parse_sweep
-    from aot_ray.execution.tune import run_trials
+    from aot_ray.execution.tune import TuneJob, run_trials
+    from aot_ray.storage import Storage
 
     raw = spec_dict("final", steps=30)
     spec = parse_sweep(raw)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = sweep.run(spec, yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r"), verbose=0, say=lambda _: None)
+    out = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(raw), uri=uri, storage=str(tmp_path / "r")), verbose=0, say=lambda _: None)
     assert len(out.ran) == 2 and not out.failed
     c = tracking.client(uri)
     before = {r.info.run_id: (r.info.status, r.info.end_time, len(c.get_metric_history(r.info.run_id, "train_loss")))
-              for r in tracking.trial_runs(uri, "final")}
-    ctx = tracking.start_sweep(uri, "final", yaml.safe_dump(raw))  # the same parent run, as a resumed driver has
+              for r in tracking.SweepRuns(uri, "final").trials()}
+    ctx = tracking.SweepRuns(uri, "final").start(yaml.safe_dump(raw))  # the same parent run, as a resumed driver has
     trials = expand(spec)
     data = {t.trial_id: prepare(t.data, tmp_path / "r")[0].location for t in trials}
-    outcomes, _ = run_trials(trials, trials, ctx, data=data, storage=str(tmp_path / "r"), experiment="lost-state",
-                             run=dataclasses.replace(spec.run, max_failures=0), verbose=0)
+    outcomes, _ = run_trials(TuneJob(pending=trials, all_trials=trials, ctx=ctx, data=data,
+                                     storage=Storage.of(tmp_path / "r"), experiment="lost-state",
+                                     run=dataclasses.replace(spec.run, max_failures=0), verbose=0))
     assert all(o.ok for o in outcomes) and len(outcomes) == 2
     after = {r.info.run_id: (r.info.status, r.info.end_time, len(c.get_metric_history(r.info.run_id, "train_loss")))
-             for r in tracking.trial_runs(uri, "final")}
+             for r in tracking.SweepRuns(uri, "final").trials()}
     assert after == before  # same runs, still FINISHED, not reopened, no new points

@@ -46,7 +46,7 @@ def test_a_gpu_trial_logs_mfu_and_gpu_system_metrics(tmp_path):
     (trial,) = expand(parse_sweep(tiny_sweep("gpu", train={"steps": 200, "eval_every": 50, "device": "cuda"},
                                             grid={"direction": ["forward"]})))
     data = prepare(trial.data, tmp_path / "store")[0]
-    ctx = replace(tracking.start_sweep(f"sqlite:///{tmp_path}/mlflow.db", "gpu", "x"), system_metrics_s=1)
+    ctx = replace(tracking.SweepRuns(f"sqlite:///{tmp_path}/mlflow.db", "gpu").start("x"), system_metrics_s=1)
     tr = tracking.TrialTracker(ctx, trial)
     train(trial, tr, data=data)
     time.sleep(2)

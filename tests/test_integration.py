@@ -30,8 +30,8 @@ def ran(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("itest")
     uri = f"sqlite:///{tmp}/mlflow.db"
     spec = parse_sweep(SPEC)
-    first = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
-    second = sweep.run(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results"), verbose=0)
+    first = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results")), verbose=0)
+    second = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(SPEC), uri=uri, storage=str(tmp / "results")), verbose=0)
     return {"uri": uri, "tmp": tmp, "first": first, "second": second, "spec": spec}
 
 

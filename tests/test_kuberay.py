@@ -83,7 +83,7 @@ def test_the_entrypoint_is_a_sweep_that_fits_the_worker_pods():
     import ray
 
     from aot_ray.cli import _parser
-    from aot_ray.cluster.slurm_job import check_fits
+    from aot_ray.cluster.slurm_job import check_allocation_fits
     from aot_ray.spec.load import load_sweep
 
     spec = manifest()["spec"]
@@ -100,7 +100,7 @@ def test_the_entrypoint_is_a_sweep_that_fits_the_worker_pods():
             for c in g["template"]["spec"]["containers"]]
     cpus = [int(lim["cpu"]) for n, lim in pods for _ in range(n)]
     gpus = min(int(lim.get("nvidia.com/gpu", 0)) for _, lim in pods)
-    check_fits(sweep, cpus, gpus, len(cpus))
+    check_allocation_fits(sweep, cpus, gpus, len(cpus))
     pinned = re.search(r"^ray==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
     assert cluster["rayVersion"] == pinned == ray.__version__
     base = re.search(r"^FROM rayproject/ray:(\S+)", (ROOT / "cluster/kuberay/Dockerfile").read_text(), re.M)

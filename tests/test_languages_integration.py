@@ -28,7 +28,7 @@ def test_languages_local_prepares_each_corpus_once(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = str(tmp_path / "results")
     lines: list[str] = []
-    first = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lines.append)
+    first = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=storage), verbose=0, say=lines.append)
     assert len(first.ran) == 8 and not first.failed
 
     manifests = [json.loads(m.read_text()) for m in (tmp_path / "results" / "data").glob("*/manifest.json")]
@@ -38,14 +38,14 @@ def test_languages_local_prepares_each_corpus_once(tmp_path, ray_local):
     assert sum(l.startswith("prepared data.local[") for l in lines) == 2
 
     second_lines: list[str] = []
-    second = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=second_lines.append)
+    second = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=storage), verbose=0, say=second_lines.append)
     assert sum(built for _, built, _ in second.prepared.values()) == 0
     assert sum(l.startswith("reused data.local[") for l in second_lines) == 2
     assert second.ran == [] and len(second.skipped) == 8
     assert len(list((tmp_path / "results" / "data").glob("*/manifest.json"))) == 2
 
     c = tracking.client(uri)
-    runs = tracking.trial_runs(uri, spec.name)
+    runs = tracking.SweepRuns(uri, spec.name).trials()
     assert sorted(r.data.tags["language"] for r in runs) == ["en"] * 4 + ["fr"] * 4
     r = runs[0]
     per_pos = c.download_artifacts(r.info.run_id, "eval/per_position.json", str(tmp_path / "dl"))
@@ -67,7 +67,7 @@ def test_one_seed_per_language_the_report_rests_on_the_languages(tmp_path, ray_l
         "defaults.optim.warmup_steps=4", "defaults.resources.cpu=1",
     ])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    res = sweep.run(spec, text, uri=uri, storage=str(tmp_path / "results"), verbose=0, say=lambda _: None)
+    res = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=str(tmp_path / "results")), verbose=0, say=lambda _: None)
     assert len(res.ran) == 12 and not res.failed
     from aot_ray.aggregate import report
     from aot_ray.aggregate.text import render
@@ -89,7 +89,7 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
     """Identity includes the data: a finished trial whose corpus changed is not done (plan says stale), not
     reported as current, and `run` trains it again from step 0 on the new data; its old run stays, superseded."""
     from aot_ray.aggregate import report
-    from aot_ray.sweep.preview import plan
+    from aot_ray.sweep.plan import plan
     from aot_ray.sweep import SweepPlan
 
     corpus = write_text(tmp_path / "corpora" / "en.txt", docs("en", 200))
@@ -100,23 +100,23 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
         "defaults.optim.warmup_steps=1", "defaults.resources.cpu=1",
     ])
     uri, storage = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "results")
-    first = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lambda _: None)
+    first = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=storage), verbose=0, say=lambda _: None)
     assert len(first.ran) == 2 and len(first.report["pairs"]) == 1
-    old = {r.data.tags["trial_id"]: r.data.tags[tracking.DATA_VERSION] for r in tracking.trial_runs(uri, spec.name)}
+    old = {r.data.tags["trial_id"]: r.data.tags[tracking.DATA_VERSION] for r in tracking.SweepRuns(uri, spec.name).trials()}
 
     write_text(corpus, docs("en", 200) + docs("en", 50, seed=1))  # the corpus is edited
     now = SweepPlan.of(spec).versions
     assert set(now.values()).isdisjoint(old.values())
-    assert [r["status"] for r in plan(spec, uri, storage)["trials"]] == ["stale", "stale"]
+    assert [r["status"] for r in plan(sweep.ResolvedSweep.of(spec, uri=uri, storage=storage))["trials"]] == ["stale", "stale"]
     before = report(uri, spec.name, tmp_path / "report", versions=now)
     assert before["pairs"] == [] and len(before["stale"]) == 2 and "trains them again" in before["notes"][0]
 
     lines: list[str] = []
-    second = sweep.run(spec, text, uri=uri, storage=storage, verbose=0, say=lines.append)
+    second = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=storage), verbose=0, say=lines.append)
     assert sorted(o.trial_id for o in second.ran) == sorted(old) and second.skipped == []
     assert any(l.startswith("2 finished trial(s) read data that has changed since they ran (data.local[en])")
                for l in lines)
-    runs = tracking.trial_runs(uri, spec.name)
+    runs = tracking.SweepRuns(uri, spec.name).trials()
     assert {r.data.tags[tracking.DATA_VERSION] for r in runs} == set(now.values()) and len(runs) == 2
     c = tracking.client(uri)
     for r in runs:  # trained from step 0 on the new data, not resumed from the old data's last checkpoint
@@ -125,7 +125,7 @@ def test_an_edited_corpus_makes_its_finished_trials_stale_and_they_train_again(t
                                filter_string=f"tags.`{tracking.ROLE}` = '{tracking.SUPERSEDED}'")
     assert len(superseded) == 2 and all(r.info.status == "FINISHED" for r in superseded)
     assert len(second.report["pairs"]) == 1 and second.report["stale"] == []
-    assert [r["status"] for r in plan(spec, uri, storage)["trials"]] == ["done", "done"]
+    assert [r["status"] for r in plan(sweep.ResolvedSweep.of(spec, uri=uri, storage=storage))["trials"]] == ["done", "done"]
 
 
 def test_corpus_error_in_a_ray_task_is_one_line_before_any_trial(tmp_path, ray_local):
@@ -138,8 +138,8 @@ def test_corpus_error_in_a_ray_task_is_one_line_before_any_trial(tmp_path, ray_l
     ])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(DataError) as err:
-        sweep.run(spec, text, uri=uri, storage=str(tmp_path / "results"), verbose=0, say=lambda _: None)
+        sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=str(tmp_path / "results")), verbose=0, say=lambda _: None)
     assert str(err.value).startswith("data.local.tokenizer.vocab_size: 60000 is more than this corpus supports")
     assert "\n" not in str(err.value)
-    assert tracking.trial_runs(uri, spec.name) == []  # no sweep, no trial was started
-    assert tracking.experiment_id(uri, spec.name, create=False) is None
+    assert tracking.SweepRuns(uri, spec.name).trials() == []  # no sweep, no trial was started
+    assert tracking.SweepRuns(uri, spec.name).experiment(create=False) is None

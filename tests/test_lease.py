@@ -7,7 +7,7 @@ import pytest
 
 from aot_ray.tracking import lease as L
 from aot_ray.errors import AotError
-from aot_ray.tracking import client, experiment_id
+from aot_ray.tracking import SweepRuns, client
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def test_a_second_driver_is_refused_naming_the_first_until_it_releases(tmp_path)
 def test_a_dead_drivers_lease_expires(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     c = client(uri)
-    exp = experiment_id(uri, "sw", create=True)
+    exp = SweepRuns(uri, "sw").experiment(create=True)
     info = {"token": "t", "who": "aot-ray run on elsewhere (pid 1)", "since": time.time() - 500, "host": "elsewhere",
             "pid": 1}
     c.set_experiment_tag(exp, L.LEASE, json.dumps(info))

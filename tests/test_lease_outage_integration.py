@@ -39,7 +39,7 @@ def _command(tmp_path, uri):
 
 def _evaluated(uri):
     c = tracking.client(uri)
-    runs = tracking.trial_runs(uri, "lease-outage")
+    runs = tracking.SweepRuns(uri, "lease-outage").trials()
     return len(runs) == 2 and all(c.get_metric_history(r.info.run_id, "val_loss") for r in runs)
 
 

@@ -152,11 +152,11 @@ def _runs(tmp_path, raw, delta_of, windows=64):
     estimate is its chosen delta), and return the store's URI."""
     from aot_ray.spec import expand, parse_sweep
     from aot_ray.spec.expand import flatten
-    from aot_ray.tracking import TrialTracker, start_sweep
+    from aot_ray.tracking import TrialTracker, SweepRuns
     import yaml
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctx = start_sweep(uri, raw["name"], yaml.safe_dump(raw))
+    ctx = SweepRuns(uri, raw["name"]).start(yaml.safe_dump(raw))
     rng = np.random.default_rng(0)
     for t in expand(parse_sweep(raw)):
         d = delta_of(t)
@@ -192,7 +192,7 @@ def _text_sweep(name, grid, steps=10):
 
 @pytest.mark.slow  # seconds: the full suite runs it
 def test_report_of_eleven_languages_one_seed(tmp_path):
-    from aot_ray.aggregate.write import report
+    from aot_ray.aggregate.reporting import report
 
     raw = _text_sweep("languages", {"language": LANGS, "model": ["gpt-405m"], "context_length": [256]})
     chosen = {lang: 0.004 + 0.002 * i for i, lang in enumerate(LANGS)}  # en 0.4%, fr 0.6%, ...
@@ -219,7 +219,7 @@ def test_report_of_eleven_languages_one_seed(tmp_path):
 
 @pytest.mark.slow  # two sweeps of runs and two reports with plots: out of the fast loop
 def test_report_of_a_size_series_and_of_contexts(tmp_path):
-    from aot_ray.aggregate.write import report
+    from aot_ray.aggregate.reporting import report
 
     a, b = -0.08, 0.01  # zero at 1e8 parameters
     raw = _text_sweep("sizes", {"language": ["en"], "model": ["gpt-5m", "gpt-14m", "gpt-22m", "gpt-56m", "gpt-162m",
@@ -255,7 +255,7 @@ def test_report_of_a_size_series_and_of_contexts(tmp_path):
 
 
 def test_the_k_and_architecture_figures_show_their_points(tmp_path):
-    from aot_ray.aggregate import figures
+    from aot_ray.aggregate import paper_figures as figures
 
     cells = [cell(f"k{k}m{m}", 0.01 * k, dataset="linear", language=None, axes={"data.k": k, "data.seed": m},
                   L_fw_mean=0.5 + 0.01 * k, L_bw_mean=0.5 + 0.02 * k) for k in (0, 5, 10, 15) for m in (0, 1)]

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from aot_ray.memory import GiB, check_trial, fitting_micro_batch, micro_batches, predict, refusal
+from aot_ray.gpu_memory import GiB, check_trial, fitting_micro_batch, micro_batches, predict, refusal
 from aot_ray.models import build_model, resolve_shape
 from aot_ray.spec import expand, parse_sweep
 from aot_ray.spec.schema import ModelSpec
@@ -164,7 +164,7 @@ def test_prediction_within_15_percent_of_cuda_max_memory_allocated(preset, micro
 
 def test_gpu_size_comes_from_cluster_then_custom_resource_then_run_setting():
     from aot_ray.spec.schema import RunSpec
-    from aot_ray.sweep.plan import memory_checks
+    from aot_ray.sweep.sweep_plan import memory_checks
 
     raw = copy.deepcopy(SWEEP)
     raw["grid"]["model"] = ["tiny", "mini"]
@@ -197,7 +197,7 @@ def test_run_refuses_before_anything_starts(tmp_path):
     raw["run"] = {"gpu_memory_gb": 0.0001}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(AotError, match=r"trial p-tiny-\S+: predicted peak GPU memory [\d.]+ MiB .* even one window"):
-        sweep.run(parse_sweep(raw), "", uri=uri, storage=str(tmp_path / "r"), num_cpus=1, num_gpus=1,
+        sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), "", uri=uri, storage=str(tmp_path / "r")), num_cpus=1, num_gpus=1,
                   verbose=0, say=lambda _: None)
     assert not (tmp_path / "r" / "data").exists()
-    assert tracking.trial_runs(uri, "mem") == []
+    assert tracking.SweepRuns(uri, "mem").trials() == []

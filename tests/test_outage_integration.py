@@ -56,7 +56,7 @@ def test_training_survives_an_mlflow_outage(tmp_path):
         }
         (trial,) = expand(parse_sweep(raw))
         data = prepare(trial.data, tmp_path / "store")[0]
-        ctx = tracking.start_sweep(uri, "outage", "x")
+        ctx = tracking.SweepRuns(uri, "outage").start("x")
         tracker = tracking.TrialTracker(ctx, trial)
         state = {"server": server}
 

@@ -102,7 +102,7 @@ def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path, monkey
         assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-2000:]
         assert "progress: 2/2 trials finished" in run.stdout
         _login(home, monkeypatch)
-        runs = tracking.trial_runs(uri, "cluster-check")
+        runs = tracking.SweepRuns(uri, "cluster-check").trials()
         assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         assert list((tmp_path / "bucket").rglob("per_window.json"))  # artifacts went to the destination
         for cmd in (["status", "sweeps/cluster-check.yaml"], ["report", "sweeps/cluster-check.yaml", "--no-plots",
@@ -116,7 +116,7 @@ def test_the_heads_mlflow_on_postgresql_takes_a_sweep(postgres, tmp_path, monkey
         p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr
         _login(home, monkeypatch)  # a new head: new credentials for its new auth database
-        again = tracking.trial_runs(uri, "cluster-check")
+        again = tracking.SweepRuns(uri, "cluster-check").trials()
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     finally:
         subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, timeout=60)

@@ -12,8 +12,8 @@ import torch
 
 from aot_ray import precision
 from aot_ray.data.prepare import prepare
-from aot_ray.memory import uses_bf16
-from aot_ray.train import MemoryTracker, train
+from aot_ray.gpu_memory import uses_bf16
+from aot_ray.train import RecordingTracker, train
 from aot_ray.train.device import autocast_for, scaler_for
 
 from specs import tiny_trials
@@ -56,13 +56,13 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path):
     with autocast_for(fw, cpu)():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
     data = prepare(fw.data, tmp_path / "d")[0]
-    tracker = MemoryTracker()
+    tracker = RecordingTracker()
     straight = train(fw, tracker, data=data, workdir=tmp_path / "a")
     losses = [v for _, v in tracker.metrics["train_loss"]]
     assert math.isfinite(straight.val_loss) and losses[-1] < losses[0] - 0.3, losses
     state = torch.load(tmp_path / "a" / "step-00000040" / "state.pt", weights_only=False)
     assert state["scaler"]["scale"] > 0  # the loss scale travels with the checkpoint
-    train(fw, MemoryTracker(), data=data, workdir=tmp_path / "b")
-    resumed = train(fw, MemoryTracker(), tmp_path / "b" / "step-00000020", data=data, workdir=tmp_path / "c")
+    train(fw, RecordingTracker(), data=data, workdir=tmp_path / "b")
+    resumed = train(fw, RecordingTracker(), tmp_path / "b" / "step-00000020", data=data, workdir=tmp_path / "c")
     assert resumed.steps == straight.steps == 40
     np.testing.assert_allclose(resumed.per_window, straight.per_window, atol=1e-6)

@@ -17,7 +17,8 @@ from aot_ray.tracking import lease as L
 from aot_ray import tracking
 from aot_ray.execution import own_ray
 from aot_ray.execution import tune_state
-from aot_ray.cli import SET_HELP, main
+from aot_ray.cli import main
+from aot_ray.sweep.options import SET_HELP
 from aot_ray.errors import SpecError, disk_full
 from aot_ray.spec import expand, load_sweep, parse_sweep
 
@@ -186,7 +187,7 @@ def test_the_store_watch_gives_up_after_its_patience(tmp_path, monkeypatch):
 def _fake_sweep(uri: str, name: str, finished: int) -> str:
     """A parent run with `finished` FINISHED trial runs, as the trainer leaves them (no training)."""
     raw = tiny_sweep(name)
-    ctx = tracking.start_sweep(uri, name, json.dumps(raw), fresh=True)
+    ctx = tracking.SweepRuns(uri, name).start(json.dumps(raw), fresh=True)
     c = tracking.client(uri)
     for t in expand(parse_sweep(raw))[:finished]:
         tags = {tracking.ROLE: "trial", "mlflow.parentRunId": ctx.parent_run_id, "sweep": name,
@@ -265,17 +266,18 @@ def _read_only_store(tmp_path: Path) -> None:
 
 def test_eval_windows_cut_to_the_split_is_planned_and_logged(tmp_path, capsys):
     from aot_ray.data.prepare import prepare
-    from aot_ray.sweep.preview import plan
+    from aot_ray.sweep import ResolvedSweep
+    from aot_ray.sweep.plan import plan
     from aot_ray.train.loop import train
-    from aot_ray.train.tracker import MemoryTracker
+    from aot_ray.train.tracker_api import RecordingTracker
 
     raw = tiny_sweep("cut", train={"eval_windows": 10000, "steps": 6, "eval_every": 6})
     spec = parse_sweep(raw)
-    result = plan(spec, f"sqlite:///{tmp_path}/none.db", str(tmp_path / "r"))
+    result = plan(ResolvedSweep.of(spec, uri=f"sqlite:///{tmp_path}/none.db", storage=str(tmp_path / "r")))
     ew = result["trials"][0]["eval_windows"]
     assert ew["requested"] == 10000 and ew["effective"] < 10000
     trial = expand(spec)[0]
-    m = MemoryTracker()
+    m = RecordingTracker()
     train(trial, m, None, data=prepare(trial.data, tmp_path / "r")[0].location, workdir=tmp_path / "w")
     assert m.params["train.eval_windows"] == ew["effective"] and m.params["train.eval_windows_requested"] == 10000
     f = tmp_path / "cut.yaml"

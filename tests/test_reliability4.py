@@ -166,7 +166,7 @@ def _start_ticks(pid):
 def test_an_expired_lease_of_a_live_driver_on_this_machine_still_refuses(tmp_path, quick_lease):
     uri = f"sqlite:///{tmp_path}/m.db"
     c = tracking.client(uri)
-    exp = tracking.experiment_id(uri, "sw", create=True)
+    exp = tracking.SweepRuns(uri, "sw").experiment(create=True)
     frozen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a driver frozen (SIGSTOP)
     try:
         info = {"token": "t", "who": f"aot-ray run on here (pid {frozen.pid})", "since": time.time() - 900,
@@ -195,7 +195,7 @@ def test_renewal_checks_the_lease_is_still_its_own(tmp_path, quick_lease, monkey
     lost = []
     with L.Lease(uri, "sw", on_lost=lambda why, deadline: lost.append((why, deadline))) as held:
         held.acquire()
-        exp = tracking.experiment_id(uri, "sw", create=False)
+        exp = tracking.SweepRuns(uri, "sw").experiment(create=False)
         other = {"token": "other", "who": "aot-ray run on elsewhere (pid 7)", "since": time.time(), "host": "x",
                  "pid": 7}
         tracking.client(uri).set_experiment_tag(exp, L.LEASE, json.dumps(other))
@@ -291,7 +291,7 @@ def _tracker(tmp_path, **kw):
     from specs import tiny_trials
 
     (trial,) = [t for t in tiny_trials("tr") if t.direction == "forward"]
-    ctx = tracking.start_sweep(f"sqlite:///{tmp_path}/m.db", "tr", "x")
+    ctx = tracking.SweepRuns(f"sqlite:///{tmp_path}/m.db", "tr").start("x")
     tr = tracking.TrialTracker(ctx, trial, **kw)
     tr.begin(None)
     return tr
@@ -374,7 +374,7 @@ def test_cells_whose_every_trial_failed_are_named_in_the_report(tmp_path):
 
     uri = f"sqlite:///{tmp_path}/m.db"
     raw = tiny_sweep("fc", grid={"context_length": [16, 32]})
-    ctx = tracking.start_sweep(uri, "fc", json.dumps(raw))
+    ctx = tracking.SweepRuns(uri, "fc").start(json.dumps(raw))
     for t in expand(parse_sweep(raw)):
         tr = tracking.TrialTracker(ctx, t)
         tr.begin(None)
@@ -402,17 +402,17 @@ def test_cells_whose_every_trial_failed_are_named_in_the_report(tmp_path):
 @pytest.mark.slow  # seconds (a store, threads, training): the full suite runs it
 def test_a_checkpoint_skipped_on_resume_is_a_note_in_the_first_report(tmp_path):
     from aot_ray.data.prepare import prepare
-    from aot_ray.train import MemoryTracker, train
-    from aot_ray.train.tracker import NOTE
+    from aot_ray.train import RecordingTracker, train
+    from aot_ray.train.tracker_api import NOTE
     from specs import tiny_trials
 
     (trial,) = [t for t in tiny_trials("fb") if t.direction == "forward"]
     data = prepare(trial.data, tmp_path / "store")[0]
-    train(trial, MemoryTracker(), data=data, workdir=tmp_path / "w")
+    train(trial, RecordingTracker(), data=data, workdir=tmp_path / "w")
     saved = sorted((tmp_path / "w").glob("step-*"))  # at evaluations (every 20), the newest 2: steps 20 and 40
     (saved[-1] / "state.pt").write_bytes(b"garbled")
     reports = []
-    train(trial, MemoryTracker(), [saved[-1], saved[-2]], data=data, on_report=lambda m, p: reports.append(m))
+    train(trial, RecordingTracker(), [saved[-1], saved[-2]], data=data, on_report=lambda m, p: reports.append(m))
     assert "skipped unreadable checkpoint step-00000040" in reports[0][NOTE]
     assert reports[0][NOTE].endswith("resumed from the checkpoint at step 20")
     assert all(NOTE not in r for r in reports[1:])

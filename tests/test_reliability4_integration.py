@@ -47,7 +47,7 @@ def test_a_frozen_trial_is_warned_of_and_a_skipped_checkpoint_is_named_in_the_dr
     c = tracking.client(uri)
 
     def evaluated_run():
-        for r in tracking.trial_runs(uri, "frozen"):
+        for r in tracking.SweepRuns(uri, "frozen").trials():
             if "aot.pid" in r.data.tags and c.get_metric_history(r.info.run_id, "val_loss"):
                 return r
         return None

@@ -81,7 +81,7 @@ def test_a_full_disk_fails_in_one_line_and_the_next_run_resumes(tmp_path, small_
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     c = tracking.client(uri)
-    trials = tracking.trial_runs(uri, "full")
+    trials = tracking.SweepRuns(uri, "full").trials()
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
     for r in trials:
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
@@ -95,7 +95,7 @@ def test_a_deleted_store_stops_the_driver_in_one_line_and_signals_always_work(tm
     c = tracking.client(uri)
 
     def evaluated():
-        return any(c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.trial_runs(uri, "gone"))
+        return any(c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.SweepRuns(uri, "gone").trials())
 
     # 1. no signal: the driver notices by itself, within its store watch's period
     with open(tmp_path / "a.log", "w") as log:
@@ -117,7 +117,7 @@ def test_a_deleted_store_stops_the_driver_in_one_line_and_signals_always_work(tm
     with open(tmp_path / "b.log", "w") as log:
         second = subprocess.Popen([*cmd, "--set", "run.tracking_patience_s=65"], stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
-    wait_for(lambda: any(c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.trial_runs(uri, "gone2")),
+    wait_for(lambda: any(c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.SweepRuns(uri, "gone2").trials()),
              what="a first evaluation")
     os.replace(tmp_path / "b" / "mlflow.db", tmp_path / "b" / "moved.db")  # every tracking call now fails
     second.send_signal(signal.SIGTERM)
@@ -146,7 +146,7 @@ def test_a_killed_lr_search_resumes_from_its_finished_candidates(tmp_path):
     (done,) = wait_for(one_finished, what="a finished lr candidate")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
-    parent = tracking.find_parent(uri, done.info.experiment_id, "lrkill")
+    parent = tracking.SweepRuns(uri, "lrkill").parent()
     assert not any(k.startswith("aot.lr.") for k in c.get_run(parent.info.run_id).data.tags)
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -158,7 +158,7 @@ def test_a_killed_lr_search_resumes_from_its_finished_candidates(tmp_path):
     kept = c.get_run(done.info.run_id)
     assert kept.info.status == "FINISHED" and kept.info.end_time == done.info.end_time  # counted, not rerun
     tags = c.get_run(parent.info.run_id).data.tags
-    trials = tracking.trial_runs(uri, "lrkill")
+    trials = tracking.SweepRuns(uri, "lrkill").trials()
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert all(float(r.data.params["optim.lr"]) == float(tags["aot.lr.tiny"]) for r in trials)
 

@@ -20,13 +20,13 @@ def test_linear_tiny_end_to_end_trend_and_artifacts(tmp_path, ray_local, capsys)
     spec, text = load_sweep_text(ROOT / "sweeps" / "linear-tiny.yaml", [
         "defaults.train.steps=160", "defaults.train.eval_every=40", "defaults.train.checkpoint_every=80"])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = sweep.run(spec, text, uri=uri, storage=str(tmp_path / "r"), verbose=0, say=lambda _: None)
+    out = sweep.run(sweep.ResolvedSweep.of(spec, text, uri=uri, storage=str(tmp_path / "r")), verbose=0, say=lambda _: None)
     assert len(out.ran) == 8 and not out.failed
 
     # independently of the report: delta per k from the runs' final validation losses, and its least squares line
     c = tracking.client(uri)
     loss: dict[tuple[int, str], float] = {}
-    for run in tracking.trial_runs(uri, "linear-tiny"):
+    for run in tracking.SweepRuns(uri, "linear-tiny").trials():
         k = int(run.data.params["data.k"])
         loss[(k, run.data.tags["direction"])] = run.data.metrics["final_val_loss"]
     ks = sorted({k for k, _ in loss})
@@ -43,7 +43,7 @@ def test_linear_tiny_end_to_end_trend_and_artifacts(tmp_path, ray_local, capsys)
     for p in out.report["pairs"]:  # each pair has a bootstrap interval over its 100 validation windows
         assert p["n_windows"] == 100 and p["delta_lo"] <= p["delta"] <= p["delta_hi"]
 
-    parent = tracking.find_parent(uri, tracking.experiment_id(uri, "linear-tiny", create=False), "linear-tiny")
+    parent = tracking.SweepRuns(uri, "linear-tiny").parent()
     attached = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/aot_trends.csv", "report/aot_pairs.csv", "report/aot_sequential.csv",
             "report/delta_vs_data_k.png", "report/delta_vs_data_k.svg", "report/curves_1.png"} <= attached
@@ -51,7 +51,7 @@ def test_linear_tiny_end_to_end_trend_and_artifacts(tmp_path, ray_local, capsys)
     assert "data.k" in md and "## Sign during training (sequential test over seeds)" in md
     assert "undetermined (1 seed)" in md  # linear-tiny has one seed per cell: no direction is stated
 
-    run = tracking.trial_runs(uri, "linear-tiny")[0]
+    run = tracking.SweepRuns(uri, "linear-tiny").trials()[0]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "aot_sign")] == [40, 80, 120, 160]
 
     # `aot-ray report` again: the same trend, and no sign looks logged twice
@@ -70,13 +70,13 @@ def test_running_pairs_get_the_sign_test_logged_as_they_evaluate(tmp_path):
     from aot_ray import signs
     from aot_ray.aggregate.read import Reader
     from aot_ray.spec import expand, parse_sweep
-    from aot_ray.tracking import TrialTracker, start_sweep
+    from aot_ray.tracking import TrialTracker, SweepRuns
 
     raw = {"name": "live", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 30, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32], "seed": [0, 1, 2]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctx = start_sweep(uri, "live", "name: live")
+    ctx = SweepRuns(uri, "live").start("name: live")
     trials = expand(parse_sweep(raw))
     trackers = [(t, TrialTracker(ctx, t)) for t in trials]
     for _, tr in trackers:
@@ -130,11 +130,11 @@ def test_stop_on_sign_ends_the_cell_early_and_the_report_compares_it_at_the_stop
 
     spec = parse_sweep(STOP_SWEEP)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = sweep.run(spec, yaml.safe_dump(STOP_SWEEP), uri=uri, storage=str(tmp_path / "r"), verbose=0,
+    out = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(STOP_SWEEP), uri=uri, storage=str(tmp_path / "r")), verbose=0,
                     say=lambda _: None)
     assert len(out.ran) == 6 and not out.failed
     c = tracking.client(uri)
-    runs = tracking.trial_runs(uri, "stop-on-sign")
+    runs = tracking.SweepRuns(uri, "stop-on-sign").trials()
     at = {int(r.data.tags["aot.stop_at"]) for r in runs}
     assert len(at) == 1 and len(runs) == 6
     (at,) = at

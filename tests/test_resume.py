@@ -52,13 +52,13 @@ def test_k_steps_crash_resume_equals_n_steps(tmp_path):
     data = prepare(trial.data, tmp_path / "store")[0]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
-    ctx_a = tracking.start_sweep(uri, "straight", "x")
+    ctx_a = tracking.SweepRuns(uri, "straight").start("x")
     report_a, saved_a = persist_into(tmp_path / "a")
     tr = tracking.TrialTracker(ctx_a, trial)
     straight = train(trial, tr, data=data, on_report=report_a)
     tr.finish()
 
-    ctx_b = tracking.start_sweep(uri, "resumed", "x")
+    ctx_b = tracking.SweepRuns(uri, "resumed").start("x")
     report_b, saved_b = persist_into(tmp_path / "b", crash_at=15)  # metrics up to 15 logged, checkpoint at 10
     tr1 = tracking.TrialTracker(ctx_b, trial)
     with pytest.raises(Crash):
@@ -77,7 +77,7 @@ def test_k_steps_crash_resume_equals_n_steps(tmp_path):
     assert meta["run_id"] == tr1.run_id == tr2.run_id
 
     c = tracking.client(uri)
-    runs = tracking.trial_runs(uri, "resumed")
+    runs = tracking.SweepRuns(uri, "resumed").trials()
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     for key, every in (("train_loss", 5), ("val_loss", 5)):
         steps = [m.step for m in c.get_metric_history(tr2.run_id, key)]
@@ -91,10 +91,10 @@ def test_k_steps_crash_resume_equals_n_steps(tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     (trial,) = expand(parse_sweep(SPEC))
     data = prepare(trial.data, tmp_path / "store")[0]
-    from aot_ray.train import MemoryTracker
+    from aot_ray.train import RecordingTracker
 
-    straight = train(trial, MemoryTracker(), data=data, workdir=tmp_path / "a")
-    train(trial, MemoryTracker(), data=data, workdir=tmp_path / "b")
+    straight = train(trial, RecordingTracker(), data=data, workdir=tmp_path / "a")
+    train(trial, RecordingTracker(), data=data, workdir=tmp_path / "b")
     kept = sorted((tmp_path / "b").glob("step-*"))
     assert [p.name for p in kept] == ["step-00000030", "step-00000040"]  # keep_checkpoints: 2
     latest, previous = kept[-1], kept[-2]
@@ -102,7 +102,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
         f.truncate(1000)  # a partial write
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tracker = MemoryTracker()
+        tracker = RecordingTracker()
         resumed = train(trial, tracker, [latest, previous], data=data, workdir=tmp_path / "c")
     assert any("falling back to the previous one" in str(w.message) for w in caught)
     assert tracker.resumed_from == 30
@@ -118,7 +118,7 @@ def test_a_checkpoint_past_what_the_run_holds_resumes_without_a_gap(tmp_path, ca
     (trial,) = expand(parse_sweep(SPEC))
     data = prepare(trial.data, tmp_path / "store")[0]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctx = tracking.start_sweep(uri, "lost", "x")
+    ctx = tracking.SweepRuns(uri, "lost").start("x")
     report_b, saved = persist_into(tmp_path / "b", crash_at=25)
     tr1 = tracking.TrialTracker(ctx, trial)
     real = tr1.client.log_batch

@@ -71,7 +71,7 @@ def test_the_ray_a_driver_starts_listens_on_loopback_only(tmp_path):
         while time.monotonic() < deadline:  # both trials train: every kind of Ray process is up
             try:
                 c = tracking.client(uri)
-                runs = tracking.trial_runs(uri, "loopback")
+                runs = tracking.SweepRuns(uri, "loopback").trials()
                 if len(runs) == 2 and all(c.get_metric_history(r.info.run_id, "val_loss") for r in runs):
                     break
             except Exception:

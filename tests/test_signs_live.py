@@ -12,7 +12,7 @@ import numpy as np
 from aot_ray import signs, tracking
 from aot_ray.aggregate.read import Reader
 from aot_ray.spec import expand, parse_sweep
-from aot_ray.tracking import TrialTracker, start_sweep
+from aot_ray.tracking import TrialTracker, SweepRuns
 
 
 def test_a_watcher_reads_what_changed(tmp_path):
@@ -20,7 +20,7 @@ def test_a_watcher_reads_what_changed(tmp_path):
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 30, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32], "seed": [0, 1, 2]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctx = start_sweep(uri, "watch", "name: watch")
+    ctx = SweepRuns(uri, "watch").start("name: watch")
     trials = expand(parse_sweep(raw))
     trackers = {t.trial_id: TrialTracker(ctx, t) for t in trials}
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from aot_ray.cluster.slurm import Ports, SlurmError, expand_counts, gpus_per_node
-from aot_ray.cluster.slurm_job import check_fits, split_args
+from aot_ray.cluster.slurm_job import check_allocation_fits, split_args
 from aot_ray.spec import parse_sweep
 
 
@@ -48,11 +48,11 @@ def test_the_fit_check_names_the_trial_and_the_sbatch_option():
     spec = parse_sweep({"name": "fit", "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 200}},
                         "defaults": {"resources": {"cpu": 4, "gpu": 1}},
                         "grid": {"dataset": ["p"], "model": ["micro"], "context_length": [16]}})
-    check_fits(spec, [8, 8], 1, 2)
+    check_allocation_fits(spec, [8, 8], 1, 2)
     with pytest.raises(SlurmError, match="asks for 4 CPU and 1 GPU per process.*--cpus-per-task"):
-        check_fits(spec, [2, 2], 1, 2)
+        check_allocation_fits(spec, [2, 2], 1, 2)
     with pytest.raises(SlurmError, match="--gpus-per-node"):
-        check_fits(spec, [8], 0, 1)
+        check_allocation_fits(spec, [8], 0, 1)
 
 
 def test_run_options_follow_the_sweep_after_an_optional_separator():

@@ -78,7 +78,7 @@ def wait_job(env, job: str, until: tuple[str, ...], timeout: float = 420, out: P
 
 
 def trial_runs(db: Path, sweep: str):
-    return tracking.trial_runs(f"sqlite:///{db}", sweep)
+    return tracking.SweepRuns(f"sqlite:///{db}", sweep).trials()
 
 
 def wait_evaluated(db: Path, sweep: str, step: int, out: Path, timeout: float = 300) -> None:

@@ -299,16 +299,16 @@ def test_a_sweep_is_expanded_once_per_state_and_plan_shows_what_run_executes(tmp
     import dataclasses
     import sys
 
-    from aot_ray.sweep.preview import plan
+    from aot_ray.sweep.plan import plan
     from aot_ray.spec import load_sweep
-    from aot_ray.sweep import SweepPlan
+    from aot_ray.sweep import ResolvedSweep, SweepPlan
 
     mod = sys.modules["aot_ray.spec.expand"]
     calls = []
     real = mod._expand
     monkeypatch.setattr(mod, "_expand", lambda s: calls.append(s) or real(s))
     spec = load_sweep("sweeps/quickstart.yaml")
-    shown = plan(spec, f"sqlite:///{tmp_path}/none.db", str(tmp_path / "results"))
+    shown = plan(ResolvedSweep.of(spec, uri=f"sqlite:///{tmp_path}/none.db", storage=str(tmp_path / "results")))
     sp = SweepPlan.of(spec)
     assert len(calls) == 1
     assert [r["trial_id"] for r in shown["trials"]] == [t.trial_id for t in sp.trials]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aot_ray import tracking
-from aot_ray.tracking import ERROR, INTERRUPTED, TrialTracker, store, tracker as tracker_module
+from aot_ray.tracking import ERROR, INTERRUPTED, TrialTracker, store, trial_tracker as tracker_module
 
 from specs import tiny_trials
 
@@ -44,7 +44,7 @@ def db(tmp_path_factory):
 def ctx(db, request, monkeypatch):
     monkeypatch.setattr(store.time, "sleep", lambda s: None)  # retry's back-off
     monkeypatch.setattr(tracker_module.time, "sleep", lambda s: None)
-    return tracking.start_sweep(db, request.node.name[:60], "name: tiny")
+    return tracking.SweepRuns(db, request.node.name[:60]).start("name: tiny")
 
 
 def tracker(ctx, flush_every=500):
@@ -167,7 +167,7 @@ def test_trial_runs_carry_mlflows_system_metrics(tmp_path):
     from specs import tiny_sweep
 
     (trial,) = expand(parse_sweep(tiny_sweep("sysm", grid={"direction": ["forward"]})))
-    ctx = tracking.start_sweep(f"sqlite:///{tmp_path}/mlflow.db", "sysm", "x")
+    ctx = tracking.SweepRuns(f"sqlite:///{tmp_path}/mlflow.db", "sysm").start("x")
     tr = tracking.TrialTracker(replace(ctx, system_metrics_s=0.5), trial)
     tr.begin(None)
     time.sleep(2.5)

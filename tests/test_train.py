@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aot_ray.data.prepare import prepare
-from aot_ray.train import MemoryTracker, train
+from aot_ray.train import RecordingTracker, train
 from aot_ray.train.schedule import make_scheduler
 from aot_ray.spec import OptimSpec
 
@@ -24,7 +24,7 @@ ARCHS = pytest.mark.parametrize("model", ["tiny", "lstm-tiny", "gru-tiny"])
 @ARCHS
 def test_pulse_loss_goes_down(tmp_path, model):
     fw = trials(model)[0]
-    tracker = MemoryTracker()
+    tracker = RecordingTracker()
     result = train(fw, tracker, data=prepare(fw.data, tmp_path)[0])
     losses = [v for _, v in tracker.metrics["train_loss"]]
     assert losses[-1] < losses[0] - 0.3, losses
@@ -42,12 +42,12 @@ def test_pulse_loss_goes_down(tmp_path, model):
 @ARCHS
 def test_resume_equals_uninterrupted(tmp_path, model):
     fw = trials(model)[0]
-    straight = train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "a")
-    train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "b")  # keeps step-10..40
+    straight = train(fw, RecordingTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "a")
+    train(fw, RecordingTracker(), data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "b")  # keeps step-10..40
     # a fresh trainer resumes from run b's step-20 checkpoint and trains the remaining 20 steps
     ckpt = tmp_path / "b" / "step-00000020"
     assert ckpt.is_dir()
-    resumed = train(fw, MemoryTracker(), ckpt, data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "c")
+    resumed = train(fw, RecordingTracker(), ckpt, data=prepare(fw.data, tmp_path / "d")[0], workdir=tmp_path / "c")
     assert resumed.steps == straight.steps == 40
     assert abs(resumed.val_loss - straight.val_loss) < 1e-6
     np.testing.assert_allclose(resumed.per_window, straight.per_window, atol=1e-6)
@@ -55,7 +55,7 @@ def test_resume_equals_uninterrupted(tmp_path, model):
 
 def test_forward_and_backward_share_init_and_windows(tmp_path):
     fw, bw = trials(steps=6, eval_every=6, checkpoint_every=0)
-    a, b = MemoryTracker(), MemoryTracker()
+    a, b = RecordingTracker(), RecordingTracker()
     ra = train(fw, a, data=prepare(fw.data, tmp_path)[0])
     rb = train(bw, b, data=prepare(fw.data, tmp_path)[0])
     assert ra.n_params == rb.n_params
@@ -80,8 +80,8 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     """The batch order is defined per sample, so 2 micro-batches of 4 see exactly the samples of one batch of 8."""
     big = trials(steps=8, batch_size=8, grad_accum=1, eval_every=8, checkpoint_every=0)[0]
     acc = trials(steps=8, batch_size=4, grad_accum=2, eval_every=8, checkpoint_every=0)[0]
-    a = train(big, MemoryTracker(), data=prepare(big.data, tmp_path)[0])
-    b = train(acc, MemoryTracker(), data=prepare(big.data, tmp_path)[0])
+    a = train(big, RecordingTracker(), data=prepare(big.data, tmp_path)[0])
+    b = train(acc, RecordingTracker(), data=prepare(big.data, tmp_path)[0])
     assert a.tokens == b.tokens
     assert abs(a.val_loss - b.val_loss) < 1e-5
 
@@ -100,7 +100,7 @@ def test_out_of_memory_names_batch_context_and_model(tmp_path, monkeypatch):
     with pytest.raises(loop.OutOfMemory, match=r"out of memory at step 1 of trial .*: micro-batch 8 x context 32 "
                                                r"on model tiny; set train.micro_batch: auto, or a smaller "
                                                r"train.micro_batch"):
-        train(fw, MemoryTracker(), data=prepare(fw.data, tmp_path)[0])
+        train(fw, RecordingTracker(), data=prepare(fw.data, tmp_path)[0])
 
 
 def test_stop_request_ends_training_at_the_next_evaluation(tmp_path):
@@ -108,9 +108,9 @@ def test_stop_request_ends_training_at_the_next_evaluation(tmp_path):
     trainer at its next evaluation, with that evaluation's losses as the result; no request, no early end."""
     fw = trials(steps=60, eval_every=20)[0]
     data = prepare(fw.data, tmp_path)[0]
-    plain = MemoryTracker()
+    plain = RecordingTracker()
     full = train(fw, plain, data=data)
-    tracker = MemoryTracker()
+    tracker = RecordingTracker()
     tracker.stop_at = 20
     stopped = train(fw, tracker, data=data)
     assert stopped.steps == 20 and full.steps == 60
@@ -129,7 +129,7 @@ def test_micro_batch_changes_memory_not_the_result(tmp_path, model):
     split = trials(model, batch_size=8, grad_accum=1, micro_batch=2)[0]
     assert whole.trial_id == split.trial_id
     data = prepare(whole.data, tmp_path)[0]
-    a, tb = train(whole, MemoryTracker(), data=data), MemoryTracker()
+    a, tb = train(whole, RecordingTracker(), data=data), RecordingTracker()
     b = train(split, tb, data=data)
     assert tb.metrics["passes"] == [(0, 4)] and tb.metrics["micro_batch"] == [(0, 2)]
     assert a.tokens == b.tokens
@@ -151,9 +151,9 @@ def test_compiled_training_matches_eager(tmp_path):
     eager_t = trials(steps=10, eval_every=10, compile=False)[0]
     comp_t = trials(steps=10, eval_every=10, compile=True)[0]
     data = prepare(eager_t.data, tmp_path)[0]
-    et = MemoryTracker()
+    et = RecordingTracker()
     eager = train(eager_t, et, data=data)
-    tracker = MemoryTracker()
+    tracker = RecordingTracker()
     comp = train(comp_t, tracker, data=data)
     assert tracker.metrics["compiled"] == [(0, 1)] and eager.compile_seconds == 0.0
     assert comp.compile_seconds > 0 and tracker.metrics["compile_seconds"][0][0] == 1

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data.remote import cache_root
+from ..models import arch_of
 from ..storage import under
 from ..tracking import AXES, DATA_VERSION, ERROR, STOP_AT, SweepRuns
 
@@ -32,7 +34,6 @@ def _number(v: Any) -> Any:
 
 def record_of(run: Any) -> dict[str, Any]:
     """One tidy record from an MLflow run (no artifact reads)."""
-    from ..models import arch_of
 
     tags, metrics = run.data.tags, run.data.metrics
     axes = json.loads(tags[AXES]) if AXES in tags else {}  # absent on runs of older versions
@@ -78,7 +79,6 @@ class Reader:
 
     def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None, threads: int = 8,
                  cache_dir: str | Path | None = None) -> None:
-        from ..data.remote import cache_root
 
         self.uri, self.sweep = uri, sweep
         self.parent_run_id = parent_run_id  # None: the sweep's newest parent run

@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from .. import signs
+from ..aggregate.read import Reader
+from ..aggregate.reporting import report
+from ..signs import expected_pairs
+from ..spec import expand, parse_sweep
+from ..spec.expand import flatten
+from ..sweep import ResolvedSweep
+from ..sweep.status import status
+from ..tracking import SweepRuns, TrialTracker
 from ..tracking.store import wait_for_server
 
 EVALS = 10  # evaluations per run; 5 are in when the refresh is timed
@@ -114,128 +124,132 @@ def quiet(fn: Any, items: list) -> None:
 
 def bench(n: int, changed: float, say: Any = print, backend: str | None = None) -> list[tuple[str, float, float]]:
     """(name, seconds, target) for N runs."""
-    import yaml
-
-    from .. import signs
-    from ..aggregate.read import Reader
-    from ..aggregate.write import report
-    from ..sweep.status import status
-    from ..spec import expand, parse_sweep
-    from ..spec.expand import flatten
-    from ..tracking import TrialTracker, start_sweep
-    from ..signs import expected_pairs, sign_callback
-
     env_before = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     root = Path(tempfile.mkdtemp(prefix="aot-bench-control-"))
     server = Server(root, backend=backend)
-    out = []
     try:
-        raw = sweep_raw(n)
-        spec = parse_sweep(raw)
-        trials = expand(spec)
-        n = len(trials)
-        # one process stands in for N trial processes here: their system-metrics threads (one get_run every
-        # interval each) are not the control plane under test
-        ctx = replace(start_sweep(server.uri, spec.name, yaml.safe_dump(raw)), system_metrics_s=0)
-        trackers: dict[str, Any] = {}
-        evals: dict[str, int] = {}  # trial_id -> evaluations logged
-
-        def open_run(t: Any) -> None:
-            rng = np.random.default_rng(abs(hash(t.trial_id)) % 2**32)
-            tr = TrialTracker(ctx, t)
-            tr.begin(None)
-            tr.log_params(flatten(t))
-            for k in range(1, EVALS // 2 + 1):
-                evaluate(tr, t, k * STEPS // EVALS, rng)
-            trackers[t.trial_id] = (tr, t, rng)
-            evals[t.trial_id] = EVALS // 2
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(open_run, trials))
-        say(f"N={n}: {n} RUNNING trial runs with {EVALS // 2} evaluations each set up in "
-            f"{time.perf_counter() - t0:.0f} s")
-
+        b = _Bench(server, root, n, changed, say)
         # the trackers (in trial processes on a real sweep) fail fast on each request; the driver, status and
         # report keep MLflow's own retries and timeout, as they do in their own processes
         for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
             if env_before.get(k) is None:
                 os.environ.pop(k, None)
-        reader = Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache")
-        watcher = signs.Watcher(reader, expected=expected_pairs(trials))
+        return b.refreshes() + b.callback() + b.mostly_finished() + b.status_and_report()
+    finally:
+        server.stop()
+
+
+class _Bench:
+    """One size of the control-plane benchmark: N trial runs on a real server, half evaluated."""
+
+    def __init__(self, server: Any, root: Path, n: int, changed: float, say: Any) -> None:
+        raw = sweep_raw(n)
+        self.spec = parse_sweep(raw)
+        self.trials = expand(self.spec)
+        self.server, self.root, self.n, self.changed, self.say = server, root, len(self.trials), changed, say
+        # one process stands in for N trial processes here: their system-metrics threads (one get_run every
+        # interval each) are not the control plane under test
+        self.ctx = replace(SweepRuns(server.uri, self.spec.name).start(yaml.safe_dump(raw)), system_metrics_s=0)
+        self.trackers: dict[str, Any] = {}
+        self.evals: dict[str, int] = {}  # trial_id -> evaluations logged
         t0 = time.perf_counter()
-        watcher.refresh()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(self._open_run, self.trials))
+        say(f"N={self.n}: {self.n} RUNNING trial runs with {EVALS // 2} evaluations each set up in "
+            f"{time.perf_counter() - t0:.0f} s")
+        self.watcher: Any = None
+
+    def _reader(self) -> Reader:
+        return Reader(self.server.uri, self.spec.name, self.ctx.parent_run_id, cache_dir=self.root / "cache")
+
+    def _open_run(self, t: Any) -> None:
+        rng = np.random.default_rng(abs(hash(t.trial_id)) % 2**32)
+        tr = TrialTracker(self.ctx, t)
+        tr.begin(None)
+        tr.log_params(flatten(t))
+        for k in range(1, EVALS // 2 + 1):
+            evaluate(tr, t, k * STEPS // EVALS, rng)
+        self.trackers[t.trial_id] = (tr, t, rng)
+        self.evals[t.trial_id] = EVALS // 2
+
+    def _refresh_after(self, moved: list) -> float:
+        """Seconds of the refresh that follows a new evaluation of each of `moved`."""
+        for t in moved:
+            tr, _, rng = self.trackers[t.trial_id]
+            self.evals[t.trial_id] += 1
+            evaluate(tr, t, self.evals[t.trial_id] * STEPS // EVALS, rng)
+        t0 = time.perf_counter()
+        self.watcher.refresh()
+        return time.perf_counter() - t0
+
+    def _moved(self) -> int:
+        return max(1, round(self.changed * self.n))
+
+    def refreshes(self) -> list[tuple[str, float, float]]:
+        self.watcher = signs.Watcher(self._reader(), expected=expected_pairs(self.trials))
+        t0 = time.perf_counter()
+        self.watcher.refresh()
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        watcher.refresh()  # the steady state: the next refresh's searches reach back past this one's start only
-        idle = time.perf_counter() - t0
-        say(f"N={n}: a refresh with nothing new {idle:.2f} s")
+        self.watcher.refresh()  # the steady state: the next refresh's searches reach back past this one's start only
+        self.say(f"N={self.n}: a refresh with nothing new {time.perf_counter() - t0:.2f} s")
+        again = self._refresh_after(self.trials[: self._moved()])
+        w = self.watcher.last
+        self.say(f"N={self.n}: sign refresh, first {first:.2f} s; after {self._moved()} runs ({self.changed:.0%}) "
+                 f"got an evaluation {again:.2f} s ({w['read']} histories read, {w['looks']} looks logged, "
+                 f"{w['failed']} failed reads)")
+        self.again = again
+        return [("sign refresh, all running, 5% new", again, 2.0)]
 
-        def new_evaluation(t: Any) -> None:
-            tr, _, rng = trackers[t.trial_id]
-            evals[t.trial_id] += 1
-            evaluate(tr, t, evals[t.trial_id] * STEPS // EVALS, rng)
+    def callback(self) -> list[tuple[str, float, float]]:
+        """The sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread."""
+        from ..execution.sign_callback import SignCallback  # Ray's Tune: imported for this part only
 
-        def refresh_after(moved: list) -> float:
-            """Seconds of the refresh that follows a new evaluation of each of `moved`."""
-            for t in moved:
-                new_evaluation(t)
-            t0 = time.perf_counter()
-            watcher.refresh()
-            return time.perf_counter() - t0
-
-        moved = trials[: max(1, round(changed * n))]
-        again = refresh_after(moved)
-        say(f"N={n}: sign refresh, first {first:.2f} s ({watcher.last['runs']} runs read); after "
-            f"{len(moved)} runs ({changed:.0%}) got an evaluation {again:.2f} s ({watcher.last['read']} histories "
-            f"read, {watcher.last['looks']} looks logged, {watcher.last['failed']} failed reads)")
-        out.append(("sign refresh, all running, 5% new", again, 2.0))
-
-        # the sweep's callback as Tune's loop calls it: results every 10 ms while refreshes run on their thread
-        cb = sign_callback(functools.partial(Reader, server.uri, spec.name, ctx.parent_run_id), every_s=0.0,
-                           expected=expected_pairs(trials))
-        t_end = time.monotonic() + max(3.0, 2 * again + 1)
+        cb = SignCallback(functools.partial(Reader, self.server.uri, self.spec.name, self.ctx.parent_run_id),
+                          every_s=0.0, expected=expected_pairs(self.trials))
+        t_end = time.monotonic() + max(3.0, 2 * self.again + 1)
         while time.monotonic() < t_end:
             cb.on_trial_result(0, [], None, {})
             time.sleep(0.01)
         cb.on_experiment_end([])
-        out.append(("longest on_trial_result", cb.longest_s, 0.05))
-        say(f"N={n}: longest on_trial_result while refreshes ran {cb.longest_s * 1000:.1f} ms")
+        self.say(f"N={self.n}: longest on_trial_result while refreshes ran {cb.longest_s * 1000:.1f} ms")
+        return [("longest on_trial_result", cb.longest_s, 0.05)]
 
-        # the usual shape of a large sweep: most runs finished, as many running as the cluster has GPUs (10%)
-        running = trials[: max(2, n // 10)]
-        quiet(lambda t: finish(*trackers[t.trial_id], evals[t.trial_id]), trials[len(running):])
-        time.sleep(watcher.margin_s)  # a sweep's refreshes are run.sign_interval_s (30 s) apart: more than that
-        watcher.refresh()  # reads the runs that finished
-        mixed = refresh_after(running[: max(1, round(changed * n))])
-        say(f"N={n}: sign refresh with {n - len(running)} runs finished and {len(running)} running, "
-            f"{max(1, round(changed * n))} of them with a new evaluation: {mixed:.2f} s ({watcher.last['runs']} runs, "
-            f"{watcher.last['read']} histories read, {watcher.last['looks']} looks logged)")
-        out.append((f"sign refresh, {len(running)} running, 5% new", mixed, 2.0))
+    def mostly_finished(self) -> list[tuple[str, float, float]]:
+        """The usual shape of a large sweep: most runs finished, as many running as the cluster has GPUs (10%)."""
+        running = self.trials[: max(2, self.n // 10)]
+        quiet(lambda t: finish(*self.trackers[t.trial_id], self.evals[t.trial_id]), self.trials[len(running):])
+        time.sleep(self.watcher.margin_s)  # a sweep's refreshes are run.sign_interval_s (30 s) apart: more than that
+        self.watcher.refresh()  # reads the runs that finished
+        mixed = self._refresh_after(running[: self._moved()])
+        w = self.watcher.last
+        self.say(f"N={self.n}: sign refresh with {self.n - len(running)} runs finished and {len(running)} running, "
+                 f"{self._moved()} of them with a new evaluation: {mixed:.2f} s ({w['runs']} runs, {w['read']} "
+                 f"histories read, {w['looks']} looks logged)")
         t0 = time.perf_counter()
-        quiet(lambda t: finish(*trackers[t.trial_id], evals[t.trial_id]), running)
-        say(f"N={n}: runs finished in {time.perf_counter() - t0:.0f} s")
+        quiet(lambda t: finish(*self.trackers[t.trial_id], self.evals[t.trial_id]), running)
+        self.say(f"N={self.n}: runs finished in {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
-        watcher.refresh(full=True)  # what the sweep's callback does once Tune ends: the last looks are on the runs
-        say(f"N={n}: the sweep's last sign refresh {time.perf_counter() - t0:.1f} s ({watcher.last['looks']} looks "
-            f"logged)")
+        self.watcher.refresh(full=True)  # what the sweep's callback does once Tune ends: the last looks
+        self.say(f"N={self.n}: the sweep's last sign refresh {time.perf_counter() - t0:.1f} s "
+                 f"({self.watcher.last['looks']} looks logged)")
+        return [(f"sign refresh, {len(running)} running, 5% new", mixed, 2.0)]
 
+    def status_and_report(self) -> list[tuple[str, float, float]]:
         t0 = time.perf_counter()
-        rows = status(spec, server.uri)
+        rows = status(ResolvedSweep.of(self.spec, uri=self.server.uri, storage=self.root / "storage"))
         st = time.perf_counter() - t0
-        assert sum(r["state"] == "TERMINATED" for r in rows) == n and all(r["step"] == STEPS for r in rows)
-        out.append(("status", st, 5.0))
+        assert sum(r["state"] == "TERMINATED" for r in rows) == self.n and all(r["step"] == STEPS for r in rows)
+        out = [("status", st, 5.0)]
         for label in ("report (cold cache)", "report (next)"):
             t0 = time.perf_counter()
-            rep = report(server.uri, spec.name, root / "report", with_plots=False,
-                         reader=Reader(server.uri, spec.name, ctx.parent_run_id, cache_dir=root / "cache"))
+            rep = report(self.server.uri, self.spec.name, self.root / "report", with_plots=False,
+                         reader=self._reader())
             took = time.perf_counter() - t0
-            assert len(rep["pairs"]) == n // 2
+            assert len(rep["pairs"]) == self.n // 2
             out.append((label, took, 60.0 if "cold" in label else 20.0))
-        say(f"N={n}: status {st:.2f} s; report cold {out[-2][1]:.1f} s, next {out[-1][1]:.1f} s")
-    finally:
-        server.stop()
-    return out
+        self.say(f"N={self.n}: status {st:.2f} s; report cold {out[-2][1]:.1f} s, next {out[-1][1]:.1f} s")
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:

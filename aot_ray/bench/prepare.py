@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.prepare import prepare
+from ..data.sources import documents
+from ..spec import TextData, TokenizerSpec
+
 
 def make_corpus(path: Path, mb: float, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
@@ -100,9 +104,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from tokenizers import Tokenizer
 
-    from ..data.prepare import prepare
-    from ..data.sources import documents
-    from ..spec import TextData, TokenizerSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="aot-bench-prep-"))
     size = make_corpus(tmp / "corpus.txt", args.mb)

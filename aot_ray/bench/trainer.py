@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from .. import seeds
 from ..data.prepare import Prepared, prepare
 from ..data.tokenfile import dtype_for
-from ..memory import gpu_budget_of, micro_batches, predict_trial
+from ..gpu_memory import gpu_budget_of, micro_batches, predict_trial
 from ..models import build_model
 from ..spec import expand, parse_sweep
-from ..train import MemoryTracker, train
+from ..train import RecordingTracker, train
 from ..train.device import autocast_for, scaler_for
 from ..train.mfu import flops_per_token
 
@@ -122,7 +122,7 @@ def run_trainer(trial, data, memory: bool) -> dict:
     cuda = torch.cuda.is_available() and trial.train.device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = train(trial, MemoryTracker(), data=data)
+    result = train(trial, RecordingTracker(), data=data)
     out = {"tokens_per_s": result.tokens_per_s, "compile_seconds": result.compile_seconds}
     if memory and cuda:
         budget = gpu_budget_of(trial, torch.cuda.get_device_properties(0).total_memory)
@@ -190,7 +190,7 @@ def cpu_main(args, device: torch.device) -> None:
     trainer_tps, plain_tps = [], []
     for r in range(repeats):
         plain_tps.append(plain_loop(trial, data, device, batch))
-        trainer_tps.append(train(trial, MemoryTracker(), data=data).tokens_per_s)
+        trainer_tps.append(train(trial, RecordingTracker(), data=data).tokens_per_s)
         print(f"repeat {r + 1}: plain {plain_tps[-1]:,.0f} tok/s, trainer {trainer_tps[-1]:,.0f} tok/s", flush=True)
     p, t = statistics.median(plain_tps), statistics.median(trainer_tps)
     print(f"device {device}, preset {preset}, context {context}, batch {batch}, "

@@ -65,10 +65,20 @@ def main(argv: list[str]) -> int:
         print(f"aot-ray: error: {e}", file=sys.stderr)
         return 2
     if PROJECT.is_dir():
-        os.chdir(PROJECT)
-    from aot_ray.cli import main as aot_main  # after chdir: the CLI resolves relative paths against it
+        os.chdir(PROJECT)  # before the sweep is resolved: its relative paths are the project's
+    # the package's own modules, imported by name: this file also runs as a copied script (`ray submit`)
+    from aot_ray.execution.interrupt import terminable
+    from aot_ray.sweep import RunOptions, resolve, run_command
+    from aot_ray.sweep.commands import guarded
+    from aot_ray.sweep.options import parse_run
 
-    return aot_main(args)
+    def drive() -> int:
+        flags = parse_run(args[1], args[2:])
+        sweep = resolve(flags.sweep, sets=flags.sets, tracking_uri=flags.tracking_uri, storage=flags.storage)
+        return run_command(sweep, RunOptions.of(flags))
+
+    with terminable():
+        return guarded(drive)
 
 
 if __name__ == "__main__":

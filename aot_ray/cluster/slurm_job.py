@@ -12,14 +12,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import AotError
-from ..execution.interrupt import keep_sigterm, last_signal
+from ..execution.interrupt import keep_sigterm, last_signal, terminable
+from ..spec import expand
+from ..storage import Storage
+from ..sweep import ResolvedSweep, RunOptions, resolve, run_command
+from ..sweep.commands import guarded
+from ..sweep.options import parse_run
+from ..tracking import credentials
+from ..tracking.store import check_reachable, wait_for_server
 from .slurm import Allocation, Ports, SlurmError, temp_dir
-from ..storage import is_remote
-from ..tracking.store import wait_for_server
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
 JOIN_S = float(os.environ.get("AOT_SLURM_JOIN_S", "300"))  # how long the nodes get to join the job's Ray
@@ -35,18 +40,9 @@ def split_args(argv: list[str]) -> tuple[str, list[str]]:
     return argv[0], rest[1:] if rest[:1] == ["--"] else rest
 
 
-def run_args(sweep: str, rest: list[str]) -> Any:
-    """The `aot-ray run` options, parsed by the CLI's own parser (a bad option is its one-line error)."""
-    from ..cli import _parser
-
-    return _parser().parse_args(["run", sweep, *rest])
-
-
-def check_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) -> None:
+def check_allocation_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) -> None:
     """Every trial must fit what the job was given: one node's CPUs and GPUs per process, the whole job for a
     data-parallel trial's workers (Slurm adds no nodes, so a trial that does not fit would wait forever)."""
-    from ..spec import expand
-
     for t in expand(spec):
         r = t.resources
         if r.cpu > max(alloc_cpus) or r.gpu > alloc_gpus:
@@ -58,9 +54,9 @@ def check_fits(spec: Any, alloc_cpus: list[int], alloc_gpus: int, nodes: int) ->
                              f"job has {sum(alloc_cpus)} CPU and {alloc_gpus * nodes} GPU in all")
 
 
-def check_shared(storage: str, alloc: Allocation, job_dir: Path) -> None:
+def check_shared(storage: Storage, alloc: Allocation, job_dir: Path) -> None:
     """A local storage path must be the same folder on every node of the job (a shared file system)."""
-    if is_remote(storage) or len(alloc.nodes) == 1:
+    if storage.remote or len(alloc.nodes) == 1:
         return
     marker = job_dir / f"shared-{secrets.token_hex(4)}"
     marker.write_text("aot_ray")
@@ -75,9 +71,9 @@ def check_shared(storage: str, alloc: Allocation, job_dir: Path) -> None:
         marker.unlink(missing_ok=True)
 
 
-def mlflow_folder(storage: str) -> Path:
+def mlflow_folder(storage: Storage) -> Path:
     """Where the job's tracking server keeps its databases, artifacts and credentials (its owner's only)."""
-    return Path(storage) / "mlflow"
+    return Path(storage.root) / "mlflow"
 
 
 class MlflowServer:
@@ -86,9 +82,7 @@ class MlflowServer:
     authentication with the credentials of that folder (`tracking.credentials`): on a shared cluster, the node's
     address is reachable by every user, and only the job's owner may read or change its runs."""
 
-    def __init__(self, storage: str, host: str, port: int, log: Path) -> None:
-        from ..tracking import credentials
-
+    def __init__(self, storage: Storage, host: str, port: int, log: Path) -> None:
         root = mlflow_folder(storage)
         env = {**os.environ, **credentials.server_env(root)}  # (makes the folder private first)
         self.db = root / "mlflow.db"
@@ -108,6 +102,11 @@ class MlflowServer:
             return
         self.stop()
         raise SlurmError(f"the job's MLflow server at {self.uri} {why} (log: {log})")
+
+    def how_to_reach(self, sweep: str, host: str, port: int) -> str:
+        return (f"aot-ray: MLflow UI at {self.uri} (user aot, password in {self.credentials}, readable by you "
+                f"only); from your machine: ssh -L 5000:{host}:{port} <login node>, then http://localhost:5000. "
+                f"After the job: aot-ray report {sweep} --tracking-uri sqlite:///{self.db}")
 
     def stop(self) -> None:
         _stop_group(self.proc, 30)
@@ -210,46 +209,21 @@ def requeue(job_id: int) -> None:
 
 
 def job(argv: list[str]) -> int:
-    """The batch step; its exit code is aot-ray run's (130 when stopped by a signal, then requeued)."""
-    from ..cli import main as cli_main
-    from ..sweep import resolve_storage
-    from ..spec import load_sweep
-    from ..tracking.store import check_reachable, resolve_uri
-
-    sweep, rest = split_args(argv)
-    submit_dir = os.environ.get("SLURM_SUBMIT_DIR", os.getcwd())
-    os.chdir(submit_dir)  # relative paths in a sweep mean what they mean where it was submitted
-    args = run_args(sweep, rest)
-    spec = load_sweep(sweep, args.sets)
+    """The batch step; its exit code is the sweep's driver's (130 when stopped by a signal, then requeued)."""
+    path, rest = split_args(argv)
+    os.chdir(os.environ.get("SLURM_SUBMIT_DIR", os.getcwd()))  # a sweep's relative paths mean what they meant
+    flags = parse_run(path, rest)  # where it was submitted
+    sweep = resolve(path, sets=flags.sets, tracking_uri=flags.tracking_uri, storage=flags.storage)
     alloc = Allocation.from_env()
-    check_fits(spec, list(alloc.cpus), alloc.gpus, len(alloc.nodes))
-    storage = resolve_storage(args.storage, spec)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.run.tracking_uri
-    if uri:
-        uri = resolve_uri(uri)
-        check_reachable(uri)
-    if is_remote(storage):
-        job_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"aot-ray-slurm-{alloc.job_id}"
-    else:
-        job_dir = Path(storage) / ".aot_ray" / "slurm" / str(alloc.job_id)
-    made = next((d for d in reversed([job_dir, *job_dir.parents]) if not d.exists()), None)  # topmost new folder
-    job_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        check_shared(storage, alloc, job_dir)
-    except SlurmError:
-        if made is not None:  # a refused job leaves nothing in the storage
-            shutil.rmtree(made, ignore_errors=True)
-        raise
+    check_allocation_fits(sweep.spec, list(alloc.cpus), alloc.gpus, len(alloc.nodes))
+    own_server = not (flags.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sweep.spec.run.tracking_uri)
+    if not own_server:
+        check_reachable(sweep.uri)
+    job_dir = _job_dir(sweep.storage, alloc)
     ports = Ports.free_for_job(alloc.job_id, alloc.addresses[0])
-    token = job_dir / "ray_auth_token"
-    if not token.exists():
-        token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    if not uri:  # the job's own server: the driver and every node's trainers log in with its credentials
-        from ..tracking import credentials
-
-        os.environ.update(credentials.client_env(mlflow_folder(storage)))
+    _ray_token(job_dir)
+    if own_server:  # the driver and every node's trainers log in with the job's server's credentials
+        os.environ.update(credentials.client_env(mlflow_folder(sweep.storage)))
     env = {**os.environ}
     print(f"aot-ray: job {alloc.job_id} on {len(alloc.nodes)} node(s) {','.join(alloc.nodes)} "
           f"({', '.join(map(str, alloc.cpus))} CPU, {alloc.gpus} GPU per node); Ray at {alloc.addresses[0]}:"
@@ -257,49 +231,68 @@ def job(argv: list[str]) -> int:
     server = ray_ = None
     rc = 1
     try:
-        if not uri:
-            server = MlflowServer(storage, alloc.addresses[0], ports.mlflow, job_dir / "mlflow.log")
-            uri = server.uri
-            (job_dir / "mlflow_uri").write_text(uri)
-            print(f"aot-ray: MLflow UI at {uri} (user aot, password in {server.credentials}, readable by you "
-                  f"only); from your machine: ssh -L 5000:{alloc.addresses[0]}:{ports.mlflow} <login node>, then "
-                  f"http://localhost:5000. After the job: aot-ray report {sweep} --tracking-uri "
-                  f"sqlite:///{server.db}", flush=True)
+        if own_server:
+            server = MlflowServer(sweep.storage, alloc.addresses[0], ports.mlflow, job_dir / "mlflow.log")
+            sweep = sweep.at(server.uri)
+            (job_dir / "mlflow_uri").write_text(server.uri)
+            print(server.how_to_reach(path, alloc.addresses[0], ports.mlflow), flush=True)
         ray_ = JobRay(alloc, ports, job_dir, env)
         ray_.wait_joined()
-        cmd = ["run", sweep, "--address", ray_.address, "--shared-storage", "--fixed-cluster", *rest]
-        if not args.tracking_uri:
-            cmd += ["--tracking-uri", uri]
-        if not args.storage:
-            cmd += ["--storage", storage]
-        rc = cli_main(cmd)
-    except KeyboardInterrupt:
+        options = replace(RunOptions.of(flags), address=ray_.address, shared_storage=True, fixed_cluster=True)
+        rc = guarded(lambda: run_command(sweep, options))
+    except KeyboardInterrupt:  # stopped while its servers started: requeued like a stop of the sweep
         rc = 130
     finally:
         if ray_ is not None:
             ray_.stop()
         if server is not None:
             server.stop()
-    if rc == 130 and last_signal() == signal.SIGINT:  # a person's stop: scancel --batch --signal=INT
-        print(f"aot-ray: job {alloc.job_id} stopped by SIGINT: not requeued; the same sbatch command resumes the "
-              f"sweep", flush=True)
-    elif rc == 130 and os.environ.get("AOT_SLURM_REQUEUE", "1") != "0":
-        requeue(alloc.job_id)
+    _after(rc, alloc.job_id)
     return rc
 
 
-def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int | None = None,
-           time_limit: str | None = None, partition: str | None = None, account: str | None = None,
-           sbatch_args: list[str] = ()) -> str:
-    """`aot-ray slurm`: check the sweep and its run options here, then queue cluster/slurm.sbatch; returns the
-    job id. Nothing is queued for a sweep that does not load or trials that cannot fit the allocation asked for."""
-    import shutil
+def _job_dir(storage: Storage, alloc: Allocation) -> Path:
+    """The job's own folder (its logs, ports, Ray token), in the storage when it is a shared path; checked to be
+    shared across the job's nodes. A refused job leaves nothing in the storage."""
+    if storage.remote:
+        job_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"aot-ray-slurm-{alloc.job_id}"
+    else:
+        job_dir = Path(storage.root) / ".aot_ray" / "slurm" / str(alloc.job_id)
+    made = next((d for d in reversed([job_dir, *job_dir.parents]) if not d.exists()), None)  # topmost new folder
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_shared(storage, alloc, job_dir)
+    except SlurmError:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return job_dir
 
-    from ..spec import load_sweep
 
-    args = run_args(sweep, rest)
-    spec = load_sweep(sweep, args.sets)
-    check_fits(spec, [cpus_per_task or 1] * nodes, gpus_per_node, nodes)
+def _ray_token(job_dir: Path) -> None:
+    """The job's Ray runs with token authentication; the token is its owner's only."""
+    token = job_dir / "ray_auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+
+
+def _after(rc: int, job_id: int) -> None:
+    """A job stopped by a signal is requeued (it resumes the sweep), unless a person stopped it."""
+    if rc == 130 and last_signal() == signal.SIGINT:  # a person's stop: scancel --batch --signal=INT
+        print(f"aot-ray: job {job_id} stopped by SIGINT: not requeued; the same sbatch command resumes the sweep",
+              flush=True)
+    elif rc == 130 and os.environ.get("AOT_SLURM_REQUEUE", "1") != "0":
+        requeue(job_id)
+
+
+def submit(sweep: ResolvedSweep, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 0,
+           cpus_per_task: int | None = None, time_limit: str | None = None, partition: str | None = None,
+           account: str | None = None, sbatch_args: list[str] = ()) -> str:
+    """`aot-ray slurm`: with the sweep resolved and its run options (`rest`) checked here, queue
+    cluster/slurm.sbatch; returns the job id. Nothing is queued for trials that cannot fit the allocation."""
+    check_allocation_fits(sweep.spec, [cpus_per_task or 1] * nodes, gpus_per_node, nodes)
     if not SBATCH.is_file():
         raise SlurmError(f"{SBATCH} is missing: aot-ray slurm runs from a checkout of the project")
     if shutil.which("sbatch") is None:
@@ -310,7 +303,7 @@ def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 
     cmd += [f"--time={time_limit}"] if time_limit else []
     cmd += [f"--partition={partition}"] if partition else []
     cmd += [f"--account={account}"] if account else []
-    cmd += [*sbatch_args, str(SBATCH), sweep, *(["--", *rest] if rest else [])]
+    cmd += [*sbatch_args, str(SBATCH), sweep.source, *(["--", *rest] if rest else [])]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
@@ -318,16 +311,8 @@ def submit(sweep: str, rest: list[str], *, nodes: int = 1, gpus_per_node: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..execution.interrupt import terminable
-
-    try:
-        with terminable():
-            return job(sys.argv[1:] if argv is None else argv)
-    except AotError as e:
-        print(f"aot-ray: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    with terminable():
+        return guarded(lambda: job(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

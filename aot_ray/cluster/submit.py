@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import AotError
+from ..sweep import ResolvedSweep
 
-# the head's entry script, by path: importing it would close a circle (it imports the CLI, which imports this)
+# the head's entry script, by path: `ray submit` copies the file itself to the head
 ENTRY = Path(__file__).with_name("head.py").resolve()
 
 
@@ -51,26 +52,24 @@ def commands(cluster: str, sweep: str, run_args: list[str], ray: str = "ray") ->
     ]
 
 
-def submit(cluster: str, sweep: str, run_args: list[str], say=print) -> None:
-    from ..spec import load_sweep
-
+def submit(cluster: str, sweep: ResolvedSweep, run_args: list[str], say=print) -> None:
+    """Run the resolved sweep (loaded here: a bad one never reaches the cluster) on the cluster's head."""
     cfg = load_cluster(cluster)
-    spec = load_sweep(sweep)  # a bad sweep fails here, before anything reaches the cluster
     ray = shutil.which("ray")
     if ray is None:
         raise AotError("the `ray` command is not on PATH; install aot-ray into this environment")
-    for cmd in commands(cluster, sweep, run_args, ray):
+    for cmd in commands(cluster, sweep.source, run_args, ray):
         say("$ " + " ".join(cmd))
         done = subprocess.run(cmd)
         if done.returncode != 0:
             raise AotError(f"`ray {cmd[1]} {cluster} ...` failed with exit code {done.returncode} (Ray's output is "
                            f"above); if the cluster is not up: ray up {cluster}")
     name = cfg.get("cluster_name", "?")
-    say(f"sweep {spec.name} is running on cluster {name}, detached in tmux on the head.")
+    say(f"sweep {sweep.name} is running on cluster {name}, detached in tmux on the head.")
     say(f"  watch it:      ray attach {cluster} --tmux")
     say(f"  dashboard:     ray dashboard {cluster}")
     say(f"  MLflow UI:     ray exec {cluster} 'cat ~/.aot_ray/mlflow_uri' prints the server's address on the head; "
         f"tunnel its port (ssh -L 5000:THAT_ADDRESS:5000 to the head), then open http://127.0.0.1:5000")
-    say(f"  status:        ray exec {cluster} 'aot-ray status ~/aot_ray/{rel_path(sweep)} "
+    say(f"  status:        ray exec {cluster} 'aot-ray status ~/aot_ray/{rel_path(sweep.source)} "
         f"--tracking-uri $(cat ~/.aot_ray/mlflow_uri)'")
     say("  resume:        run the same `aot-ray submit` again: finished trials are kept, the rest resume")

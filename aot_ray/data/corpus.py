@@ -53,16 +53,37 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
     tok.save(str(out / "tokenizer.json"))
     t_tok = time.perf_counter() - t0
 
+    counts, size, train_count, val_count, dtype = _encode(data, where, out, tok, progress)
+    if counts["train"] == 0:
+        raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
+    if counts["val"] == 0:
+        raise DataError(f"{where}.val_fraction: no document went to validation ({counts['train']} documents); "
+                        f"raise val_fraction or add documents")
+    return {
+        "vocab_size": got,
+        "bos_id": 0,
+        "documents": counts,
+        "tokens": {"train": train_count, "val": val_count},
+        "dtype": dtype,
+        "bytes": size,
+        "tokenizer_seconds": round(t_tok, 3),
+    }
+
+
+def _encode(data: TextData | HFData, where: str, out: Path, tok: Any,
+            progress: bool) -> tuple[dict[str, int], int, int, int, str]:
+    """Encode every document into train.bin / val.bin in batches of at most BATCH_DOCS pieces or BATCH_BYTES of
+    text; returns (documents per split, text bytes, train tokens, val tokens, token dtype)."""
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only for a terminal's progress bar
 
         bar = tqdm(total=data.max_bytes, unit="B", unit_scale=True, desc=f"tokenize {where}", leave=False)
     counts = {"train": 0, "val": 0}
-    size = 0
+    size = held = 0  # text bytes in all, and in `batch`
+    got = tok.get_vocab_size()
     with TokenWriter(out / "train.bin", got) as train_w, TokenWriter(out / "val.bin", got) as val_w:
         batch: list[Piece] = []
-        held = 0  # bytes of text in `batch`
 
         def flush() -> None:
             encs = tok.encode_batch_fast([p.text for p in batch], add_special_tokens=False)
@@ -76,7 +97,7 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
             val_w.append(ids[True])
             batch.clear()
 
-        for p in document_pieces(data, where, reverse=spec.reverse_chars):
+        for p in document_pieces(data, where, reverse=data.tokenizer.reverse_chars):
             batch.append(p)
             n = len(p.text.encode("utf-8"))
             held += n
@@ -92,17 +113,4 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
             flush()
     if bar is not None:
         bar.close()
-    if counts["train"] == 0:
-        raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
-    if counts["val"] == 0:
-        raise DataError(f"{where}.val_fraction: no document went to validation ({counts['train']} documents); "
-                        f"raise val_fraction or add documents")
-    return {
-        "vocab_size": got,
-        "bos_id": 0,
-        "documents": counts,
-        "tokens": {"train": train_w.count, "val": val_w.count},
-        "dtype": train_w.dtype_name,
-        "bytes": size,
-        "tokenizer_seconds": round(t_tok, 3),
-    }
+    return counts, size, train_w.count, val_w.count, train_w.dtype_name

@@ -28,6 +28,8 @@ from ..spec.expand import content_hash
 from ..spec.schema import SYNTHETIC_KINDS, DatasetSpec, TextData
 from ..storage import Storage, is_remote
 from . import remote, tokenfile
+from .corpus import build_corpus
+from .sources import file_signature, resolve_paths
 from .synthetic import ALPHABETS, generate
 from .tokenizer import CharTokenizer
 
@@ -66,13 +68,12 @@ def data_hash(data: DatasetSpec, where: str = "data") -> str:
     if data.kind in SYNTHETIC_KINDS:
         ident["tokenizer"] = char_tokenizer(data).spec()
     if isinstance(data, TextData):
-        from .sources import file_signature, resolve_paths
 
         ident["files"] = file_signature(resolve_paths(data, where))
     return content_hash(ident, 16)
 
 
-def data_dir(root: str | Path, data: DatasetSpec, where: str = "data") -> Path:
+def data_dir(root: Storage | str | Path, data: DatasetSpec, where: str = "data") -> Path:
     return Path(Storage.of(root).data(data.kind, data_hash(data, where)))
 
 
@@ -95,19 +96,21 @@ def _build_synthetic(data: DatasetSpec, out: Path) -> dict[str, Any]:
     }
 
 
-def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: bool = False) -> tuple[Prepared, bool]:
-    """Build (or reuse) the prepared token files of `data` under `root`; returns (prepared, built_now).
-    A URI root (s3://, gs://, file://) is built in the node-local cache and published there."""
-    if is_remote(root):
+def prepare(data: DatasetSpec, root: Storage | str | Path, where: str = "data",
+            progress: bool = False) -> tuple[Prepared, bool]:
+    """Build (or reuse) the prepared token files of `data` under the storage `root`; returns (prepared,
+    built_now). A bucket (s3://, gs://, file://) is built in the node-local cache and published there."""
+    root = Storage.of(root)
+    if root.remote:
         h = data_hash(data, where)
-        uri = Storage(str(root)).data(data.kind, h)
+        uri = root.data(data.kind, h)
         if remote.remote_exists(uri):
             return dataclasses.replace(load(remote.fetch(uri)), uri=uri), False
         local, _ = prepare(data, remote.cache_root(), where, progress)
         remote.publish(local.path, uri)
         return dataclasses.replace(local, uri=uri), True
     h = data_hash(data, where)
-    final = Path(Storage.of(root).data(data.kind, h))
+    final = Path(root.data(data.kind, h))
     if (final / MARKER).is_file():
         try:
             return load(final), False
@@ -119,7 +122,6 @@ def prepare(data: DatasetSpec, root: str | Path, where: str = "data", progress: 
         if data.kind in SYNTHETIC_KINDS:
             fields = _build_synthetic(data, tmp)
         else:
-            from .corpus import build_corpus
 
             fields = build_corpus(data, where, tmp, progress=progress)
         manifest = {"format": FORMAT_VERSION, "hash": h, "source": dataclasses.asdict(data), **fields,

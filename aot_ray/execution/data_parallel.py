@@ -10,9 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..errors import AotError
 from ..spec.schema import TrialSpec
-from ..tracking import NODE, SweepContext, WORKERS
+from ..tracking import NODE, WORKERS, SweepContext, TrialTracker, client, run_holds
 from ..train.stops import StopRequested
 from .notices import notice_check, wait_to_be_stopped
 
@@ -64,16 +65,15 @@ def _dp_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from ..tracking import TrialTracker, client, run_holds
-    from ..train import MemoryTracker
-    from ..train.tracked import train_tracked
+    from ..train import RecordingTracker  # torch: in Ray Train's worker processes only, never the driver
+    from ..train.tracked_run import train_tracked
 
     trial: TrialSpec = config["trial"]
     # Ray Train sets the workers' root logger to INFO, where it logs every report of every rank (its logger is
     # named by file path, so LoggingConfig does not reach it); progress is in MLflow and Tune's table
     logging.getLogger().setLevel(logging.WARNING)
     rank = ray.train.get_context().get_world_rank()
-    tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else MemoryTracker()
+    tracker: Any = TrialTracker(config["ctx"], trial) if rank == 0 else RecordingTracker()
     if rank == 0:
         tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
         tracker.extra_tags[WORKERS] = str(trial.resources.workers)
@@ -134,7 +134,6 @@ def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: s
 
 def drop_data_parallel_runs(dp_root: str, trial_ids: list[str]) -> None:
     """Delete the Ray Train runs of these trials, so that they start over instead of resuming."""
-    from .. import storage
 
     for tid in trial_ids:
         storage.remove_tree(storage.under(dp_root, tid, what="trial id"))

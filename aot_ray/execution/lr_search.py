@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import AotError
+from ..spec import lr_search_trials
 from ..spec.schema import RunSpec
-from ..tracking import LR_SEARCH, SweepContext
+from ..storage import Storage
+from ..tracking import LR_SEARCH, ROLE, SweepContext, TrialTracker, client, find_trial_run, retry
 from .tune import tune_resources
 
 
@@ -18,9 +20,7 @@ def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepCont
     driver killed after it) counts as it is, never trained or reopened again."""
     from ray import tune
 
-    from ..spec import lr_search_trials
-    from ..tracking import TrialTracker, find_trial_run, retry
-    from ..train.tracked import train_tracked
+    from ..train.tracked_run import train_tracked  # torch: in the candidate's process only
 
     losses = []
     for trial in lr_search_trials(spec, preset, config["lr"]):
@@ -38,7 +38,6 @@ def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepCont
 def searched_candidates(ctx: SweepContext, spec: Any, preset: str) -> dict[float, float]:
     """lr -> mean final validation loss of every candidate of this preset's search whose runs (one per searched
     direction) are all FINISHED under this sweep's parent run: they count as trials of a resumed search."""
-    from ..tracking import ROLE, client, retry
 
     c = client(ctx.uri)
     runs = retry(lambda: c.search_runs(
@@ -54,14 +53,13 @@ def searched_candidates(ctx: SweepContext, spec: Any, preset: str) -> dict[float
     return {lr: sum(d[k] for k in need) / len(need) for lr, d in by_lr.items() if need <= set(d)}
 
 
-def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: str, experiment: str,
+def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: Storage, experiment: str,
               run: RunSpec, verbose: int = 1) -> tuple[float, float]:
     """Ray Tune with Optuna's TPE sampler over log-uniform lr for one preset; returns (best lr, its loss).
     MLflow is the search's record: a resumed search tells Optuna the candidates that finished earlier (they
     count towards lr_search.trials, and the sampler learns from them) and runs only the rest."""
     from ray import tune
 
-    from ..spec import lr_search_trials
 
     ls = spec.lr_search
     done = searched_candidates(ctx, spec, preset)
@@ -85,7 +83,7 @@ def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: 
     return best, results[best]
 
 
-def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: str, verbose: int,
+def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage: Storage, verbose: int,
                 done: dict[float, float], samples: int) -> Any:
     import optuna
     from ray import tune
@@ -99,6 +97,6 @@ def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage:
         trainable,
         tune_config=tune.TuneConfig(search_alg=search, num_samples=samples,
                                     max_concurrent_trials=run.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=verbose,
+        run_config=tune.RunConfig(name=experiment, storage_path=storage.root, verbose=verbose,
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures)),
     )

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .. import storage
-from ..train.tracker import NOTE, STOPPED_AT
+from ..train.tracker_api import NOTE, STOPPED_AT
 from .interrupt import stop_tune
 
 STOP_FILE = ".aot-stop"

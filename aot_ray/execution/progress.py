@@ -17,8 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-STATUS = {"FINISHED": "finished", "RUNNING": "running", "FAILED": "failed", "KILLED": "pending",
-          "SCHEDULED": "pending"}
+from ..costs import trial_cost
+from ..tracking import TRIAL_STATE, SweepRuns, client
+
+# the progress line's groups of the trial states of `tracking.TRIAL_STATE`: an interrupted trial waits to run again,
+# like one that never started (this driver resumes it)
+GROUP = {"TERMINATED": "finished", "RUNNING": "running", "ERROR": "failed", "INTERRUPTED": "pending",
+         "PENDING": "pending"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +64,7 @@ def figures(latest: dict[str, tuple[str, int]], planned: dict[str, int], gpu_hou
     gpu_done = 0.0
     for trial_id, total in planned.items():
         status, tokens = latest.get(trial_id, ("", 0))
-        state = STATUS.get(status, "pending")
+        state = GROUP.get(TRIAL_STATE.get(status, "PENDING"), "pending")
         counts[state] += 1
         got = total if state == "finished" else min(tokens, total)
         done += got
@@ -138,9 +143,8 @@ class Progress:
 
     def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
                  gpu_tflops: float = 250.0, stall_warning_s: float = 0.0) -> None:
-        from ..costs import trial_cost
-
         self.ctx, self.every_s, self.say = ctx, every_s, say
+        self.runs = SweepRuns(ctx.uri, ctx.sweep, ctx.parent_run_id)
         costs = {t.trial_id: trial_cost(t, gpu_tflops) for t in trials}
         self.planned = {k: int(c["tokens"]) for k, c in costs.items()}
         self.gpu_hours = {k: c["gpu_hours"] for k, c in costs.items()}
@@ -152,11 +156,9 @@ class Progress:
         self.stalls = Stalls(stall_warning_s)
 
     def _latest(self) -> dict[str, tuple[str, int]]:
-        from ..tracking import trial_runs
-
         out: dict[str, tuple[str, int]] = {}
         steps: dict[str, Any] = {}  # the running trials' latest train_step
-        for r in trial_runs(self.ctx.uri, self.ctx.sweep, parent_run_id=self.ctx.parent_run_id):  # newest first
+        for r in self.runs.trials():  # newest first
             tid = r.data.tags.get("trial_id")
             if tid in self.planned and tid not in out:
                 out[tid] = (r.info.status, int(r.data.metrics.get("tokens", 0)))
@@ -182,7 +184,6 @@ class Progress:
         try:
             from mlflow.entities import Metric
 
-            from ..tracking import client
 
             now, step = int(time.time() * 1000), int(elapsed)
             client(self.ctx.uri).log_batch(self.ctx.parent_run_id,

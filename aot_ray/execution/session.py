@@ -10,8 +10,10 @@ import sys
 import warnings
 from typing import Any, Iterator
 
+from ..data.prepare import prepare
 from ..errors import AotError
-from ..storage import is_remote
+from ..storage import Storage
+from . import own_ray
 from .interrupt import keep_sigterm
 
 
@@ -77,7 +79,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
                       "on every interface, not only 127.0.0.1 (`aot-ray run` imports Ray only once it starts it)")
     import ray
 
-    from . import own_ray
 
     if own and owner:
         left = own_ray.clean_up_left(owner)
@@ -97,12 +98,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
                 own_ray.forget(owner)
 
 
-def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bool) -> dict[str, tuple[str, bool, dict]]:
+def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: Storage, progress: bool) -> dict[str, tuple[str, bool, dict]]:
     """Prepare distinct datasets in parallel, one Ray task each: {hash: (where, spec)} -> {hash: (path, built, manifest)}."""
     import ray
     from ray.exceptions import RayTaskError
 
-    from ..data.prepare import prepare
 
     @ray.remote(num_cpus=1)
     def _prepare(data: Any, where: str) -> tuple[str, bool, dict]:
@@ -121,13 +121,13 @@ def prepare_on_ray(items: dict[str, tuple[str, Any]], storage: str, progress: bo
     return out
 
 
-def check_cluster(storage: str, uri: str, shared_storage: bool) -> int:
+def check_cluster(storage: Storage, uri: str, shared_storage: bool) -> int:
     """On more than one node, refuse storage or tracking that only one node can reach; returns the node count."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1:
-        if not is_remote(storage) and not shared_storage:
+        if not storage.remote and not shared_storage:
             raise AotError(
                 f"storage {storage} is a local path and the cluster has {len(nodes)} nodes: trials on other nodes "
                 f"could not read its prepared data or checkpoints; use s3://... or gs://..., or a shared file system "

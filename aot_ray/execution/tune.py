@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..storage import Storage, under
-from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped
+from ..costs import resources_of
 from ..errors import disk_full
 from ..spec.schema import RunSpec, TrialSpec
+from ..storage import Storage, under
+from ..tracking import ERROR, NODE, SweepContext, SweepRuns, TrialTracker, find_trial_run, retry
 from ..train.stops import StopRequested
-from ..tracking import NODE, SweepContext
+from . import tune_state
+from .data_parallel import drop_data_parallel_runs, run_data_parallel
+from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped
+from .tune_state import trial_checkpoints
+
 
 @dataclass(frozen=True)
 class TrialOutcome:
@@ -30,17 +34,6 @@ class TrialOutcome:
     ok: bool
     error: str | None
     val_loss: float | None
-
-
-def resources_of(trial: TrialSpec) -> dict[str, float]:
-    """What the trial asks for in all: per worker, times `workers` for a data-parallel trial (shown by `plan`)."""
-    r = trial.resources
-    out: dict[str, float] = {"workers": r.workers} if r.workers > 1 else {}
-    out["cpu"] = r.cpu
-    if r.gpu:
-        out["gpu"] = r.gpu
-    out.update(r.custom)
-    return out
 
 
 DRIVER_MEMORY = 256 * 2**20  # bytes: a Tune function process that imports ray.train, not torch
@@ -62,9 +55,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     was rebuilt)."""
     from ray import tune
 
-    from ..tracking import TrialTracker
-    from ..train.tracked import train_tracked
-    from .tune_state import trial_checkpoints
+    from ..train.tracked_run import train_tracked  # torch: in the trainer's process only
 
     trial = trials[config["trial_id"]]
     done = finished_run(ctx, trial)
@@ -115,8 +106,6 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
 
 def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
     """The trial's MLflow run under this sweep's parent run when it is FINISHED, else None."""
-    from ..tracking import find_trial_run, retry
-
     run = retry(lambda: find_trial_run(ctx.uri, ctx.experiment_id, trial.trial_id, ctx.parent_run_id))
     return run if run is not None and run.info.status == "FINISHED" else None
 
@@ -135,68 +124,117 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_trials(
-    pending: list[TrialSpec],
-    all_trials: list[TrialSpec],
-    ctx: SweepContext,
-    *,
-    data: dict[str, str],
-    storage: str,
-    experiment: str,
-    run: RunSpec,
-    restart_errored: bool = False,
-    verbose: int = 1,
-    say: Any = print,
-    start_over: frozenset[str] = frozenset(),
-    stop: GracefulStop | None = None,
-) -> tuple[list[TrialOutcome], bool]:
-    """Run the `pending` trials (those of `all_trials` not finished in MLflow) as the Tune experiment
-    `storage/experiment`. Returns (outcomes, resumed: whether an earlier run of it left state behind).
+@dataclass(frozen=True, kw_only=True)
+class TuneJob:
+    """One Tune experiment of a sweep: the `pending` trials (those of `all_trials` not finished in MLflow), run
+    as `storage/experiment`. `data`: trial id -> its prepared data. `start_over`: trials that begin from step 0
+    whatever checkpoints they have (those whose data changed since their last run); `restart_errored`: errored
+    ones too. `stop`: the driver's own stop of the sweep (a lost lease), which posts the experiment's stop notice
+    to the trials."""
+
+    pending: list[TrialSpec]
+    all_trials: list[TrialSpec]
+    ctx: SweepContext
+    data: dict[str, str]
+    storage: Storage
+    experiment: str
+    run: RunSpec
+    restart_errored: bool = False
+    verbose: int = 1
+    say: Any = print
+    start_over: frozenset[str] = frozenset()
+    stop: GracefulStop | None = None
+
+    @property
+    def path(self) -> str:
+        return self.storage.experiment(self.experiment)
+
+    @property
+    def by_id(self) -> dict[str, TrialSpec]:
+        return {t.trial_id: t for t in self.all_trials}
+
+
+def run_trials(job: TuneJob) -> tuple[list[TrialOutcome], bool]:
+    """Run the job's trials. Returns (outcomes, resumed: whether an earlier run of it left state behind).
 
     Tune's saved state is a cache, never restored: MLflow says which trials are finished (they are not pending)
     and the checkpoints in storage where the others stand. So a resumed sweep continues each unfinished or
     errored trial from its newest readable checkpoint (errored ones start over with `restart_errored`), runs
     with this run's callbacks and verbosity, and an unreadable state (a disk that filled up while Tune saved it)
-    costs one line: it is set aside and the experiment goes on. `start_over`: trials that begin from step 0
-    whatever checkpoints they have (those whose data changed since their last run). `stop`: the driver's own
-    stop of the sweep (a lost lease), which posts the experiment's stop notice to the trials."""
+    costs one line: it is set aside and the experiment goes on."""
+    from ray import tune
+
+    resumed = tune.Tuner.can_restore(job.path)
+    if resumed:
+        _set_aside_unreadable(job.path, job.say)
+    if not job.pending:
+        return [], resumed
+    notice = StopNotice(job.path)
+    notice.clear()  # one an earlier driver posted: its trials are gone, and this driver's must not stop
+    from_storage = _resume_from_storage(job, resumed)
+    one_line_tune_errors()
+    # --quiet: the driver's progress line is all that is printed while the sweep runs. Tune's legacy reporter
+    # prints nothing at verbose 0 (the new one still prints its experiment box and result paths); set for this
+    # fit only, so that nothing else in the process (a test's next driver, say) inherits it
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    try:
+        with _environ(quiet if job.verbose == 0 else {}), \
+                (job.stop.tune(notice) if job.stop else contextlib.nullcontext()):
+            grid = _tuner(job, from_storage, notice).fit()
+    except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
+        job.say(f"Tune's results could not be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); the trials' outcomes are MLflow's")
+        return outcomes_from_mlflow(job.ctx, job.pending), resumed
+    return [_outcome(result) for result in grid], resumed
+
+
+def _set_aside_unreadable(path: str, say: Any) -> None:
+    bad = tune_state.problem(path)
+    if bad is not None:
+        aside = tune_state.set_aside(path)
+        say(f"Tune state at {path} is unreadable ({bad}); set aside in {aside}; rebuilt from MLflow (finished "
+            f"trials are kept) and the checkpoints in storage")
+
+
+def _resume_from_storage(job: TuneJob, resumed: bool) -> frozenset[str]:
+    """The pending trials that continue from their checkpoints in storage; the checkpoints (and Ray Train runs)
+    of those that start over are dropped first."""
+    by_id = job.by_id
+    errored = failed_trial_ids(job.ctx, job.pending) if job.restart_errored and resumed else set()
+    errored |= {t.trial_id for t in job.pending} & set(job.start_over)
+    drop_data_parallel_runs(_dp_root(job.path), [t for t in errored if by_id[t].resources.workers > 1])
+    tune_state.drop_trial_checkpoints(job.path, sorted(errored))
+    if not resumed:
+        return frozenset()
+    from_storage = frozenset(t.trial_id for t in job.pending if t.trial_id not in errored)
+    job.say(f"resuming {len(from_storage)} unfinished trial(s) of {job.path} from their newest checkpoints"
+            + (f"; {len(errored)} trial(s) start over (errored, or their data changed)" if errored else ""))
+    return from_storage
+
+
+def _dp_root(path: str) -> str:
+    return f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
+
+
+def _tuner(job: TuneJob, from_storage: frozenset[str], notice: StopNotice) -> Any:
     from ray import tune
 
     # the driver's side only: trainer processes import this module too, and need neither the report's reader
     # nor the sign test (scipy, the aggregate package)
     from ..aggregate.read import Reader
-    from ..signs import expected_pairs, sign_callback
-    from . import tune_state
+    from ..signs import expected_pairs
+    from .sign_callback import SignCallback  # Tune's Callback: Ray on the driver's side only
 
-    path = Storage(storage).experiment(experiment)
-    resumed = tune.Tuner.can_restore(path)
-    if resumed:
-        bad = tune_state.problem(path)
-        if bad is not None:
-            aside = tune_state.set_aside(path)
-            say(f"Tune state at {path} is unreadable ({bad}); set aside in {aside}; rebuilt from MLflow (finished "
-                f"trials are kept) and the checkpoints in storage")
-    if not pending:
-        return [], resumed
-    notice = StopNotice(path)
-    notice.clear()  # one an earlier driver posted: its trials are gone, and this driver's must not stop
-    by_id = {t.trial_id: t for t in all_trials}
-    dp_root = f"{path}/data-parallel"  # Ray Train runs of data-parallel trials, one folder per trial id
-    errored = failed_trial_ids(ctx, pending) if restart_errored and resumed else set()
-    errored |= {t.trial_id for t in pending} & set(start_over)
-    drop_data_parallel_runs(dp_root, [t for t in errored if by_id[t].resources.workers > 1])
-    tune_state.drop_trial_checkpoints(path, sorted(errored))
-    from_storage = frozenset(t.trial_id for t in pending if t.trial_id not in errored) if resumed else frozenset()
-    if resumed:
-        say(f"resuming {len(from_storage)} unfinished trial(s) of {path} from their newest checkpoints"
-            + (f"; {len(errored)} trial(s) start over (errored, or their data changed)" if errored else ""))
-    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=data, dp_root=dp_root, root=path,
-                                     from_storage=from_storage)
+    by_id, ctx, run = job.by_id, job.ctx, job.run
+    trainable = tune.with_parameters(_trainable, trials=by_id, ctx=ctx, data=job.data, dp_root=_dp_root(job.path),
+                                     root=job.path, from_storage=from_storage)
     trainable = tune.with_resources(trainable, resources=lambda config: tune_resources(by_id[config["trial_id"]]))
     name_of = lambda t: t.config["trial_id"]  # noqa: E731
-    tuner = tune.Tuner(
+    signs = SignCallback(functools.partial(Reader, ctx.uri, ctx.sweep, ctx.parent_run_id), run.sign_interval_s,
+                          run.stop_on_sign, expected_pairs(job.all_trials))
+    return tune.Tuner(
         trainable,
-        param_space={"trial_id": tune.grid_search([t.trial_id for t in pending])},
+        param_space={"trial_id": tune.grid_search([t.trial_id for t in job.pending])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=run.max_concurrent_trials,
             reuse_actors=True,  # saves the torch/transformers import per trial
@@ -204,37 +242,23 @@ def run_trials(
             trial_dirname_creator=name_of,
         ),
         run_config=tune.RunConfig(
-            name=experiment,
-            storage_path=storage,
+            name=job.experiment,
+            storage_path=job.storage.root,
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in pending)),
-            verbose=verbose,
-            callbacks=[sign_callback(functools.partial(Reader, ctx.uri, ctx.sweep, ctx.parent_run_id),
-                                     run.sign_interval_s, run.stop_on_sign, expected_pairs(all_trials)),
-                       trial_notes(say, notice)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in job.pending)),
+            verbose=job.verbose,
+            callbacks=[signs, trial_notes(job.say, notice)],
         ),
     )
-    one_line_tune_errors()
-    # --quiet: the driver's progress line is all that is printed while the sweep runs. Tune's legacy reporter
-    # prints nothing at verbose 0 (the new one still prints its experiment box and result paths); set for this
-    # fit only, so that nothing else in the process (a test's next driver, say) inherits it
-    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    try:
-        with _environ(quiet if verbose == 0 else {}), (stop.tune(notice) if stop else contextlib.nullcontext()):
-            grid = tuner.fit()
-    except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
-        say(f"Tune's results could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"the trials' outcomes are MLflow's")
-        return outcomes_from_mlflow(ctx, pending), resumed
-    outcomes = []
-    for result in grid:
-        err = None
-        if result.error is not None:
-            text = str(result.error).strip()
-            err = text.splitlines()[-1] if text else type(result.error).__name__
-        loss = (result.metrics or {}).get("val_loss")
-        outcomes.append(TrialOutcome(result.config["trial_id"], result.error is None, err, loss))
-    return outcomes, resumed
+
+
+def _outcome(result: Any) -> TrialOutcome:
+    err = None
+    if result.error is not None:
+        text = str(result.error).strip()
+        err = text.splitlines()[-1] if text else type(result.error).__name__
+    loss = (result.metrics or {}).get("val_loss")
+    return TrialOutcome(result.config["trial_id"], result.error is None, err, loss)
 
 
 class _OneLine(logging.Filter):
@@ -263,19 +287,15 @@ def one_line_tune_errors() -> None:
 
 def failed_trial_ids(ctx: SweepContext, trials: list[TrialSpec]) -> set[str]:
     """The trials whose run under this sweep's parent run ended FAILED."""
-    from ..tracking import trial_runs
-
     ids = {t.trial_id for t in trials}
-    return {r.data.tags.get("trial_id") for r in trial_runs(ctx.uri, ctx.sweep, "FAILED", ctx.parent_run_id)
+    return {r.data.tags.get("trial_id") for r in SweepRuns(ctx.uri, ctx.sweep, ctx.parent_run_id).trials("FAILED")
             if r.data.tags.get("trial_id") in ids}
 
 
 def outcomes_from_mlflow(ctx: SweepContext, trials: list[TrialSpec]) -> list[TrialOutcome]:
     """Each trial's outcome as its MLflow run records it (where Tune's own record cannot be read)."""
-    from ..tracking import ERROR, trial_runs
-
     runs: dict[str, Any] = {}
-    for r in trial_runs(ctx.uri, ctx.sweep, parent_run_id=ctx.parent_run_id):  # newest first
+    for r in SweepRuns(ctx.uri, ctx.sweep, ctx.parent_run_id).trials():  # newest first
         runs.setdefault(r.data.tags.get("trial_id"), r)
     out = []
     for t in trials:

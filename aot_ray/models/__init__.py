@@ -38,7 +38,7 @@ def gpt2_config(model: ModelSpec, vocab_size: int, context_length: int, bos_id: 
 def build_model(model: ModelSpec, vocab_size: int, context_length: int, bos_id: int = 0) -> "torch.nn.Module":
     shape = resolve_shape(model)
     if shape.arch in RECURRENT:
-        from .recurrent import RecurrentLM
+        from .recurrent import RecurrentLM  # torch: only where a model is built (plan never does)
 
         return RecurrentLM(shape.arch, vocab_size, shape.n_embd, shape.n_layer, model.dropout, model.tie_embeddings)
     from transformers import GPT2LMHeadModel

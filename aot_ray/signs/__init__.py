@@ -10,18 +10,17 @@ look only once every pair of the cell planned to reach it has (`waiting`): decid
 report first would spend a look on fewer seeds than the report later finds there. `run.stop_on_sign` stops a
 cell (all of its pairs together, tag `aot.stop_at`) once the test has held one sign at `looks` consecutive looks.
 
-Used while a sweep runs (`sign_callback`: a Tune callback that hands each refresh to a thread of the driver, so
-Tune's event loop never waits on MLflow) and by the report (`aggregate.assemble` and `aggregate.write`). Both read through
-`aggregate.read.Reader`, which the caller makes: this package needs only its `curve`, `client`, `records` and
-`runs`. cells.py holds the test on cells (pure but for reading curves), watch.py the refresh that costs what
-changed (`Watcher`) and the writes, callback.py the Tune callback.
+Used while a sweep runs (`execution.sign_callback`: a Tune callback that hands each refresh to a thread of the
+driver, so Tune's event loop never waits on MLflow) and by the report (`aggregate.assemble` and
+`aggregate.reporting`). Both read through `aggregate.read.Reader`, which the caller makes: this package needs
+only its `curve`, `client`, `records` and `runs`. cells.py holds the test on cells (pure but for reading curves),
+watch.py the refresh that costs what changed (`Watcher`) and the writes.
 """
 
-from .callback import sign_callback
 from .cells import (DEFAULT, SIGN_METRICS, cells_of, evaluate, expected_pairs, plan_looks, read_curves, sequences,
                     stop_step, waiting_pairs, word)
 from .watch import MARGIN_S, Watcher, log_metrics, request_stops, update
 
 __all__ = ["DEFAULT", "MARGIN_S", "SIGN_METRICS", "Watcher", "cells_of", "evaluate", "expected_pairs", "log_metrics",
-           "plan_looks", "read_curves", "request_stops", "sequences", "sign_callback", "stop_step", "update",
+           "plan_looks", "read_curves", "request_stops", "sequences", "stop_step", "update",
            "waiting_pairs", "word"]

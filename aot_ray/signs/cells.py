@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import stats
 from ..spec.schema import SignStopSpec, TrialSpec
+from ..stats import delta
 
 # aot_sign_step: the look's step as a value, so one search tells how far each run's looks are logged
 SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds", "aot_sign_step")
@@ -50,7 +51,6 @@ def sequences(curves: Curves, *, alpha: float = DEFAULT.alpha, start: dict[str, 
     """cell_key -> the sequential test over its looks (pure); alpha is spent over `planned[cell]` looks where
     known, else as 6 alpha / (pi^2 k^2). With `waiting` (cell_key -> the pairs still expected to evaluate), a
     step counts only once each of those pairs has both directions there."""
-    from ..stats import delta
 
     by_cell: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _, (cell, fw, bw) in sorted(curves.items()):

@@ -46,6 +46,41 @@ def _expected(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(path, f"must be true or false, got {describe(value)}")
+    return value
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be an integer, got {describe(value)}")
+    return value
+
+
+def _float(value: Any, path: str) -> float:
+    if isinstance(value, str):
+        # PyYAML reads `1e-3` (no dot) as a string; accept it, as a researcher would expect
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"must be a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise SpecError(path, f"must be a finite number, got {value}")
+    return float(value)
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a string, got {describe(value)}")
+    return value
+
+
+_SCALARS = {bool: _bool, int: _int, float: _float, str: _str}
+
+
 def coerce(tp: Any, value: Any, path: str) -> Any:
     """Check `value` against the annotation `tp` (and convert YAML's string floats such as `1e-3`)."""
     optional, inner = _is_optional(tp)
@@ -70,30 +105,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in choices:
             raise SpecError(path, f"must be one of {', '.join(map(str, choices))}; got {describe(value)}")
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(path, f"must be true or false, got {describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"must be an integer, got {describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # PyYAML reads `1e-3` (no dot) as a string; accept it, as a researcher would expect
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(path, f"must be a number, got {describe(value)}")
-        if not math.isfinite(value):
-            raise SpecError(path, f"must be a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SpecError(path, f"must be a string, got {describe(value)}")
-        return value
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, path)
     if origin is dict:
         _, item = typing.get_args(tp)
         if not isinstance(value, dict):

@@ -16,7 +16,7 @@ MAX_TRIAL_ID = 200
 
 
 def check_lr_search(spec: SweepSpec) -> None:
-    from .expand import lr_search_trials
+    from .expand import lr_search_trials  # expand imports this module's checks: a circle at import time
 
     ls = spec.lr_search
     if ls.high <= ls.low:
@@ -59,7 +59,7 @@ def check_model(model: ModelSpec, path: str) -> None:
 
 def check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
     """A `language` axis needs datasets with `{lang}` placeholders, and `{lang}` needs a language axis."""
-    from .expand import lang_fields
+    from .expand import lang_fields  # expand imports this module's checks: a circle at import time
 
     for name in datasets:
         fields = lang_fields(data[name])
@@ -77,7 +77,7 @@ def check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
 
 def check_trials(spec: SweepSpec) -> None:
     """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
-    from .expand import expand
+    from .expand import expand  # expand imports this module's checks: a circle at import time
 
     for trial in expand(spec):
         axes = dict(trial.axes)

@@ -1,9 +1,19 @@
-"""The sweep, driven end to end, above Ray's execution layer: `SweepPlan` (plan.py: built once, what `plan` shows
-and `run` executes), preview.py (`aot-ray plan`'s figures) and render.py (as text), status.py (`aot-ray status`),
-options.py (the command line's settings over the YAML's `run:` section), drive.py (`prepare` and `run`)."""
+"""The sweep, driven end to end, above Ray's execution layer:
+- resolved.py: `ResolvedSweep`, a sweep resolved once (spec with `--set` and searched rates, storage, tracking
+  store, its runs), which every command and cluster entry takes;
+- options.py: the command line's flags over a sweep (`RunOptions`, the `run` flags' parser the entries share);
+- sweep_plan.py: `SweepPlan`, its trials, data versions, datasets, GPU checks and `standing` in MLflow;
+- plan.py and plan_text.py: `aot-ray plan`, the dry run of `run`, and its text;
+- prepare.py: `aot-ray prepare`; drive.py: `aot-ray run`; status.py: `aot-ray status`;
+- commands.py: each command's core (what it prints, its exit code)."""
 
-from .drive import RunOutcome, prepare_local, run
-from .options import RunOptions, resolve_storage
-from .plan import SweepPlan
+from .commands import ReportOptions, plan_command, prepare_command, report_command, run_command, status_command
+from .drive import RunOutcome, run
+from .options import RunOptions
+from .prepare import prepare_local
+from .resolved import ResolvedSweep, by_name, resolve
+from .sweep_plan import SweepPlan
 
-__all__ = ["RunOptions", "RunOutcome", "SweepPlan", "prepare_local", "resolve_storage", "run"]
+__all__ = ["ReportOptions", "ResolvedSweep", "RunOptions", "RunOutcome", "SweepPlan", "by_name", "plan_command",
+           "prepare_command", "prepare_local", "report_command", "resolve", "run", "run_command",
+           "status_command"]

@@ -1,23 +1,19 @@
-"""The command line's settings beside a sweep's YAML, in one place: `RunOptions` (the flags of `aot-ray run`, met
-with the YAML's `run:` section by `run_spec`) and where a sweep's storage is when no flag names it."""
+"""The command line's settings beside a sweep's YAML, in one place: the flags that say where a sweep's runs and
+files are (`--tracking-uri`, `--storage`, `--set`, `--parent`), the flags of `aot-ray run` (`RunOptions`, met with
+the YAML's `run:` section by `run_spec`), and their parser, which `aot-ray run`, the Slurm job and a cluster's
+head share (`run_flags`, `parse_run`): a bad option is the same one-line error wherever it is given."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+import argparse
+from dataclasses import dataclass, fields, replace
 
-from ..spec import RunSpec, SignStopSpec, SweepSpec
-from ..storage import is_remote
+from ..errors import AotError
+from ..spec import RunSpec, SignStopSpec
 
-
-def resolve_storage(flag: str | None, spec: SweepSpec, cwd: str | Path | None = None) -> str:
-    """--storage, else the sweep's run.storage, else ./aot_results; a local path made absolute (the trainers and
-    Tune run in other working folders)."""
-    raw = flag or spec.run.storage or "aot_results"
-    if is_remote(raw):
-        return raw
-    return str((Path(cwd or os.getcwd()) / raw).resolve())
+SET_HELP = ("override a YAML field before validation (repeatable): a dotted path, e.g. --set "
+            "defaults.train.steps=100, --set data.local.paths='[\"corpora/{lang}.txt\"]'; under grid the rest is the "
+            "axis name: --set grid.seed='[0,1]', --set grid.optim.lr='[1.0e-3,2.0e-3]'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,3 +39,83 @@ class RunOptions:
         if self.shared_storage:
             run = replace(run, shared_storage=True)
         return run
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> "RunOptions":
+        """From the flags `run_flags` parsed (`--quiet` is verbose 0)."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**given, verbose=0 if args.quiet else 1)
+
+
+def count(least: int):
+    """An argparse type: an integer of at least `least` (argparse then names the flag in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
+        return n
+
+    return parse
+
+
+def set_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+
+
+def parent_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run to read (its id or a prefix of it; "
+                                                      "default: the newest, i.e. the last --fresh start)")
+
+
+def tracking_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the sweep's "
+                                          "run.tracking_uri, else sqlite:///mlflow.db in this folder)")
+
+
+def storage_flag(p: argparse.ArgumentParser, help: str = "results, checkpoints and prepared data (default: the "
+                                                          "sweep's run.storage, else ./aot_results)") -> None:
+    p.add_argument("--storage", help=help)
+
+
+def run_flags(p: argparse.ArgumentParser) -> None:
+    """Every option of `aot-ray run` after its sweep."""
+    tracking_flag(p)
+    storage_flag(p)
+    set_flags(p)
+    p.add_argument("--address", help="address of a running Ray cluster (default: start Ray locally)")
+    p.add_argument("--num-cpus", type=count(1), help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-gpus", type=count(0), help="GPUs for a local Ray (default: all)")
+    p.add_argument("--max-concurrent-trials", type=count(1), help="override run.max_concurrent_trials")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.add_argument("--stop-on-sign", action="store_true",
+                   help="stop each forward/backward pair once the sequential test has established the sign of its "
+                        "gap (run.stop_on_sign in the YAML sets the level and when; this flag adds the defaults)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage path (and SQLite file) is on a file system every node mounts")
+    p.add_argument("--fixed-cluster", action="store_true",
+                   help="the cluster at --address cannot grow (a Slurm job): a trial no node can hold is refused "
+                        "instead of waiting for an autoscaler")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--restart-errored", action="store_true",
+                       help="when resuming, start errored trials from scratch instead of from their checkpoints")
+    again.add_argument("--fresh", action="store_true",
+                       help="start a new sweep: a new parent run and Tune state (earlier runs stay in MLflow)")
+
+
+class _Refusing(argparse.ArgumentParser):
+    """A parser whose bad option is an AotError (one line, exit 2 from whichever entry called it), not a
+    SystemExit from inside a Slurm job or a head's entry."""
+
+    def error(self, message: str):
+        raise AotError(f"aot-ray run options: {message}")
+
+
+def parse_run(sweep: str, rest: list[str]) -> argparse.Namespace:
+    """The `aot-ray run` options given after a sweep (a Slurm job's and a head's forwarded options)."""
+    p = _Refusing(prog="aot-ray run", add_help=False)
+    p.add_argument("sweep")
+    run_flags(p)
+    return p.parse_args([sweep, *rest])

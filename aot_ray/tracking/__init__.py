@@ -5,7 +5,7 @@
 - `tracker`: one trial's run as the trainer writes it (`TrialTracker`);
 - `lease`: one driver per sweep, and the watch on the store.
 
-The names other layers use are here, so that `from aot_ray import tracking` and `tracking.trial_runs(...)` read
+The names other layers use are here, so that `from aot_ray import tracking` and `tracking.SweepRuns(...)` read
 as they always did.
 """
 
@@ -19,14 +19,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, ROLE, STOP_AT,  # noqa: E402
-                   SUPERSEDED, SUPERSEDED_BY, WORKERS, SweepContext, SweepRuns, chosen_parent, end_sweep, experiment_id,
-                   find_parent, find_trial_run, finished_trial_ids, record_lr, record_sign_rule, searched_lrs,
-                   sign_rule, stale_trial_runs, start_sweep, supersede, trial_runs)
+                   SUPERSEDED, SUPERSEDED_BY, TRIAL_STATE, WORKERS, SweepContext, SweepRuns, end_sweep,
+                   find_trial_run, record_lr, record_sign_rule, sign_rule)
 from .store import client, retry  # noqa: E402
-from .tracker import TrialTracker, run_holds  # noqa: E402
+from .trial_tracker import TrialTracker, run_holds  # noqa: E402
 
 __all__ = ["AXES", "DATA_VERSION", "ERROR", "INTERRUPTED", "LR_SEARCH", "NODE", "ROLE", "STOP_AT", "SUPERSEDED",
-           "SUPERSEDED_BY", "WORKERS", "SweepContext", "SweepRuns", "TrialTracker", "chosen_parent", "client",
-           "end_sweep", "experiment_id", "find_parent", "find_trial_run", "finished_trial_ids", "record_lr",
-           "record_sign_rule", "retry", "run_holds", "searched_lrs", "sign_rule", "stale_trial_runs",
-           "start_sweep", "supersede", "trial_runs"]
+           "SUPERSEDED_BY", "TRIAL_STATE", "WORKERS", "SweepContext", "SweepRuns", "TrialTracker", "client",
+           "end_sweep", "find_trial_run", "record_lr", "record_sign_rule", "retry", "run_holds", "sign_rule"]

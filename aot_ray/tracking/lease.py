@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AotError
-from .store import reason
+from .runs import SweepRuns
+from .store import client, reason, sqlite_path, store_exists, store_writable
 
 LEASE, RENEWED = "aot.driver", "aot.driver_renewed"
 TTL_S = 90.0  # a lease not renewed for this long has expired
@@ -112,12 +113,10 @@ class Holder:
 
 def _raw(uri: str, sweep: str) -> tuple[dict, float] | None:
     """The lease's tags as written (info, renewed), or None: no store, no experiment, no lease."""
-    from .runs import experiment_id
-    from .store import client, store_exists
 
     if not store_exists(uri):
         return None  # no store yet, so no lease (and reading would create the database)
-    exp_id = experiment_id(uri, sweep, create=False)
+    exp_id = SweepRuns(uri, sweep).experiment()
     if exp_id is None:
         return None
     tags = client(uri).get_experiment(exp_id).tags
@@ -142,7 +141,6 @@ def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
 
 def sqlite_identity(uri: str) -> tuple[int, int] | None:
     """(device, inode) of a SQLite store's file, None for other stores."""
-    from .store import sqlite_path
 
     db = sqlite_path(uri)
     if db is None:
@@ -157,7 +155,6 @@ def sqlite_identity(uri: str) -> tuple[int, int] | None:
 def sqlite_gone(uri: str, identity: tuple[int, int] | None) -> str | None:
     """Why a SQLite store can no longer take this driver's writes (its file deleted, replaced or made
     read-only), else None. Other stores show it by refusing writes."""
-    from .store import sqlite_path, store_writable
 
     db = sqlite_path(uri)
     if db is None or identity is None:
@@ -197,11 +194,9 @@ class Lease:
 
     def _write(self, with_info: bool) -> float:
         """Write the lease (`with_info`: who holds it too) stamped now; returns the stamp's time.monotonic."""
-        from .runs import experiment_id
-        from .store import client
 
         c = client(self.uri)
-        exp_id = bounded(lambda: experiment_id(self.uri, self.sweep, create=True))
+        exp_id = bounded(lambda: SweepRuns(self.uri, self.sweep).experiment(create=True))
         stamp, at = time.time(), time.monotonic()
         if with_info:
             bounded(lambda: c.set_experiment_tag(exp_id, LEASE, self._info()))
@@ -271,11 +266,9 @@ class Lease:
         try:
             raw = bounded(lambda: _raw(self.uri, self.sweep))
             if raw is not None and raw[0].get("token") == self.token:
-                from .runs import experiment_id
-                from .store import client
 
                 bounded(lambda: client(self.uri).set_experiment_tag(
-                    experiment_id(self.uri, self.sweep, create=False), RENEWED, "0"))
+                    SweepRuns(self.uri, self.sweep).experiment(), RENEWED, "0"))
         except Exception:  # an unreachable store: the lease expires by itself
             pass
 

@@ -25,7 +25,15 @@ PID, HOST, ATTEMPT = "aot.pid", "aot.host", "aot.attempt"  # on a trial run: who
 DATA_VERSION = "aot.data_version"  # on a trial run: the content hash of the prepared data it read
 SUPERSEDED, SUPERSEDED_BY = "superseded", "aot.superseded_by"  # role (and the new data version) of a finished
 # run whose data changed after it ran: out of the sweep's trials, kept for its history
+LR_TAG = "aot.lr."  # + model preset: the learning rate the sweep's search chose, on the parent run
+# the one map from a run's MLflow status to a trial's state (Tune's words): `status` shows it, the progress line
+# counts by it; KILLED is a run ended by a signal or a lost store, resumed by the next `run`
+TRIAL_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING",
+               "SCHEDULED": "PENDING"}
 TRIAL_TAGS = ("sweep", "trial_id", "pair_key", "cell_key", "direction", "dataset", "model", "context_length", "seed")
+
+
+RUN_ID_LENGTH = 32  # MLflow's run ids: 32 hex digits
 
 
 def _quote(value: str) -> str:
@@ -62,9 +70,18 @@ class SweepRuns:
 
     def __init__(self, uri: str, sweep: str, parent_run_id: str | None = None) -> None:
         self.uri, self.sweep = uri, sweep
-        self.client = client(uri)
-        self._parent_id = parent_run_id
+        self.given_parent = parent_run_id  # the parent run asked for (`--parent`: an id or a prefix), None: the newest
+        # a whole run id is used as it is (a trainer's own lookups cost no query); a prefix is found by `chosen`
+        self._parent_id = parent_run_id if parent_run_id and len(parent_run_id) == RUN_ID_LENGTH else None
         self._exp: str | None = None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """MLflow's client, made at first use (a handle that is never used touches no store)."""
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
 
     def experiment(self, create: bool = False) -> str | None:
         """The sweep's experiment id (created with `create`), None when there is none yet."""
@@ -89,6 +106,8 @@ class SweepRuns:
         """The parent run given, else the newest; None when the sweep has none."""
         if self._parent_id is not None:
             return self.client.get_run(self._parent_id)
+        if self.given_parent is not None:
+            return self.chosen()[0]
         newest = self.parents(newest_only=True)
         return newest[0] if newest else None
 
@@ -123,56 +142,67 @@ class SweepRuns:
             if not token:
                 return out
 
+    def chosen(self) -> tuple[Any, list]:
+        """(the parent run a report or status reads, the sweep's other parent runs newest first): the one given
+        (an id or a prefix of one: it must be a parent run of this sweep), else the newest. (None, []) when the
+        sweep has no run yet."""
+        every = self.parents()
+        run_id = self.given_parent
+        if run_id is None:
+            return (every[0], every[1:]) if every else (None, [])
+        match = [r for r in every if r.info.run_id == run_id or r.info.run_id.startswith(run_id)]
+        if len(match) != 1:
+            known = ", ".join(r.info.run_id for r in every) or "none"
+            raise TrackingError(f"--parent {run_id}: {'no' if not match else 'more than one'} parent run of sweep "
+                                f"{self.sweep!r} matches (its parent runs: {known})")
+        return match[0], [r for r in every if r.info.run_id != match[0].info.run_id]
 
-def experiment_id(uri: str, sweep: str, create: bool) -> str | None:
-    return SweepRuns(uri, sweep).experiment(create)
+    def start(self, spec_text: str, fresh: bool = False) -> SweepContext:
+        """Get or create the sweep's experiment and parent run (a new one with `fresh`); record the sweep YAML.
+        This handle then reads that parent run."""
+        exp_id = self.experiment(create=True)
+        c = self.client
+        parent = None if fresh else self.parent()
+        if parent is None:
+            run_id = c.create_run(exp_id, run_name=self.sweep, tags={ROLE: "sweep", "sweep": self.sweep}).info.run_id
+        else:
+            run_id = parent.info.run_id
+            c.update_run(run_id, status="RUNNING")
+        c.log_text(run_id, spec_text, "sweep.yaml")
+        self._parent_id = run_id
+        return SweepContext(uri=self.uri, experiment_id=exp_id, parent_run_id=run_id, sweep=self.sweep)
+
+    def searched_lrs(self) -> dict[str, float]:
+        """preset -> learning rate chosen by the sweep's lr search (empty without a parent run or a search)."""
+        parent = self.parent() if self.experiment() is not None else None
+        if parent is None:
+            return {}
+        return {k[len(LR_TAG):]: float(v) for k, v in parent.data.tags.items() if k.startswith(LR_TAG)}
+
+    def finished(self, versions: Mapping[str, str] | None = None) -> tuple[set[str], list]:
+        """(trial ids with a FINISHED run of the data of now, FINISHED runs whose data has changed since they
+        ran), from one search: `versions` maps a trial id to the hash of its prepared data now (runs of versions
+        before DATA_VERSION count as current; without `versions` every finished run does)."""
+        done, stale = set(), []
+        for r in self.trials("FINISHED"):
+            if versions is not None and _stale(r, versions):
+                stale.append(r)
+            else:
+                done.add(r.data.tags.get("trial_id"))
+        return done, stale
+
+    def supersede(self, runs: list, versions: Mapping[str, str]) -> None:
+        """Take finished runs of changed data out of the sweep's trials (role SUPERSEDED, and the version that
+        replaced theirs): kept in MLflow for their history, no longer done, paired or reported."""
+        for r in runs:
+            new = versions.get(r.data.tags.get("trial_id"), "")
+            retry(lambda: self.client.set_tag(r.info.run_id, SUPERSEDED_BY, new))
+            retry(lambda: self.client.set_tag(r.info.run_id, ROLE, SUPERSEDED))
 
 
-def find_parent(uri: str, exp_id: str, sweep: str):
-    """The sweep's newest parent run, or None."""
-    return SweepRuns(uri, sweep).parent()
-
-
-def chosen_parent(uri: str, sweep: str, run_id: str | None = None) -> tuple[Any, list]:
-    """(the parent run a report reads, the sweep's other parent runs newest first): `run_id` when given (it must be
-    a parent run of this sweep), else the newest. (None, []) when the sweep has no run yet."""
-    every = SweepRuns(uri, sweep).parents()
-    if run_id is None:
-        return (every[0], every[1:]) if every else (None, [])
-    match = [r for r in every if r.info.run_id == run_id or r.info.run_id.startswith(run_id)]
-    if len(match) != 1:
-        known = ", ".join(r.info.run_id for r in every) or "none"
-        raise TrackingError(f"--parent {run_id}: {'no' if not match else 'more than one'} parent run of sweep "
-                            f"{sweep!r} matches (its parent runs: {known})")
-    return match[0], [r for r in every if r.info.run_id != match[0].info.run_id]
-
-
-def start_sweep(uri: str, sweep: str, spec_text: str, fresh: bool = False) -> SweepContext:
-    """Get or create the sweep's experiment and parent run (a new one with `fresh`); record the sweep YAML."""
-    runs = SweepRuns(uri, sweep)
-    exp_id = runs.experiment(create=True)
-    c = runs.client
-    parent = None if fresh else runs.parent()
-    if parent is None:
-        run = c.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep})
-        run_id = run.info.run_id
-    else:
-        run_id = parent.info.run_id
-        c.update_run(run_id, status="RUNNING")
-    c.log_text(run_id, spec_text, "sweep.yaml")
-    return SweepContext(uri=uri, experiment_id=exp_id, parent_run_id=run_id, sweep=sweep)
-
-
-LR_TAG = "aot.lr."  # + model preset: the learning rate the sweep's search chose, on the parent run
-
-
-def searched_lrs(uri: str, sweep: str, parent_run_id: str | None = None) -> dict[str, float]:
-    """preset -> learning rate chosen by the sweep's lr search (empty without a parent run or a search)."""
-    runs = SweepRuns(uri, sweep, parent_run_id)
-    parent = runs.parent() if runs.experiment() is not None else None
-    if parent is None:
-        return {}
-    return {k[len(LR_TAG):]: float(v) for k, v in parent.data.tags.items() if k.startswith(LR_TAG)}
+def _stale(run: Any, versions: Mapping[str, str]) -> bool:
+    had, now = run.data.tags.get(DATA_VERSION), versions.get(run.data.tags.get("trial_id"))
+    return had is not None and now is not None and had != now
 
 
 def record_lr(ctx: SweepContext, preset: str, lr: float, loss: float, trials: int) -> None:
@@ -206,7 +236,7 @@ def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
     c = client(ctx.uri)
     if status == "KILLED":  # interrupted: the parent and every trial run left open are marked so, not failed
         c.set_tag(ctx.parent_run_id, INTERRUPTED, "1")
-        for run in trial_runs(ctx.uri, ctx.sweep, "RUNNING", ctx.parent_run_id):
+        for run in SweepRuns(ctx.uri, ctx.sweep, ctx.parent_run_id).trials("RUNNING"):
             with contextlib.suppress(Exception):
                 c.set_tag(run.info.run_id, INTERRUPTED, "1")
                 c.set_terminated(run.info.run_id, status="KILLED")
@@ -214,40 +244,6 @@ def end_sweep(ctx: SweepContext, status: str = "FINISHED") -> None:
         with contextlib.suppress(Exception):
             c.delete_tag(ctx.parent_run_id, INTERRUPTED)
     c.set_terminated(ctx.parent_run_id, status=status)
-
-
-def trial_runs(uri: str, sweep: str, status: str | None = None, parent_run_id: str | None = None,
-               ended_after_ms: int | None = None, evaluated_after_s: float | None = None) -> list:
-    """Child runs of the sweep's current parent run (or of `parent_run_id`): `SweepRuns.trials`."""
-    return SweepRuns(uri, sweep, parent_run_id).trials(status, ended_after_ms, evaluated_after_s)
-
-
-def finished_trial_ids(uri: str, sweep: str, parent_run_id: str | None = None,
-                       versions: Mapping[str, str] | None = None) -> set[str]:
-    """Trial ids with a FINISHED run; with `versions` (trial id -> the hash of its prepared data now) only those
-    whose run read that data (runs of versions before DATA_VERSION count as current)."""
-    return {r.data.tags.get("trial_id") for r in trial_runs(uri, sweep, "FINISHED", parent_run_id)
-            if versions is None or not _stale(r, versions)}
-
-
-def _stale(run: Any, versions: Mapping[str, str]) -> bool:
-    had, now = run.data.tags.get(DATA_VERSION), versions.get(run.data.tags.get("trial_id"))
-    return had is not None and now is not None and had != now
-
-
-def stale_trial_runs(uri: str, sweep: str, versions: Mapping[str, str], parent_run_id: str | None = None) -> list:
-    """FINISHED trial runs whose prepared data has changed since they ran (a corpus edited, say)."""
-    return [r for r in trial_runs(uri, sweep, "FINISHED", parent_run_id) if _stale(r, versions)]
-
-
-def supersede(uri: str, runs: list, versions: Mapping[str, str]) -> None:
-    """Take finished runs of changed data out of the sweep's trials (role SUPERSEDED, and the version that
-    replaced theirs): kept in MLflow for their history, no longer done, paired or reported."""
-    c = client(uri)
-    for r in runs:
-        new = versions.get(r.data.tags.get("trial_id"), "")
-        retry(lambda: c.set_tag(r.info.run_id, SUPERSEDED_BY, new))
-        retry(lambda: c.set_tag(r.info.run_id, ROLE, SUPERSEDED))
 
 
 def find_trial_run(uri: str, exp_id: str, trial_id: str, parent_run_id: str, role: str = "trial"):

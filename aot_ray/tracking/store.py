@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..errors import TrackingError
+from .credentials import PASSWORD, USERNAME, use_for
 
 T = TypeVar("T")
 
@@ -97,7 +98,6 @@ def check_credentials(uri: str, timeout: float = 5.0) -> None:
     variables, else the ones aot-ray recorded for a server it started at `uri` (`credentials.use_for`)."""
     import base64
 
-    from .credentials import PASSWORD, USERNAME, use_for
 
     use_for(uri)
     req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
@@ -159,7 +159,6 @@ def client(uri: str):
     """MLflow's client of `uri`, logged in to a server aot-ray started there (`credentials.use_for`)."""
     from mlflow.tracking import MlflowClient
 
-    from .credentials import use_for
 
     use_for(uri)
     return MlflowClient(tracking_uri=uri)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .. import precision
-from ..memory import gpu_budget_of
+from ..gpu_memory import gpu_budget_of
 from ..models import arch_of
 from ..spec.schema import TrialSpec
 

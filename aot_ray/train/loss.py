@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..memory import chunk_rows
+from ..gpu_memory import chunk_rows
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     dev = h.device.type

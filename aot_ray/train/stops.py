@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .tracker import STOPPED_AT, Tracker
+from .tracker_api import STOPPED_AT, Tracker
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -34,9 +34,9 @@ def sign_stop_at(tracker: Tracker, n_workers: int, device: torch.device) -> int 
 
 def notice_posted(r: Any, stop_notice: Callable[[], bool]) -> bool:
     """Whether the driver asks its trials to stop: rank 0 looks, and tells the other ranks (all stop alike)."""
-    posted = bool(stop_notice()) if r.rank == 0 else False
-    if r.n_workers > 1:
-        flag = torch.tensor([int(posted)], dtype=torch.long, device=r.device)
+    posted = bool(stop_notice()) if r.hw.rank == 0 else False
+    if r.hw.n_workers > 1:
+        flag = torch.tensor([int(posted)], dtype=torch.long, device=r.hw.device)
         dist.broadcast(flag, src=0)
         posted = bool(flag.item())
     return posted
@@ -46,13 +46,15 @@ def save(r: Any, step: int, loss: float | None, on_report: Report | None, local_
           scratch: Path) -> Path | None:
     """Rank 0 writes a checkpoint at `step` (into `scratch` for `on_report` to persist, else into `local_dir`,
     pruned there); it carries what the tracker has not yet seen confirmed in the store."""
-    if r.rank != 0 or (on_report is None and local_dir is None):
+    if r.hw.rank != 0 or (on_report is None and local_dir is None):
         return None
     carried = r.tracker.carry()
-    state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-             "scaler": r.scaler.state_dict(), "rng": ckpt.rng_state(), "carried": carried}
-    meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.global_batch,
-            "tokens": step * r.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
+    learner = r.learner
+    state = {"model": learner.model.state_dict(), "optimizer": learner.opt.state_dict(),
+             "scheduler": learner.sched.state_dict(), "scaler": r.hw.scaler.state_dict(), "rng": ckpt.rng_state(),
+             "carried": carried}
+    meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.batching.global_batch,
+            "tokens": step * r.batching.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
     if carried is not None:
         meta["confirmed"] = carried["confirmed"]
     path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
@@ -66,5 +68,6 @@ def stop_now(r: Any, step: int, on_report: Report | None, local_dir: Path | None
     r.tracker.flush()  # what the store still takes; the checkpoint carries the rest
     path = save(r, step, None, on_report, local_dir, scratch)
     if on_report is not None:
-        on_report({"step": step, "tokens": step * r.tokens_per_step, STOPPED_AT: step}, path)  # the driver says it
+        # the driver says it
+        on_report({"step": step, "tokens": step * r.batching.tokens_per_step, STOPPED_AT: step}, path)
     raise StopRequested(f"trial {r.trial.trial_id} stopped at step {step}, as its driver asked (checkpointed)")

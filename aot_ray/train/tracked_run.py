@@ -13,7 +13,7 @@ import torch
 from ..spec.schema import TrialSpec
 from .loop import Report, TrainResult, train
 from .stops import StopRequested
-from .tracker import Tracker
+from .tracker_api import Tracker
 
 
 def set_threads(trial: TrialSpec) -> None:

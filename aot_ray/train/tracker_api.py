@@ -45,7 +45,7 @@ class Tracker(Protocol):
         ...
 
 
-class MemoryTracker:
+class RecordingTracker:
     """Keeps everything in memory: for tests, benchmarks and running the trainer without MLflow."""
 
     def __init__(self) -> None:

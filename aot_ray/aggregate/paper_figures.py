@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .levels import ratio, supported
-from .plots import _plt, _save
+from .sweep_plots import _plt, _save
+from .tables import _group_key, _x
 
 PERCENT = 100.0
 ARCH_NAME = {"gpt2": "GPT", "gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}
@@ -89,7 +90,6 @@ def by_language(cells: list[dict[str, Any]], pairs: list[dict[str, Any]], across
 
 def _series(cells: list[dict[str, Any]], trends: list[dict[str, Any]], axis: str) -> list[tuple[dict, list[dict]]]:
     """(trend row, its cells in x order) for every trend of `axis`."""
-    from .tables import _group_key, _x
 
     groups: dict[str, list[dict]] = defaultdict(list)
     for c in cells:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from .. import signs
 from ..errors import disk_full
-from ..tracking import chosen_parent, sign_rule
+from ..tracking import SweepRuns, sign_rule
 from ..tracking.store import store_writable
-from . import figures, levels, plots, tables
+from . import levels, paper_figures, sweep_plots, tables
 from . import reference as reference_
 from .assemble import build
 from .read import Reader
@@ -49,14 +49,14 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
         files.append(out / "aot_position_gap.csv")
     images: list[Path] = []
     if with_plots and result["pairs"]:
-        drawn = figures.paper_figures(result, out)  # the paper's figures where the design matches one
+        drawn = paper_figures.paper_figures(result, out)  # the paper's figures where the design matches one
         result["figures"] = {f.name: f.points for f in drawn}
         images += [p for f in drawn for p in f.files]
         covered = {"n_params", "context_length"} & {t["x"] for t in result["trends"]} if drawn else set()
         for axis in sorted({t["x"] for t in result["trends"]} - covered):
-            images += plots.delta_vs_axis(result["summary"], result["trends"], axis, out)
-        images += plots.curves(result["pairs"], result["curves"], out)
-        images += plots.position_gaps(result["summary"], result["position_gaps"], out)
+            images += sweep_plots.delta_vs_axis(result["summary"], result["trends"], axis, out)
+        images += sweep_plots.curves(result["pairs"], result["curves"], out)
+        images += sweep_plots.position_gaps(result["summary"], result["position_gaps"], out)
     (out / "report.md").write_text(markdown(result, sweep, [p for p in images if p.suffix == ".png"]))
     return files + images + [out / "report.md"]
 
@@ -76,7 +76,7 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
     `parent`: the id (or a prefix) of the parent run to read, else the newest. A store that refuses writes
     (read-only) still gets its report: what could not be written to MLflow is said in `notes`."""
     own = reader is None
-    chosen, others = chosen_parent(uri, sweep, parent)
+    chosen, others = SweepRuns(uri, sweep, parent).chosen()
     reader = reader or Reader(uri, sweep, chosen.info.run_id if chosen is not None else None)
     try:
         rule = (sign_rule(chosen) if chosen is not None else None) or (signs.DEFAULT.alpha, signs.DEFAULT.after)
@@ -127,13 +127,13 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
 def watch(uri: str, sweep: str, out_dir: str | Path | None, interval: float, say: Callable[[str], None] = print,
           parent: str | None = None, **kw: Any) -> dict[str, Any]:
     """Re-render every `interval` seconds while the sweep's parent run is RUNNING; a last render after it ends."""
-    chosen, _ = chosen_parent(uri, sweep, parent)
+    chosen, _ = SweepRuns(uri, sweep, parent).chosen()
     reader = Reader(uri, sweep, chosen.info.run_id if chosen is not None else None)
     try:
         while True:
             result = report(uri, sweep, out_dir, reader=reader, parent=parent, **kw)
             say(f"--- {time.strftime('%H:%M:%S')} ---\n{render(result)}")
-            now, _ = chosen_parent(uri, sweep, parent)
+            now, _ = SweepRuns(uri, sweep, parent).chosen()
             if now is None or now.info.status != "RUNNING":
                 return result
             time.sleep(interval)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .tables import _group_key, _x
+
 PER_FIGURE = 12
 
 
@@ -43,7 +45,6 @@ LABEL = {"n_params": "parameters", "context_length": "context length (tokens)", 
 
 def delta_vs_axis(cells: list[dict[str, Any]], trends: list[dict[str, Any]], axis: str, out: Path) -> list[Path]:
     """One series per trend group: the cells (seed means with their intervals) and the fitted line."""
-    from .tables import _group_key, _x
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
