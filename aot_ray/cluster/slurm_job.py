@@ -23,7 +23,7 @@ from ..sweep import ResolvedSweep, RunOptions, resolve, run_command
 from ..sweep.commands import guarded
 from ..sweep.options import parse_run
 from ..tracking import credentials
-from ..tracking.store import check_reachable, wait_for_server
+from ..tracking.store import check_reachable, given_uri, wait_for_server
 from .slurm import Allocation, Ports, SlurmError, temp_dir
 
 USAGE = "usage: sbatch [sbatch options] cluster/slurm.sbatch SWEEP.yaml [-- aot-ray run options]"
@@ -216,7 +216,7 @@ def job(argv: list[str]) -> int:
     sweep = resolve(path, sets=flags.sets, tracking_uri=flags.tracking_uri, storage=flags.storage)
     alloc = Allocation.from_env()
     check_allocation_fits(sweep.spec, list(alloc.cpus), alloc.gpus, len(alloc.nodes))
-    own_server = not (flags.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sweep.spec.run.tracking_uri)
+    own_server = given_uri(flags.tracking_uri, sweep.spec.run.tracking_uri) is None
     if not own_server:
         check_reachable(sweep.uri)
     job_dir = _job_dir(sweep.storage, alloc)

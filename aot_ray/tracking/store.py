@@ -29,9 +29,15 @@ def store_exists(uri: str) -> bool:
     return db is None or db.is_file()
 
 
+def given_uri(flag: str | None = None, from_spec: str | None = None) -> str | None:
+    """The tracking URI the user gave, in order of precedence: --tracking-uri, MLFLOW_TRACKING_URI, the sweep's
+    run.tracking_uri; None when none was given (a Slurm job then starts a server of its own)."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec
+
+
 def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str | Path | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the sweep's run.tracking_uri, else ./mlflow.db (absolute)."""
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec or "sqlite:///mlflow.db"
+    """The URI given (`given_uri`), else ./mlflow.db; a SQLite path made absolute."""
+    uri = given_uri(flag, from_spec) or "sqlite:///mlflow.db"
     db = sqlite_path(uri)
     if db is not None and not db.is_absolute():
         # relative sqlite paths break as soon as a Ray worker runs in another directory
