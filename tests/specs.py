@@ -1,11 +1,11 @@
-"""One tiny sweep for the tests that train for real: a linear language over F2 (8 bits, k = 2, 256 lines), the
-tiny GPT, context 32, one thread. A test names only what it changes."""
+"""One tiny sweep for the tests that train for real: a linear language over F2 (8 bits, k = 2, 256 lines, windows
+of 32 tokens across lines), the tiny GPT, one thread. A test names only what it changes."""
 
 from __future__ import annotations
 
 from aot_ray.spec import TrialSpec, expand, parse_sweep
 
-LIN = {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}
+LIN = {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}  # windows of 32 across lines
 TRAIN = {"steps": 40, "batch_size": 8, "eval_every": 20, "log_every": 5, "checkpoint_every": 10, "eval_windows": 16,
          "threads": 1}
 

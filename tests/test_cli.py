@@ -35,7 +35,7 @@ def test_plan_table(capsys, tmp_path):
 
 def test_bad_spec_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "x.yaml"
-    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("context_length: [64]", "context_length: [64, -4]"))
+    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("  seed: [0, 1]", "  seed: [0, 1]\n  context_length: [64, -4]"))
     p = subprocess.run([sys.executable, "-m", "aot_ray.cli", "plan", str(bad)], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip() == f"aot-ray: error: {bad}: grid.context_length[1]: must be a positive integer, got -4"
@@ -145,7 +145,7 @@ def _finished_sweep(tmp_path):
     from aot_ray.spec import expand, parse_sweep
     from aot_ray.tracking import SweepRuns, TrialTracker, end_sweep
 
-    raw = {"name": "tiny-done", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+    raw = {"name": "tiny-done", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 20, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"

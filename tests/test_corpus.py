@@ -269,7 +269,7 @@ def test_plan_says_damaged_prepared_data(tmp_path, capsys):
 
     from aot_ray.cli import main
 
-    raw = {"name": "dmg", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+    raw = {"name": "dmg", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [16]}}
     f = tmp_path / "dmg.yaml"

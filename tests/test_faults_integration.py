@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def spec_dict(name, steps=300, **grid):
     return {
         "name": name,
-        "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+        "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
         "defaults": {
             "optim": {"lr": 3e-3, "warmup_steps": 2},
             "train": {"steps": steps, "batch_size": 16, "eval_every": 25, "log_every": 5, "checkpoint_every": 25,

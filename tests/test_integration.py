@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = {
     "name": "itest",
-    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 200}},
+    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 200, "windows": "stream"}},
     "defaults": {
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5, "checkpoint_every": 10},

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 RAW = {
     "name": "lrs",
-    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+    "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
     "defaults": {"optim": {"warmup_steps": 2},
                  "train": {"steps": 40, "batch_size": 16, "eval_every": 20, "log_every": 10, "checkpoint_every": 20,
                            "eval_windows": 16}},

@@ -17,7 +17,7 @@ from aot_ray.train.loss import LMObjective
 
 SWEEP = {
     "name": "mem",
-    "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 300}},
+    "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 300, "windows": "stream"}},
     "defaults": {"optim": {"warmup_steps": 2},
                  "train": {"steps": 20, "batch_size": 12, "grad_accum": 2, "eval_every": 10}},
     "grid": {"dataset": ["p"], "model": ["tiny"], "context_length": [16], "direction": ["forward"]},

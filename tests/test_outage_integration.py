@@ -48,7 +48,7 @@ def test_training_survives_an_mlflow_outage(tmp_path):
     try:
         raw = {
             "name": "outage",
-            "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+            "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
             "defaults": {"optim": {"warmup_steps": 2},
                          "train": {"steps": 60, "batch_size": 8, "eval_every": 10, "log_every": 5,
                                    "checkpoint_every": 0, "eval_windows": 8}},

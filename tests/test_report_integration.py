@@ -72,7 +72,7 @@ def test_running_pairs_get_the_sign_test_logged_as_they_evaluate(tmp_path):
     from aot_ray.spec import expand, parse_sweep
     from aot_ray.tracking import TrialTracker, SweepRuns
 
-    raw = {"name": "live", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+    raw = {"name": "live", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 30, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32], "seed": [0, 1, 2]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -106,7 +106,7 @@ def test_running_pairs_get_the_sign_test_logged_as_they_evaluate(tmp_path):
 
 STOP_SWEEP = {
     "name": "stop-on-sign",
-    "data": {"primes": {"kind": "primes", "digits": 3, "n_samples": 12000, "val_fraction": 0.1}},
+    "data": {"primes": {"kind": "primes", "digits": 3, "n_samples": 12000, "val_fraction": 0.1, "windows": "stream"}},
     "defaults": {"model": {"dropout": 0.0}, "optim": {"lr": 3e-3, "warmup_steps": 30},
                  "train": {"steps": 3000, "batch_size": 32, "eval_every": 250, "eval_windows": 256, "log_every": 10,
                            "checkpoint_every": 500, "threads": 1},

@@ -16,7 +16,7 @@ from aot_ray.tracking import TrialTracker, SweepRuns
 
 
 def test_a_watcher_reads_what_changed(tmp_path):
-    raw = {"name": "watch", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256}},
+    raw = {"name": "watch", "data": {"lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 256, "windows": "stream"}},
            "defaults": {"optim": {"warmup_steps": 2}, "train": {"steps": 30, "eval_every": 10}},
            "grid": {"dataset": ["lin"], "model": ["micro"], "context_length": [32], "seed": [0, 1, 2]}}
     uri = f"sqlite:///{tmp_path}/mlflow.db"

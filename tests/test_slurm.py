@@ -45,7 +45,7 @@ def test_slurms_counts_and_gpus():
 
 
 def test_the_fit_check_names_the_trial_and_the_sbatch_option():
-    spec = parse_sweep({"name": "fit", "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 200}},
+    spec = parse_sweep({"name": "fit", "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 200, "windows": "stream"}},
                         "defaults": {"resources": {"cpu": 4, "gpu": 1}},
                         "grid": {"dataset": ["p"], "model": ["micro"], "context_length": [16]}})
     check_allocation_fits(spec, [8, 8], 1, 2)

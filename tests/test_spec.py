@@ -14,7 +14,7 @@ from aot_ray.spec import expand, load_sweep, parse_sweep, trial_to_dict
 HERE = Path(__file__).parent
 GOOD = {
     "name": "t",
-    "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 250}, "lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 200}},
+    "data": {"p": {"kind": "primes", "digits": 2, "n_samples": 250, "windows": "stream"}, "lin": {"kind": "linear", "bits": 8, "k": 2, "n_samples": 200, "windows": "stream"}},
     "defaults": {"optim": {"lr": 1e-3, "warmup_steps": 2}, "train": {"steps": 10}},
     "grid": {"dataset": ["p", "lin"], "model": ["tiny"], "context_length": [16, 32], "seed": [0, 1]},
 }

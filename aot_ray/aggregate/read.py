@@ -47,6 +47,7 @@ def record_of(run: Any) -> dict[str, Any]:
         "data_version": tags.get(DATA_VERSION),  # the hash of the prepared data it read (None: older versions)
         **{k: tags.get(k) for k in ("pair_key", "cell_key", "direction", "dataset", "language", "model")},
         "arch": tags.get("arch") or arch_of(tags.get("model", "")),
+        "windows": tags.get("windows", "stream"),  # line: one example per window (runs of older versions: stream)
         "context_length": int(tags.get("context_length", 0)),
         "seed": int(tags.get("seed", 0)),
         "axes": {k: _number(v) for k, v in axes.items()},

@@ -19,10 +19,10 @@ from .. import stats
 
 delta = stats.delta
 
-PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "language", "arch", "model", "context_length", "seed", "n_params",
+PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "windows", "language", "arch", "model", "context_length", "seed", "n_params",
                 "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at",
                 "overfit"]
-SUMMARY_COLUMNS = ["cell_key", "dataset", "language", "arch", "model", "context_length", "n_seeds", "n_params",
+SUMMARY_COLUMNS = ["cell_key", "dataset", "windows", "language", "arch", "model", "context_length", "n_seeds", "n_params",
                    "compute", "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "direction", "delta_std",
                    "delta_min", "delta_max", "null_control", "null_delta", "null_lo", "null_hi"]
 TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value", "crossing",
@@ -56,8 +56,8 @@ def pair_rows(rows: list[dict[str, Any]], windows: dict[str, np.ndarray] | None 
         fw, bw = sides["forward"], sides["backward"]
         p = {
             "pair_key": key,
-            **{k: fw.get(k) for k in ("cell_key", "dataset", "language", "arch", "model", "context_length", "seed",
-                                      "n_params", "tokens")},
+            **{k: fw.get(k) for k in ("cell_key", "dataset", "windows", "language", "arch", "model", "context_length",
+                                      "seed", "n_params", "tokens")},
             "axes": dict(fw.get("axes") or {}),
             "L_fw": fw["val_loss"],
             "L_bw": bw["val_loss"],
@@ -102,8 +102,8 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
         lo, hi = ci.lo, ci.hi
         out.append({
             "cell_key": key,
-            **{k: ps[0].get(k) for k in ("dataset", "language", "arch", "model", "context_length", "n_params",
-                                         "tokens")},
+            **{k: ps[0].get(k) for k in ("dataset", "windows", "language", "arch", "model", "context_length",
+                                         "n_params", "tokens")},
             "axes": ps[0].get("axes") or {},
             "n_seeds": len(ps),
             "L_fw_mean": statistics.fmean(p["L_fw"] for p in ps),

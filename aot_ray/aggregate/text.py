@@ -70,7 +70,9 @@ def reading(conf: int, alpha: float) -> list[str]:
 
 def _columns_of(result: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     pairs = result["pairs"]
-    lang = ["language"] if any(p.get("language") for p in pairs) else []
+    # the windows' design beside the dataset where any pair was trained one line per window (the authors')
+    lang = (["windows"] if any(p.get("windows") == "line" for p in pairs) else []) + \
+        (["language"] if any(p.get("language") for p in pairs) else [])
     axes = sorted({k for p in pairs for k in p.get("axes", {}) if "." in k})
     arch = ["arch"] if len({p.get("arch") for p in pairs}) > 1 else []
     return lang, axes, arch

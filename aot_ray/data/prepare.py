@@ -65,6 +65,7 @@ def vocab_size_of(data: DatasetSpec) -> int:
 def data_hash(data: DatasetSpec, where: str = "data") -> str:
     ident: dict[str, Any] = {"data": dataclasses.asdict(data), "format": FORMAT_VERSION}
     ident["data"].pop("languages", None)  # which codes a source accepts does not change its content
+    ident["data"].pop("windows", None)  # nor how a trial cuts it into windows
     if data.kind in SYNTHETIC_KINDS:
         ident["tokenizer"] = char_tokenizer(data).spec()
     if isinstance(data, TextData):

@@ -84,7 +84,10 @@ def check_trials(spec: SweepSpec) -> None:
         if len(trial.trial_id) > MAX_TRIAL_ID:  # Tune names each trial's folder by its id
             raise SpecError("grid", f"trial id {trial.trial_id[:40]}... is {len(trial.trial_id)} characters long, at "
                                     f"most {MAX_TRIAL_ID} (it names the trial's folder); use shorter axis values")
-        ctx_path = join("grid.context_length", spec.grid.context_length.index(trial.context_length))
+        given = spec.grid.context_length
+        ctx_path = join("grid.context_length", given.index(trial.context_length)) \
+            if trial.context_length in given else "grid.context_length"
+        _check_line_windows(spec, trial)
         if trial.data.kind not in SYNTHETIC_KINDS:
             lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts
         else:
@@ -107,6 +110,18 @@ def check_trials(spec: SweepSpec) -> None:
             check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
         else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
             check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
+
+
+def _check_line_windows(spec: SweepSpec, trial: Any) -> None:
+    """A synthetic set windowed by line (WINDOWS) has a stride of one line (its context, one line, is expand's)."""
+    if trial.windows != "line":
+        return
+    line = trial.data.line_tokens()
+    where = f"data.{trial.dataset}"
+    if trial.train.stride not in (None, line):
+        path = "grid.train.stride" if "train.stride" in dict(trial.axes) else "defaults.train.stride"
+        raise SpecError(path, f"{trial.train.stride} is not the line of dataset {trial.dataset!r} ({line} tokens): "
+                              f"its windows are one line each ({where}.windows: line); leave it out")
 
 
 def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:

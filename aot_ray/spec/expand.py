@@ -14,7 +14,8 @@ import json
 import re
 from typing import Any
 
-from .schema import LinearData, SweepSpec, TrialSpec
+from ..errors import SpecError
+from .schema import LinearData, SweepSpec, TrialSpec, by_line
 
 # micro_batch and compile change how a step is computed, not which windows it sees: not part of a trial's identity
 NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device", "micro_batch",
@@ -36,6 +37,8 @@ def _identity(section: str, obj: Any) -> dict:
     d = dataclasses.asdict(obj)
     for name in NOT_IDENTITY.get(section, ()):
         d.pop(name, None)
+    if section == "data" and d.get("windows") == "stream":
+        del d["windows"]  # the design of every run before `windows` existed: those trials keep their ids
     return d
 
 
@@ -78,7 +81,7 @@ def control_data(data: Any) -> tuple[str, Any]:
     if data.kind in ("primes", "linear"):
         bits = data.bits if data.kind == "linear" else 16
         return "null", LinearData(bits=bits, k=0, noise=0.0, n_samples=data.n_samples, val_fraction=data.val_fraction,
-                                  seed=data.seed)
+                                  seed=data.seed, windows=data.windows)
     return "reversed", dataclasses.replace(data, tokenizer=dataclasses.replace(data.tokenizer, reverse_chars=True))
 
 
@@ -93,7 +96,7 @@ def control_trials(spec: SweepSpec) -> list[TrialSpec]:
         sub = dataclasses.replace(
             spec, data={f"{name}:{suffix}": data}, null_controls=False, lr_search=None,
             grid=dataclasses.replace(g, dataset=(f"{name}:{suffix}",), model=g.model[:1],
-                                     context_length=g.context_length[:1],
+                                     context_length=() if by_line(data) else g.context_length[:1],
                                      overrides=tuple((k, v[:1]) for k, v in g.overrides if not k.startswith("data."))))
         for t in expand(sub):
             out.setdefault(t.trial_id, dataclasses.replace(t, axes=t.axes + ((CONTROL_AXIS, CONTROLS[suffix]),)))
@@ -117,6 +120,37 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
     return trials
 
 
+def context_of(data: Any, given: int | None, dataset: str) -> int:
+    """A trial's context length: the grid's value, else its dataset's line when it is windowed by line (the check
+    that a given value is that line is `checks.check_trials`'s)."""
+    if given is not None:
+        return given
+    if not by_line(data):
+        raise SpecError("grid.context_length", f"is required: dataset {dataset!r} is not windowed by line (only a "
+                                               f"synthetic set with windows: line has a context of its own)")
+    return data.line_tokens()
+
+
+def _check_contexts(given: tuple[int, ...], lines: dict[str, set[int]], used: set[int]) -> None:
+    """With a context_length axis given: every dataset windowed by line finds its line there, and every value is
+    used by some dataset (a value meant for a line dataset that is not its line is a mistake, named here)."""
+    if not given:
+        return
+    for dataset, lengths in lines.items():
+        missing = sorted(lengths - set(given))
+        if missing:
+            raise SpecError("grid.context_length", f"has no {' or '.join(map(str, missing))}: the line of dataset "
+                                                   f"{dataset!r}, whose windows are one line each (windows: line, "
+                                                   f"the authors' design); leave grid.context_length out (each such "
+                                                   f"dataset then has its own), add it, or set data.{dataset}."
+                                                   f"windows: stream")
+    for i, ctx in enumerate(given):
+        if ctx not in used:
+            raise SpecError(f"grid.context_length[{i}]", f"{ctx} is used by no dataset: those of the grid are "
+                                                          f"windowed by line, each with its own line length; "
+                                                          f"remove it, or set windows: stream on a dataset")
+
+
 def _expand(spec: SweepSpec) -> list[TrialSpec]:
     g = spec.grid
     d = spec.defaults
@@ -124,8 +158,10 @@ def _expand(spec: SweepSpec) -> list[TrialSpec]:
     override_values = [values for _, values in g.overrides]
     trials: list[TrialSpec] = []
     languages = g.language or (None,)
-    for dataset, lang, preset, ctx, *rest in itertools.product(
-        g.dataset, languages, g.model, g.context_length, *override_values, g.seed, g.direction
+    lines: dict[str, set[int]] = {d: set() for d in g.dataset}  # a dataset windowed by line -> its line lengths
+    used: set[int] = set()
+    for dataset, lang, preset, given_ctx, *rest in itertools.product(
+        g.dataset, languages, g.model, g.context_length or (None,), *override_values, g.seed, g.direction
     ):
         *ovals, seed, direction = rest
         sections = {
@@ -140,6 +176,12 @@ def _expand(spec: SweepSpec) -> list[TrialSpec]:
         for name, value in zip(override_names, ovals):
             section, _, fld = name.partition(".")
             sections[section] = dataclasses.replace(sections[section], **{fld: value})
+        if by_line(sections["data"]):
+            lines[dataset].add(sections["data"].line_tokens())
+            if given_ctx not in (None, sections["data"].line_tokens()):
+                continue  # a dataset windowed by line takes the one value that is its line
+        ctx = context_of(sections["data"], given_ctx, dataset)
+        used.add(ctx)
         cell = {s: _identity(s, sections[s]) for s in ("data", "model", "optim", "train")}
         cell["context_length"] = ctx
         if lang is not None:
@@ -172,6 +214,7 @@ def _expand(spec: SweepSpec) -> list[TrialSpec]:
                 axes=tuple(axes),
             )
         )
+    _check_contexts(g.context_length, lines, used)
     if spec.null_controls:
         trials += [t for t in control_trials(spec) if t.trial_id not in {x.trial_id for x in trials}]
     return trials
@@ -205,7 +248,8 @@ def lr_search_trials(spec: SweepSpec, preset: str, lr: float) -> list[TrialSpec]
     first = lambda values: values[:1]  # noqa: E731
     grid = dataclasses.replace(
         g, dataset=first(g.dataset), language=first(g.language), model=(preset,),
-        context_length=first(g.context_length), seed=first(g.seed), direction=tuple(ls.directions),
+        context_length=() if by_line(spec.data[g.dataset[0]]) else first(g.context_length), seed=first(g.seed),
+        direction=tuple(ls.directions),
         overrides=tuple((k, first(v)) for k, v in g.overrides) + (("optim.lr", (lr,)),))
     defaults = spec.defaults
     if ls.steps is not None:

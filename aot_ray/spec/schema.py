@@ -46,6 +46,8 @@ class PrimesData:
     n_samples: int = _num(10000, gt=1)
     val_fraction: float = _num(0.1, gt=0, le=0.5)
     seed: int = _num(0, ge=0)
+    # how windows are cut (WINDOWS): one line per example, as the authors trained, or a stream of lines
+    windows: Literal["line", "stream"] = "line"
 
     def line_tokens(self) -> int:
         # "ppp * qqq = nnnnnn\n": two factors, a 2*digits product, two 3-char separators, a newline
@@ -68,6 +70,7 @@ class LinearData:
     n_samples: int = _num(10000, gt=1)
     val_fraction: float = _num(0.1, gt=0, le=0.5)
     seed: int = _num(0, ge=0)
+    windows: Literal["line", "stream"] = "line"  # see PrimesData.windows
 
     def line_tokens(self) -> int:
         return self.bits * 2 + 4  # "x : y\n"
@@ -128,6 +131,14 @@ class HFData:
 DatasetSpec = Union[PrimesData, LinearData, TextData, HFData]
 DATASET_KINDS: dict[str, type] = {"primes": PrimesData, "linear": LinearData, "text": TextData, "hf": HFData}
 SYNTHETIC_KINDS = ("primes", "linear")
+# WINDOWS: a synthetic set's `windows`. `line` is the authors' design (one phrase per example: the window is exactly
+# one line with its newline, BOS before it, the stride one line, so no window spans two lines); its context length
+# is the line's. `stream` cuts windows of any context_length over the lines end to end, at every stride.
+
+
+def by_line(data: Any) -> bool:
+    """Whether a dataset's windows are its lines, one example each (WINDOWS)."""
+    return getattr(data, "kind", None) in SYNTHETIC_KINDS and getattr(data, "windows", "stream") == "line"
 
 
 def split_sizes(data: DatasetSpec) -> tuple[int, int]:
@@ -270,7 +281,8 @@ class Grid:
 
     dataset: tuple[str, ...]
     model: tuple[str, ...]
-    context_length: tuple[int, ...]
+    # empty: each trial's context is its dataset's line (the only choice for a synthetic set windowed by line)
+    context_length: tuple[int, ...] = ()
     direction: tuple[str, ...] = DIRECTIONS
     seed: tuple[int, ...] = (0,)
     language: tuple[str, ...] = ()
@@ -337,3 +349,10 @@ class TrialSpec:
     @property
     def stride(self) -> int:
         return self.train.stride or self.context_length
+
+    @property
+    def windows(self) -> str:
+        """How the trial's windows are cut: `line` (one example per window, BOS first: a synthetic set as the
+        authors trained it) or `stream` (windows over the concatenated lines or documents, at any offset)."""
+        return "line" if by_line(self.data) else "stream"
+

@@ -40,7 +40,8 @@ def _row(t: TrialSpec, sp: SweepPlan, standing: Standing, mem: Any, manifest: di
     state = "done" if t.trial_id in standing.done else "stale" if t.trial_id in standing.stale_ids else "pending"
     return {
         "trial_id": t.trial_id, "pair_key": t.pair_key, "cell_key": t.cell_key, "direction": t.direction,
-        "dataset": t.dataset, "language": t.language, "model": t.model.preset, "context_length": t.context_length,
+        "dataset": t.dataset, "windows": t.windows, "language": t.language, "model": t.model.preset,
+        "context_length": t.context_length,
         "seed": t.seed, "axes": dict(t.axes), "resources": resources_of(t),
         **trial_cost(t, sp.spec.run.gpu_tflops), "status": state,
         "epochs": epochs_of(t, train_tokens_of(t, manifest)),

@@ -37,7 +37,8 @@ def _table(trials: list[dict[str, Any]]) -> str:
              "params": f"{r['n_params'] / 1e6:.2f}M", "tokens": f"{r['tokens'] / 1e6:.2f}M",
              "epochs": "?" if r["epochs"] is None else f"{r['epochs']:.1f}"} for r in trials]
     gpu = any(r["memory"] for r in trials)
-    return format_table(rows, ["trial_id", "direction", "dataset", "model", "context_length", "seed", "params",
+    design = ["windows"] if any(r["windows"] == "line" for r in trials) else []
+    return format_table(rows, ["trial_id", "direction", "dataset", *design, "model", "context_length", "seed", "params",
                                "tokens", "epochs", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
                         + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else []))
 
