@@ -1,8 +1,8 @@
-"""Windows over a token array, the batch order as a pure function of (seed, sample index), and direction.
+"""Windows over a token array, the batch order as a pure function of (seed, sample index), and the token order.
 
-Forward and backward trials of a pair share the data seed, so they draw the same windows in the same order;
-the backward direction reverses each window after tokenization. BOS is prepended after the reversal and every
-token of the window is predicted, so both directions score exactly the same tokens.
+The trials of a pair share the data seed, so they draw the same windows in the same order; an order other than
+forward permutes each window after tokenization (backward reverses it; `spec.orders`). BOS is prepended after the
+permutation and every token of the window is predicted, so every order scores exactly the same tokens.
 """
 
 from __future__ import annotations
@@ -52,8 +52,14 @@ class BatchOrder:
         return out
 
 
-def orient(windows: np.ndarray, direction: str) -> np.ndarray:
-    return np.ascontiguousarray(windows[:, ::-1]) if direction == "backward" else windows
+def orient(windows: np.ndarray, order: np.ndarray | str | None) -> np.ndarray:
+    """Every window's tokens in a trial's order: a permutation of the positions (`TrialSpec.permutation`; one
+    gather on the batch), "backward" (reversed), or None / "forward" (as they are)."""
+    if order is None or (isinstance(order, str) and order == "forward"):
+        return windows
+    if isinstance(order, str):
+        return np.ascontiguousarray(windows[:, ::-1])
+    return np.ascontiguousarray(windows[:, order])
 
 
 def with_bos(windows: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SpecError
+from . import orders
 from .build import join
 from .presets import resolve_shape
 from .schema import SYNTHETIC_KINDS, ModelSpec, SweepSpec, split_sizes
@@ -88,6 +89,7 @@ def check_trials(spec: SweepSpec) -> None:
         ctx_path = join("grid.context_length", given.index(trial.context_length)) \
             if trial.context_length in given else "grid.context_length"
         _check_line_windows(spec, trial)
+        _check_order(spec, trial)
         if trial.data.kind not in SYNTHETIC_KINDS:
             lines = per_line = 0  # corpus sizes are known once prepared; checked before any trial starts
         else:
@@ -110,6 +112,20 @@ def check_trials(spec: SweepSpec) -> None:
             check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
         else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
             check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
+
+
+def _check_order(spec: SweepSpec, trial: Any) -> None:
+    """The trial's order can permute its windows: a custom permutation of its context, a chunked or quarter order
+    on a context it divides."""
+    custom = spec.orders.custom.get(trial.direction)
+    why = orders.problem(trial.direction, trial.context_length, trial.order_chunk, custom)
+    if why is None:
+        return
+    if custom is not None:
+        raise SpecError(join("orders.custom", trial.direction), f"{why}, for trial {trial.trial_id}")
+    path = join("grid.direction", spec.grid.direction.index(trial.direction))
+    raise SpecError(path, f"order {trial.direction} {why} (dataset {trial.dataset!r}); drop it or change "
+                          f"context_length" + (" or orders.chunk" if trial.direction == "random_chunk" else ""))
 
 
 def _check_line_windows(spec: SweepSpec, trial: Any) -> None:

@@ -15,12 +15,12 @@ import re
 from typing import Any
 
 from ..errors import SpecError
+from . import orders
 from .schema import LinearData, SweepSpec, TrialSpec, by_line
 
 # micro_batch and compile change how a step is computed, not which windows it sees: not part of a trial's identity
 NOT_IDENTITY = {"train": {"log_every", "checkpoint_every", "keep_checkpoints", "threads", "device", "micro_batch",
                           "compile"}}
-SHORT = {"forward": "fw", "backward": "bw"}
 
 
 def content_hash(obj: Any, n: int = 8) -> str:
@@ -153,29 +153,14 @@ def _check_contexts(given: tuple[int, ...], lines: dict[str, set[int]], used: se
 
 def _expand(spec: SweepSpec) -> list[TrialSpec]:
     g = spec.grid
-    d = spec.defaults
     override_names = [name for name, _ in g.overrides]
-    override_values = [values for _, values in g.overrides]
     trials: list[TrialSpec] = []
-    languages = g.language or (None,)
     lines: dict[str, set[int]] = {d: set() for d in g.dataset}  # a dataset windowed by line -> its line lengths
     used: set[int] = set()
-    for dataset, lang, preset, given_ctx, *rest in itertools.product(
-        g.dataset, languages, g.model, g.context_length or (None,), *override_values, g.seed, g.direction
+    for dataset, lang, preset, given_ctx, *ovals in itertools.product(
+        g.dataset, g.language or (None,), g.model, g.context_length or (None,), *(v for _, v in g.overrides)
     ):
-        *ovals, seed, direction = rest
-        sections = {
-            "data": fill_lang(spec.data[dataset], lang),
-            "model": dataclasses.replace(d.model, preset=preset),
-            "optim": d.optim,
-            "train": d.train,
-            "resources": d.resources,
-        }
-        for section, fields in spec.per_model.get(preset, {}).items():  # the grid's own axes still win
-            sections[section] = dataclasses.replace(sections[section], **fields)
-        for name, value in zip(override_names, ovals):
-            section, _, fld = name.partition(".")
-            sections[section] = dataclasses.replace(sections[section], **{fld: value})
+        sections = _sections(spec, dataset, lang, preset, dict(zip(override_names, ovals)))
         if by_line(sections["data"]):
             lines[dataset].add(sections["data"].line_tokens())
             if given_ctx not in (None, sections["data"].line_tokens()):
@@ -190,34 +175,59 @@ def _expand(spec: SweepSpec) -> list[TrialSpec]:
             [_slug_part(dataset)] + ([_slug_part(lang)] if lang is not None else []) + [_slug_part(preset), f"c{ctx}"]
             + [f"{name.partition('.')[2]}{_slug_part(v)}" for name, v in zip(override_names, ovals)]
         )
-        cell_key = f"{slug}-{content_hash(cell)}"
-        pair_key = f"{slug}-s{seed}-{content_hash({**cell, 'seed': seed})}"
-        trial_id = f"{slug}-s{seed}-{SHORT[direction]}-{content_hash({**cell, 'seed': seed, 'direction': direction})}"
         axes = (("dataset", dataset), *((("language", lang),) if lang is not None else ()), ("model", preset),
                 ("context_length", ctx), *zip(override_names, ovals))
-        trials.append(
-            TrialSpec(
-                sweep=spec.name,
-                trial_id=trial_id,
-                pair_key=pair_key,
-                cell_key=cell_key,
-                direction=direction,
-                dataset=dataset,
-                data=sections["data"],
-                model=sections["model"],
-                optim=sections["optim"],
-                train=sections["train"],
-                context_length=ctx,
-                seed=seed,
-                resources=sections["resources"],
-                language=lang,
-                axes=tuple(axes),
-            )
-        )
+        for seed, (order, order_seed) in itertools.product(g.seed, _orders(spec)):
+            trials.append(_trial(spec, sections, cell, slug, seed, order, order_seed, dataset=dataset,
+                                 context_length=ctx, language=lang, axes=tuple(axes)))
     _check_contexts(g.context_length, lines, used)
     if spec.null_controls:
         trials += [t for t in control_trials(spec) if t.trial_id not in {x.trial_id for x in trials}]
     return trials
+
+
+def _sections(spec: SweepSpec, dataset: str, lang: str | None, preset: str, overrides: dict[str, Any]) -> dict:
+    """A cell's data, model, optim, train and resources: the defaults, the preset's per_model settings, then the
+    grid's own axes (which win)."""
+    d = spec.defaults
+    sections = {"data": fill_lang(spec.data[dataset], lang), "model": dataclasses.replace(d.model, preset=preset),
+                "optim": d.optim, "train": d.train, "resources": d.resources}
+    for section, fields in spec.per_model.get(preset, {}).items():
+        sections[section] = dataclasses.replace(sections[section], **fields)
+    for name, value in overrides.items():
+        section, _, fld = name.partition(".")
+        sections[section] = dataclasses.replace(sections[section], **{fld: value})
+    return sections
+
+
+def _orders(spec: SweepSpec) -> list[tuple[str, int]]:
+    """(order, order_seed) of each trial of a cell and seed: a random order once per order seed, the others once."""
+    return [(o, s) for o in spec.grid.direction
+            for s in (spec.grid.order_seed if o in orders.RANDOM else (0,))]
+
+
+def _trial(spec: SweepSpec, sections: dict, cell: dict, slug: str, seed: int, order: str, order_seed: int,
+           **fields: Any) -> TrialSpec:
+    """One trial of a cell; its id hashes the cell, the seed and the order (with a random order's draw and a
+    custom order's permutation, so that two of them never share an id)."""
+    custom = spec.orders.custom.get(order, ())
+    ident: dict[str, Any] = {"direction": order}
+    short = orders.SHORT.get(order) or _slug_part(order)
+    if order in orders.RANDOM:
+        ident["order_seed"] = order_seed
+        short += f"{order_seed}"
+        if order == "random_chunk":
+            ident["order_chunk"] = spec.orders.chunk
+    if custom:
+        ident["permutation"] = list(custom)
+    return TrialSpec(
+        sweep=spec.name,
+        trial_id=f"{slug}-s{seed}-{short}-{content_hash({**cell, 'seed': seed, **ident})}",
+        pair_key=f"{slug}-s{seed}-{content_hash({**cell, 'seed': seed})}",
+        cell_key=f"{slug}-{content_hash(cell)}",
+        direction=order, data=sections["data"], model=sections["model"], optim=sections["optim"],
+        train=sections["train"], seed=seed, resources=sections["resources"], order_seed=order_seed,
+        order_chunk=spec.orders.chunk, custom_order=tuple(custom), **fields)
 
 
 def trial_to_dict(trial: TrialSpec) -> dict:

@@ -11,21 +11,23 @@ from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
 from .checks import check_dataset, check_languages, check_lr_search, check_model, check_trials
 from .presets import PRESETS
+from .orders import KNOWN as KNOWN_ORDERS
 from .schema import (
     LrSearchSpec,
     DATASET_KINDS,
-    DIRECTIONS,
     Defaults,
     Grid,
     ModelSpec,
     OptimSpec,
+    OrdersSpec,
     ResourcesSpec,
     RunSpec,
     SweepSpec,
     TrainSpec,
 )
 
-TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search", "null_controls")
+TOP_KEYS = ("name", "description", "data", "defaults", "per_model", "grid", "run", "lr_search", "orders",
+            "null_controls")
 SECTIONS: dict[str, type] = {"model": ModelSpec, "optim": OptimSpec, "train": TrainSpec, "resources": ResourcesSpec}
 # fields that have a named axis of their own, or that identify a dataset's type
 RESERVED = {"model.preset": "use the `model` axis", "data.kind": "a dataset's kind cannot vary"}
@@ -149,7 +151,8 @@ def parse_sweep(raw: Any) -> SweepSpec:
     data = _parse_data(raw["data"])
     defaults = build(Defaults, raw.get("defaults") or {}, "defaults")
     check_model(defaults.model, "defaults.model")
-    grid = _parse_grid(raw["grid"], data)
+    orders = _parse_orders(raw.get("orders") or {})
+    grid = _parse_grid(raw["grid"], data, orders)
     run = build(RunSpec, raw.get("run") or {}, "run")
     per_model = _parse_per_model(raw.get("per_model") or {})
     lr_search = None if raw.get("lr_search") is None else build(LrSearchSpec, raw["lr_search"], "lr_search")
@@ -157,7 +160,7 @@ def parse_sweep(raw: Any) -> SweepSpec:
     if not isinstance(null_controls, bool):
         raise SpecError("null_controls", f"must be true or false, got {describe(null_controls)}")
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
-                     per_model=per_model, lr_search=lr_search, null_controls=null_controls)
+                     per_model=per_model, lr_search=lr_search, orders=orders, null_controls=null_controls)
     check_trials(spec)
     if lr_search is not None:
         check_lr_search(spec)
@@ -193,9 +196,45 @@ def _axis_values(raw: Any, path: str) -> list:
     return raw
 
 
-def _parse_grid(raw: Any, data: dict) -> Grid:
+def _parse_orders(raw: Any) -> OrdersSpec:
+    """`orders:` with each custom order read (a list, or a file of whitespace-separated positions)."""
+    if not isinstance(raw, dict):
+        raise SpecError("orders", f"must be a mapping (chunk, custom), got {describe(raw)}")
+    custom = raw.get("custom") or {}
+    if not isinstance(custom, dict):
+        raise SpecError("orders.custom", f"must be a mapping of name -> permutation, got {describe(custom)}")
+    read = {}
+    for name, value in custom.items():
+        path = join("orders.custom", str(name))
+        if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name in KNOWN_ORDERS:
+            raise SpecError(path, "a custom order's name uses letters, digits, '-', '_', '.' and is not a named "
+                                  "order's")
+        read[name] = _positions(value, path)
+    return build(OrdersSpec, {**raw, "custom": read}, "orders")
+
+
+def _positions(value: Any, path: str) -> list:
+    if isinstance(value, str):  # a file of positions
+        try:
+            words = Path(value).expanduser().read_text().split()
+        except OSError as e:
+            raise SpecError(path, f"cannot read {value}: {e.strerror or e}") from None
+        try:
+            return [int(w) for w in words]
+        except ValueError:
+            raise SpecError(path, f"{value} must hold whitespace-separated integers (positions 0..T-1)") from None
+    if not isinstance(value, list) or not value:
+        raise SpecError(path, f"must be a list of positions 0..T-1, or a file of them; got {describe(value)}")
+    return value
+
+
+def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
     if not isinstance(raw, dict):
         raise SpecError("grid", f"must be a mapping of axis -> list of values, got {describe(raw)}")
+    if "order" in raw:  # the order axis, by its other name
+        if "direction" in raw:
+            raise SpecError("grid.order", "is the direction axis by another name: give one of them")
+        raw = {("direction" if k == "order" else k): v for k, v in raw.items()}
     for key in ("dataset", "model"):  # context_length: a synthetic set windowed by line has its own
         if key not in raw:
             raise SpecError(join("grid", key), "is required")
@@ -232,8 +271,13 @@ def _parse_grid(raw: Any, data: dict) -> Grid:
                     raise SpecError(join(path, i), f"must be a language code such as 'en', got {describe(v)}")
         elif key == "direction":
             for i, v in enumerate(values):
-                if v not in DIRECTIONS:
-                    raise SpecError(join(path, i), f"must be one of {', '.join(DIRECTIONS)}; got {describe(v)}")
+                if v not in KNOWN_ORDERS and v not in orders.custom:
+                    raise SpecError(join(path, i), f"unknown order {describe(v)} (named: {', '.join(KNOWN_ORDERS)}; "
+                                                   f"or a custom one of orders.custom)")
+        elif key == "order_seed":
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise SpecError(join(path, i), f"must be a non-negative integer, got {describe(v)}")
         elif isinstance(key, str) and "." in key:
             overrides.append((key, tuple(_override_values(key, values, path, [data[d] for d in named["dataset"]]))))
             continue

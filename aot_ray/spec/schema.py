@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from . import orders
+
 Direction = Literal["forward", "backward"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward")
 
@@ -283,8 +285,10 @@ class Grid:
     model: tuple[str, ...]
     # empty: each trial's context is its dataset's line (the only choice for a synthetic set windowed by line)
     context_length: tuple[int, ...] = ()
+    # the order axis (YAML: `direction` or `order`): forward, backward, any order of spec.orders, or a custom one
     direction: tuple[str, ...] = DIRECTIONS
     seed: tuple[int, ...] = (0,)
+    order_seed: tuple[int, ...] = (0,)  # the draws of a random order (uniform_random, random_chunk); others: one
     language: tuple[str, ...] = ()
     overrides: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
@@ -305,6 +309,15 @@ class LrSearchSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OrdersSpec:
+    """Settings of the token orders (`spec.orders`): random_chunk's chunk, and custom orders by name, each a
+    permutation of 0..T-1 (a list, or the path of a file of whitespace-separated positions)."""
+
+    chunk: int = _num(8, gt=0)
+    custom: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepSpec:
     name: str
     description: str = ""
@@ -315,6 +328,7 @@ class SweepSpec:
     # preset -> section -> field -> value: settings that follow the model size (GPU share, batch size, lr)
     per_model: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     lr_search: Optional[LrSearchSpec] = None
+    orders: OrdersSpec = field(default_factory=OrdersSpec)
     # add a control cell per dataset (and language), on the grid's first model and context, every seed: for
     # synthetic data a linear language with A = I (no arrow by construction: the noise floor), for text the same
     # corpus with the reversed-characters tokenizer
@@ -340,6 +354,16 @@ class TrialSpec:
     resources: ResourcesSpec
     language: Optional[str] = None
     axes: tuple[tuple[str, Any], ...] = ()
+    order_seed: int = 0  # a random order's draw (spec.orders); 0 for the others
+    order_chunk: int = 8  # random_chunk's chunk
+    custom_order: tuple[int, ...] = ()  # a custom order's permutation; () for a named one
+
+    def permutation(self) -> Any:
+        """The positions of a window in the order this trial feeds them (numpy), None for forward (no gather)."""
+        if self.direction == "forward":
+            return None
+        return orders.permutation(self.direction, self.context_length, self.order_seed, self.order_chunk,
+                                  self.custom_order or None)
 
     def per_worker_batch(self, workers: int | None = None) -> int:
         """Windows each data-parallel worker takes per optimizer step: the global batch over the workers (the

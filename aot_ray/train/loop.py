@@ -91,6 +91,7 @@ class _Data:
     data: Prepared
     train_w: Windows
     order: BatchOrder
+    perm: np.ndarray | None  # the trial's token order (None: forward)
     val_idx: np.ndarray
     val_inputs: torch.Tensor
     val_targets: torch.Tensor
@@ -178,9 +179,10 @@ def _data(trial: TrialSpec, data: Prepared, device: torch.device) -> _Data:
     train_w = Windows(data.train, trial.context_length, trial.stride)
     val_w = Windows(data.val, trial.context_length, trial.context_length)
     val_idx = eval_indices(len(val_w), trial.train.eval_windows)
-    vx, vy = with_bos(orient(val_w.get(val_idx), trial.direction), data.bos_id)
+    perm = trial.permutation()
+    vx, vy = with_bos(orient(val_w.get(val_idx), perm), data.bos_id)
     return _Data(data=data, train_w=train_w, order=BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER)),
-                 val_idx=val_idx, val_inputs=torch.from_numpy(vx).to(device),
+                 perm=perm, val_idx=val_idx, val_inputs=torch.from_numpy(vx).to(device),
                  val_targets=torch.from_numpy(vy).to(device))
 
 
@@ -243,7 +245,7 @@ def _batches(r: _Trial) -> Prefetcher:
     def make_batch(s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
         idx = r.d.order.indices(s * r.batching.global_batch + p * width, width)
         idx = idx[r.hw.rank * micro:(r.hw.rank + 1) * micro]
-        return with_bos(orient(r.d.train_w.get(idx), trial.direction), r.d.data.bos_id)
+        return with_bos(orient(r.d.train_w.get(idx), r.d.perm), r.d.data.bos_id)
 
     return Prefetcher(make_batch, r.step, trial.train.steps, r.batching.passes, r.hw.device)
 
