@@ -21,7 +21,8 @@ CATEGORICAL = ("language", "dataset", "arch")  # axes whose cells replicate a cl
 PLURAL = {"language": "languages", "dataset": "datasets", "arch": "architectures"}
 LEVEL_COLUMNS = ["level", "axis", "group", "n", "positive", "negative", "p_value", "delta_mean", "delta_lo",
                  "delta_hi", "seeds_per_cell", "verdict"]
-FIXED = ("dataset", "language", "arch", "model", "context_length")  # what else names a cell
+# what else names a cell: the order compared with forward first, so that no claim pools two orders
+FIXED = ("order", "dataset", "language", "arch", "model", "context_length")
 
 
 def pct(v: float, signed: bool = True) -> str:
@@ -40,7 +41,8 @@ def _group(cell: dict[str, Any], axis: str) -> tuple:
     """Everything that names the cell except `axis` (and, across architectures, the model and its size, which
     change with the architecture)."""
     skip = {axis} | ({"model", "n_params"} if axis == "arch" else set())
-    fixed = [(k, cell.get(k)) for k in FIXED if k not in skip and cell.get(k) is not None]
+    fixed = [(k, cell.get(k)) for k in FIXED if k not in skip and cell.get(k) is not None
+             and not (k == "order" and cell.get(k) == "backward")]  # backward's groups read as they always did
     fixed += sorted((k, v) for k, v in (cell.get("axes") or {}).items()
                     if k not in skip and k not in FIXED and k != "seed" and not k.endswith(".seed"))
     return tuple(fixed)
@@ -85,13 +87,22 @@ def verdict(row: dict[str, Any], alpha: float = 0.05) -> str:
     """consistent (one sign in every unit, significant at alpha), same sign but too few units, or mixed."""
     pos, neg, n = row["positive"], row["negative"], row["n"]
     word = PLURAL[row["axis"]] if row["n"] == len(row["levels"]) else "cells"
+    other = _order(row)
     if pos == n or neg == n:
-        side = "forward easier" if pos == n else "backward easier"
+        side = "forward easier" if pos == n else f"{other} easier"
         if row["p_value"] <= alpha:
             return f"consistent: {side} in {n} of {n} {word}"
         return (f"{side} in {n} of {n} {word}, too few to be significant (p = {p_text(row['p_value'])}; "
                 f"{_fewest(alpha)} would be needed)")
-    return f"not consistent: {pos} of {n} {word} forward easier, {neg} backward easier"
+    return f"not consistent: {pos} of {n} {word} forward easier, {neg} {other} easier"
+
+
+def _order(row: dict[str, Any]) -> str:
+    """The order a claim compares with forward (its group names it unless it is backward)."""
+    for part in str(row.get("group") or "").split():
+        if part.startswith("order="):
+            return part.partition("=")[2]
+    return "backward"
 
 
 def _fewest(alpha: float) -> int:
@@ -126,7 +137,7 @@ def within_statement(cells: list[dict[str, Any]]) -> str:
     if max(seeds) < 2:
         return ("within a cell: one seed each, so no cell states a direction of its own (`undetermined (1 seed)`); "
                 "a claim rests on the cells across an axis or along a trend")
-    stated = sum(c.get("direction", "").startswith(("forward", "backward")) for c in cells)
+    stated = sum(c.get("direction", "").endswith("easier") for c in cells)
     return (f"within a cell, over seeds: {stated} of {len(cells)} cells state a direction (their interval over "
             f"{min(seeds)}-{max(seeds)} seeds excludes 0)" if min(seeds) != max(seeds) else
             f"within a cell, over {seeds[0]} seeds: {stated} of {len(cells)} cells state a direction (their interval "

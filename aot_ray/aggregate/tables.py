@@ -16,20 +16,22 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import stats
+from ..signs.cells import compared_key, comparisons
 
 delta = stats.delta
 
-PAIR_COLUMNS = ["pair_key", "cell_key", "dataset", "windows", "language", "arch", "model", "context_length", "seed", "n_params",
+PAIR_COLUMNS = ["pair_key", "cell_key", "order", "dataset", "windows", "language", "arch", "model", "context_length", "seed", "n_params",
                 "tokens", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi", "n_windows", "fw_trial", "bw_trial", "stopped_at",
                 "overfit"]
-SUMMARY_COLUMNS = ["cell_key", "dataset", "windows", "language", "arch", "model", "context_length", "n_seeds", "n_params",
+SUMMARY_COLUMNS = ["cell_key", "order", "dataset", "windows", "language", "arch", "model", "context_length", "n_seeds", "n_params",
                    "compute", "L_fw_mean", "L_bw_mean", "delta_mean", "delta_lo", "delta_hi", "direction", "delta_std",
                    "delta_min", "delta_max", "null_control", "null_delta", "null_lo", "null_hi"]
 TREND_COLUMNS = ["x", "scale", "group", "n", "slope", "slope_lo", "slope_hi", "intercept", "r2", "p_value", "crossing",
                  "crossing_from", "crossing_to"]
 SIGN_COLUMNS = ["group", "positive", "negative", "p_value"]
 SEQUENCE_COLUMNS = ["cell_key", "look", "step", "n", "delta", "lo", "hi", "sign", "established_at"]  # see aot_ray.signs
-DESCRIBE = ("dataset", "language", "arch", "model", "context_length")  # what names a cell, with the axes
+# what names a cell, with the axes; the order compared with forward where it is not backward (no trend pools two)
+DESCRIBE = ("order", "dataset", "language", "arch", "model", "context_length")
 OVERFIT_RISE = 0.05  # validation loss this far (relative) above its best: measured on an overfit model
 MAX_EPOCHS = 20.0  # passes over the training split beyond which a model is flagged (and plan warns)
 
@@ -43,21 +45,18 @@ def pair_rows(rows: list[dict[str, Any]], windows: dict[str, np.ndarray] | None 
     """(complete pairs, trial ids whose partner is missing). With per-window losses of both sides (`windows`,
     by trial id) a pair gets a paired bootstrap interval on delta over its validation windows."""
     windows = windows or {}
-    by_pair: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in rows:
-        if r.get("val_loss") is None or not math.isfinite(r["val_loss"]) or r.get("finished") is False:
-            continue
-        by_pair[r["pair_key"]][r["direction"]] = r
-    pairs, orphans = [], []
-    for key, sides in by_pair.items():
-        if set(sides) != {"forward", "backward"}:
-            orphans.extend(s["trial_id"] for s in sides.values())
-            continue
-        fw, bw = sides["forward"], sides["backward"]
+    done = [r for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])
+            and r.get("finished") is not False]
+    compared, alone = comparisons(done)
+    pairs, orphans = [], [r["trial_id"] for r in alone]
+    for key, sides in compared.items():
+        fw, bw = sides["forward"], sides["other"]
         p = {
             "pair_key": key,
-            **{k: fw.get(k) for k in ("cell_key", "dataset", "windows", "language", "arch", "model", "context_length",
-                                      "seed", "n_params", "tokens")},
+            "cell_key": compared_key(fw["cell_key"], bw["direction"]),
+            "order": bw["direction"],  # what forward is compared with: backward, or another order
+            **{k: fw.get(k) for k in ("dataset", "windows", "language", "arch", "model", "context_length", "seed",
+                                      "n_params", "tokens")},
             "axes": dict(fw.get("axes") or {}),
             "L_fw": fw["val_loss"],
             "L_bw": bw["val_loss"],
@@ -102,8 +101,8 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
         lo, hi = ci.lo, ci.hi
         out.append({
             "cell_key": key,
-            **{k: ps[0].get(k) for k in ("dataset", "windows", "language", "arch", "model", "context_length",
-                                         "n_params", "tokens")},
+            **{k: ps[0].get(k) for k in ("order", "dataset", "windows", "language", "arch", "model",
+                                         "context_length", "n_params", "tokens")},
             "axes": ps[0].get("axes") or {},
             "n_seeds": len(ps),
             "L_fw_mean": statistics.fmean(p["L_fw"] for p in ps),
@@ -111,7 +110,7 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
             "delta_mean": ci.estimate,
             "delta_lo": lo,
             "delta_hi": hi,
-            "direction": direction(lo, hi, len(ps)),
+            "direction": direction(lo, hi, len(ps), ps[0].get("order", "backward")),
             # training compute, 6 N D (N parameters, D training tokens): the scaling axis beside size
             "compute": (6.0 * ps[0]["n_params"] * ps[0]["tokens"] if ps[0].get("n_params") and ps[0].get("tokens")
                         else None),
@@ -161,7 +160,8 @@ def _x(cell: dict[str, Any], axis: str) -> Any:
 
 def _group_key(cell: dict[str, Any], axis: str) -> tuple:
     skip = {axis, "model"} if axis in ("n_params", "compute") else {axis}
-    fixed = [(k, cell.get(k)) for k in DESCRIBE if k not in skip and cell.get(k) is not None]
+    fixed = [(k, cell.get(k)) for k in DESCRIBE if k not in skip and cell.get(k) is not None
+             and not (k == "order" and cell.get(k) == "backward")]
     fixed += sorted((k, v) for k, v in cell["axes"].items()
                     if k not in skip and k not in ("model", "context_length", "dataset", "language")
                     and not _is_replicate(k))
@@ -251,14 +251,14 @@ def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray])
     return {k: np.mean(v, axis=0) for k, v in acc.items()}
 
 
-def direction(lo: float, hi: float, n_seeds: int) -> str:
-    """What a cell's interval over seeds says about the arrow, in words."""
+def direction(lo: float, hi: float, n_seeds: int, order: str = "backward") -> str:
+    """What a cell's interval over seeds says about forward against `order`, in words."""
     if n_seeds < 2:
         return "undetermined (1 seed)"
     if lo > 0:
         return "forward easier"
     if hi < 0:
-        return "backward easier"
+        return f"{order} easier"
     return "undetermined"
 
 

@@ -73,6 +73,8 @@ def _columns_of(result: dict[str, Any]) -> tuple[list[str], list[str], list[str]
     # the windows' design beside the dataset where any pair was trained one line per window (the authors')
     lang = (["windows"] if any(p.get("windows") == "line" for p in pairs) else []) + \
         (["language"] if any(p.get("language") for p in pairs) else [])
+    if any(p.get("order", "backward") != "backward" for p in pairs):  # forward against other orders than backward
+        lang = ["order", *lang]
     axes = sorted({k for p in pairs for k in p.get("axes", {}) if "." in k})
     arch = ["arch"] if len({p.get("arch") for p in pairs}) > 1 else []
     return lang, axes, arch
@@ -81,7 +83,7 @@ def _columns_of(result: dict[str, Any]) -> tuple[list[str], list[str], list[str]
 def sequence_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The latest look of every cell, in words."""
     return [{"cell_key": k, "step": ss[-1].step, "seeds": ss[-1].n, "delta": ss[-1].delta, "lo": ss[-1].lo,
-             "hi": ss[-1].hi, "sign": signs.word(ss), "since": ss[-1].established_at}
+             "hi": ss[-1].hi, "sign": signs.word(ss, signs.order_of(k)), "since": ss[-1].established_at}
             for k, ss in result["sequences"].items()]
 
 
@@ -236,7 +238,7 @@ def render(result: dict[str, Any]) -> str:
         parts.append("no finished forward/backward pair yet")
     if result.get("sequences"):
         rows = sequence_rows(result)
-        stated = sum(r["sign"].startswith(("forward", "backward")) for r in rows)
+        stated = sum(r["sign"].startswith(("forward", "backward")) or " easier" in r["sign"] for r in rows)
         parts += ["", f"Sign during training (sequential test over seeds, alpha {result['alpha']}): {stated} of "
                       f"{len(rows)} cells have a stated sign at their latest look"]
         parts.append(format_table(rows, ["cell_key", "step", "seeds", "delta", "lo", "hi", "sign", "since"]))

@@ -17,10 +17,11 @@ only its `curve`, `client`, `records` and `runs`. cells.py holds the test on cel
 watch.py the refresh that costs what changed (`Watcher`) and the writes.
 """
 
-from .cells import (DEFAULT, SIGN_METRICS, cells_of, evaluate, expected_pairs, plan_looks, read_curves, sequences,
-                    stop_step, waiting_pairs, word)
+from .cells import (DEFAULT, ORDER_SEP, SIGN_METRICS, cells_of, compared_key, comparisons, evaluate, expected_pairs,
+                    order_of, plan_looks, read_curves, sequences, stop_step, waiting_pairs, word)
 from .watch import MARGIN_S, Watcher, log_metrics, request_stops, update
 
-__all__ = ["DEFAULT", "MARGIN_S", "SIGN_METRICS", "Watcher", "cells_of", "evaluate", "expected_pairs", "log_metrics",
+__all__ = ["DEFAULT", "MARGIN_S", "ORDER_SEP", "SIGN_METRICS", "Watcher", "cells_of", "compared_key", "comparisons",
+           "evaluate", "expected_pairs", "log_metrics", "order_of",
            "plan_looks", "read_curves", "request_stops", "sequences", "stop_step", "update",
            "waiting_pairs", "word"]

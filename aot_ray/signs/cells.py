@@ -15,18 +15,46 @@ from ..stats import delta
 SIGN_METRICS = ("aot_sign", "aot_sign_delta", "aot_sign_lo", "aot_sign_hi", "aot_sign_seeds", "aot_sign_step")
 DEFAULT = SignStopSpec()  # alpha and the start of the looks when the sweep does not stop on sign
 
-Curves = dict[str, "tuple[str, dict[int, float], dict[int, float]]"]  # pair_key -> (cell_key, fw, bw val loss)
+Curves = dict[str, "tuple[str, dict[int, float], dict[int, float]]"]  # pair_key -> (cell_key, fw, other val loss)
+# Forward is the reference: every other order of a cell and seed is compared with its forward trial. The pair and
+# cell of backward keep their keys; those of another order are "<key>~<order>", a comparison of their own.
+ORDER_SEP = "~"
 
 
-def cells_of(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict]]]:
-    """cell_key -> pair_key -> direction -> record, for pairs with both directions."""
+def compared_key(key: str, order: str) -> str:
+    """The pair or cell key of `order` compared with forward."""
+    return key if order == "backward" else f"{key}{ORDER_SEP}{order}"
+
+
+def order_of(key: str) -> str:
+    """The order a pair or cell key compares with forward."""
+    return key.partition(ORDER_SEP)[2] or "backward"
+
+
+def comparisons(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, dict]], list[dict]]:
+    """(compared pair key -> {"forward": its forward record, "other": the compared order's}, the records with no
+    forward partner). A forward trial serves every order of its cell and seed."""
     sides: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in records:
         sides[r["pair_key"]][r["direction"]] = r
-    cells: dict[str, dict[str, dict[str, dict]]] = defaultdict(dict)
+    out, alone = {}, []
     for key, s in sides.items():
-        if set(s) == {"forward", "backward"}:
-            cells[s["forward"]["cell_key"]][key] = s
+        fw = s.get("forward")
+        others = [o for o in s if o != "forward"]
+        if fw is None or not others:
+            alone.extend(s.values())
+            continue
+        for order in others:
+            out[compared_key(key, order)] = {"forward": fw, "other": s[order]}
+    return out, alone
+
+
+def cells_of(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict]]]:
+    """cell_key -> pair_key -> {"forward", "other"} -> record, for each order compared with forward (keys:
+    `compared_key`)."""
+    cells: dict[str, dict[str, dict[str, dict]]] = defaultdict(dict)
+    for key, s in comparisons(records)[0].items():
+        cells[compared_key(s["forward"]["cell_key"], s["other"]["direction"])][key] = s
     return dict(cells)
 
 
@@ -88,8 +116,8 @@ def stop_step(states: list[stats.SignState], *, looks: int) -> int | None:
     return None
 
 
-def word(states: list[stats.SignState]) -> str:
-    """The latest look of a cell, in words."""
+def word(states: list[stats.SignState], order: str = "backward") -> str:
+    """The latest look of a cell (forward against `order`), in words."""
     if not states:
         return "no look yet"
     last = states[-1]
@@ -97,7 +125,7 @@ def word(states: list[stats.SignState]) -> str:
         return "undetermined (1 seed)"
     if not last.sign:
         return "undetermined"
-    w = "forward easier" if last.sign > 0 else "backward easier"
+    w = "forward easier" if last.sign > 0 else f"{order} easier"
     flipped = any(s.sign and s.sign != last.sign for s in states)
     return w + (" (the other sign held earlier in training)" if flipped else "")
 
@@ -108,7 +136,7 @@ def read_curves(reader: Any, cells: dict[str, dict[str, dict[str, dict]]]) -> Cu
 
     items = [(cell, pair, s) for cell, pairs in cells.items() for pair, s in pairs.items()]
     with ThreadPoolExecutor(max(1, getattr(reader, "threads", 1)), thread_name_prefix="aot-curves") as pool:
-        got = list(pool.map(lambda x: (dict(reader.curve(x[2]["forward"])), dict(reader.curve(x[2]["backward"]))),
+        got = list(pool.map(lambda x: (dict(reader.curve(x[2]["forward"])), dict(reader.curve(x[2]["other"]))),
                             items))
     return {pair: (cell, fw, bw) for (cell, pair, _), (fw, bw) in zip(items, got)}
 
@@ -125,8 +153,10 @@ def evaluate(reader: Any, records: list[dict[str, Any]], alpha: float = DEFAULT.
 
 
 def expected_pairs(trials: list[TrialSpec]) -> dict[str, set[str]]:
-    """cell_key -> its pair keys, for the live sign test to wait on."""
+    """cell_key -> its pair keys (`compared_key`: one per order compared with forward), for the live sign test to
+    wait on."""
     out: dict[str, set[str]] = {}
     for t in trials:
-        out.setdefault(t.cell_key, set()).add(t.pair_key)
+        if t.direction != "forward":
+            out.setdefault(compared_key(t.cell_key, t.direction), set()).add(compared_key(t.pair_key, t.direction))
     return out

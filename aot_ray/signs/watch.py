@@ -113,9 +113,9 @@ class Watcher:
         cells = cells_of(records)
         first, planned = plan_looks(cells, self.rule.after)
         waiting = waiting_pairs(cells, self.expected) if self.expected is not None else None
-        curves = {pair: (cell, self.curves[s["forward"]["run_id"]], self.curves[s["backward"]["run_id"]])
+        curves = {pair: (cell, self.curves[s["forward"]["run_id"]], self.curves[s["other"]["run_id"]])
                   for cell, pairs in cells.items() for pair, s in pairs.items()
-                  if s["forward"]["run_id"] in self.curves and s["backward"]["run_id"] in self.curves}
+                  if s["forward"]["run_id"] in self.curves and s["other"]["run_id"] in self.curves}
         seqs = sequences(curves, alpha=self.alpha, start=first, planned=planned, waiting=waiting)
         n = self._log(seqs, cells)
         if self.stop is not None:

@@ -76,6 +76,15 @@ def check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
                                 f"unknown language {lang!r} for dataset {name!r} (known: {' '.join(known)})")
 
 
+def check_stop_on_sign(spec: SweepSpec, run: Any, where: str = "run.stop_on_sign") -> None:
+    """Stopping on the sign is for forward/backward sweeps: a forward trial serves every order of its cell, and a
+    settled comparison must not stop it while another runs (orders beyond backward: not yet)."""
+    others = [o for o in spec.grid.direction if o not in ("forward", "backward")]
+    if run.stop_on_sign is not None and others:
+        raise SpecError(where, f"stops forward/backward pairs only; this grid also trains {', '.join(others)}: "
+                               f"leave it off (the report still runs the sign test on every order)")
+
+
 def check_trials(spec: SweepSpec) -> None:
     """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
     from .expand import expand  # expand imports this module's checks: a circle at import time

@@ -9,7 +9,8 @@ import yaml
 
 from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
-from .checks import check_dataset, check_languages, check_lr_search, check_model, check_trials
+from .checks import (check_dataset, check_languages, check_lr_search, check_model, check_stop_on_sign,
+                     check_trials)
 from .presets import PRESETS
 from .orders import KNOWN as KNOWN_ORDERS
 from .schema import (
@@ -162,6 +163,7 @@ def parse_sweep(raw: Any) -> SweepSpec:
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
                      per_model=per_model, lr_search=lr_search, orders=orders, null_controls=null_controls)
     check_trials(spec)
+    check_stop_on_sign(spec, run)
     if lr_search is not None:
         check_lr_search(spec)
     return spec

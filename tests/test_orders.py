@@ -1,0 +1,141 @@
+"""Token orders: the named permutations against README's table, every order scoring exactly forward's tokens,
+random orders drawn from their own seed, custom permutations, the checks at load, and the report comparing each
+order with forward (backward as before)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aot_ray.aggregate import pair_rows, summarize
+from aot_ray.data.windows import orient, with_bos
+from aot_ray.errors import SpecError
+from aot_ray.spec import expand, flatten, parse_sweep
+from aot_ray.spec.orders import KNOWN, NAMED, QUARTER, permutation
+
+from specs import tiny_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_table() -> dict[str, list[int]]:
+    """README's table of the named orders at T = 8."""
+    rows = re.findall(r"^\| (\w+) \| ([\d ]+) \|$", (ROOT / "README.md").read_text(), re.M)
+    return {name: [int(x) for x in perm.split()] for name, perm in rows}
+
+
+def test_the_named_orders_are_readmes_table():
+    table = readme_table()
+    assert set(table) == set(NAMED)
+    for name, perm in table.items():
+        assert permutation(name, 8).tolist() == perm, name
+
+
+@pytest.mark.parametrize("context", [8, 12, 16, 32, 64])
+@pytest.mark.parametrize("order", KNOWN)
+def test_every_order_scores_exactly_the_tokens_forward_scores(order, context):
+    if (order in QUARTER and context % 4) or (order == "random_chunk" and context % 8):
+        pytest.skip("refused at load: the order does not divide this context")
+    rng = np.random.default_rng(context)
+    windows = rng.integers(1, 50, size=(5, context))
+    perm = permutation(order, context, seed=3)
+    assert sorted(perm.tolist()) == list(range(context))  # a permutation of the positions
+    inputs, targets = with_bos(orient(windows, perm), bos_id=0)
+    assert (inputs[:, 0] == 0).all() and (inputs[:, 1:] == targets[:, :-1]).all()  # BOS first, teacher forcing
+    for w, t in zip(windows, targets):  # every token of the window predicted once: the same multiset as forward
+        assert sorted(t.tolist()) == sorted(w.tolist()) and t.tolist() == w[perm].tolist()
+
+
+def test_backward_is_the_reversal_as_before():
+    w = np.arange(24).reshape(3, 8)
+    assert (orient(w, permutation("backward", 8)) == orient(w, "backward")).all()
+
+
+def test_random_orders_come_from_their_seed_and_multiply_by_it():
+    raw = tiny_sweep("rand", grid={"direction": ["forward", "uniform_random", "random_chunk"], "order_seed": [0, 1]})
+    trials = expand(parse_sweep(raw))
+    got = sorted((t.direction, t.order_seed) for t in trials)
+    assert got == [("forward", 0), ("random_chunk", 0), ("random_chunk", 1), ("uniform_random", 0),
+                   ("uniform_random", 1)]  # forward once: the order seed draws random orders only
+    ur = {t.order_seed: t for t in trials if t.direction == "uniform_random"}
+    assert ur[0].trial_id != ur[1].trial_id and flatten(ur[1])["order_seed"] == 1  # identity, and a param
+    assert not np.array_equal(ur[0].permutation(), ur[1].permutation())
+    assert np.array_equal(ur[1].permutation(), permutation("uniform_random", 32, seed=1))  # a function of the seed
+    chunks = next(t for t in trials if t.direction == "random_chunk").permutation().reshape(-1, 8)
+    assert (np.diff(chunks, axis=1) == 1).all()  # chunks of 8 kept forward
+
+
+def test_forward_and_backward_keep_their_ids():
+    plain = expand(parse_sweep(tiny_sweep("ids")))
+    zoo = expand(parse_sweep(tiny_sweep("ids", grid={"order": ["forward", "backward", "middle_out"]})))
+    assert {t.trial_id for t in plain} <= {t.trial_id for t in zoo}
+    assert len({t.pair_key for t in zoo}) == 1  # one seed: the three trials share the pair of their cell and seed
+
+
+def test_a_custom_order_reproduces_the_named_order_it_spells(tmp_path):
+    from aot_ray.data.prepare import prepare
+    from aot_ray.train import RecordingTracker, train
+
+    spelled = permutation("middle_out", 32).tolist()
+    (tmp_path / "mo.txt").write_text(" ".join(map(str, spelled)))
+    raw = tiny_sweep("spell", train={"steps": 6, "eval_every": 6, "checkpoint_every": 0},
+                     grid={"order": ["middle_out", "mine", "from_file"]})
+    raw["orders"] = {"custom": {"mine": spelled, "from_file": str(tmp_path / "mo.txt")}}
+    trials = {t.direction: t for t in expand(parse_sweep(raw))}
+    assert trials["mine"].trial_id != trials["middle_out"].trial_id
+    data = prepare(trials["mine"].data, tmp_path / "r")[0]
+    losses = {o: train(t, RecordingTracker(), data=data, workdir=tmp_path / o).val_loss for o, t in trials.items()}
+    assert losses["mine"] == losses["middle_out"] == losses["from_file"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"grid": {"order": ["forward", "sideways"]}}, "grid.direction[1]: unknown order 'sideways'"),
+    ({"grid": {"order": ["forward"], "direction": ["backward"]}}, "grid.order: is the direction axis by another name"),
+    ({"grid": {"order": ["forward", "mine"]}, "orders": {"custom": {"mine": [0, 1, 2]}}},
+     "orders.custom.mine: has 3 positions; a window has 32 (context_length)"),
+    ({"grid": {"order": ["forward", "mine"]}, "orders": {"custom": {"mine": [0] * 32}}},
+     "orders.custom.mine: is not a permutation of 0..31"),
+    ({"grid": {"order": ["forward", "random_chunk"], "context_length": [36]}},
+     "grid.direction[1]: order random_chunk needs a context that is a multiple of its chunk (8), got 36"),
+    ({"grid": {"order": ["forward", "quarter_end_in_concat"], "context_length": [30]}},
+     "grid.direction[1]: order quarter_end_in_concat needs a context that is a multiple of 4, got 30"),
+    ({"grid": {"order": ["forward", "middle_out"]}, "run": {"stop_on_sign": True}},
+     "run.stop_on_sign: stops forward/backward pairs only; this grid also trains middle_out"),
+    ({"grid": {"order_seed": [-1]}}, "grid.order_seed[0]: must be a non-negative integer, got -1"),
+    ({"orders": {"custom": {"backward": [0, 1]}}}, "orders.custom.backward: a custom order's name"),
+    ({"orders": {"custom": {"f": "/no/such/file"}}}, "orders.custom.f: cannot read /no/such/file"),
+])
+def test_bad_orders_are_one_line_naming_the_field(change, message):
+    raw = tiny_sweep("bad")
+    raw["grid"].update(change.get("grid", {}))
+    raw.update({k: v for k, v in change.items() if k != "grid"})
+    with pytest.raises(SpecError) as err:
+        parse_sweep(raw)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def _record(order: str, loss: float, seed: int = 0) -> dict:
+    return {"trial_id": f"t-{order}-{seed}", "pair_key": f"p{seed}", "cell_key": "c", "direction": order,
+            "dataset": "lin", "language": None, "arch": "gpt2", "model": "tiny", "context_length": 32, "seed": seed,
+            "axes": {}, "val_loss": loss, "finished": True, "n_params": 1, "tokens": 1}
+
+
+def test_each_order_is_compared_with_forward_and_backward_reads_as_before():
+    rows = [_record(o, loss, s) for s in (0, 1) for o, loss in
+            (("forward", 1.0), ("backward", 1.1), ("middle_out", 0.9 + s / 100))]
+    pairs, orphans = pair_rows(rows)
+    assert orphans == []
+    by = {(p["order"], p["seed"]): p for p in pairs}
+    bw, mo = by[("backward", 0)], by[("middle_out", 1)]
+    assert (bw["pair_key"], bw["cell_key"], bw["L_bw"]) == ("p0", "c", 1.1)  # backward's keys as before
+    assert (mo["pair_key"], mo["cell_key"], mo["L_fw"], mo["L_bw"]) == ("p1~middle_out", "c~middle_out", 1.0, 0.91)
+    assert mo["delta"] == pytest.approx((0.91 - 1.0) / (0.5 * 1.91))
+    cells = {c["cell_key"]: c for c in summarize(pairs)}
+    assert set(cells) == {"c", "c~middle_out"}
+    assert cells["c"]["direction"] == "forward easier" and cells["c~middle_out"]["direction"] == "middle_out easier"
+
+
+def test_an_order_without_its_forward_trial_is_an_orphan():
+    pairs, orphans = pair_rows([_record("middle_out", 1.0)])
+    assert pairs == [] and orphans == ["t-middle_out-0"]
