@@ -1,4 +1,5 @@
-"""Natural-language corpora: split by document, train a byte-level BPE, tokenize in parallel batches.
+"""Natural-language corpora: split by document, make the tokenizer (byte-level BPE, bytes or characters), tokenize in
+parallel batches.
 
 Two streaming passes over the source, each in bounded pieces of documents (`pieces`): the first feeds the
 tokenizer trainer the first `sample_bytes` of training documents, the second encodes every piece with
@@ -16,7 +17,7 @@ from ..errors import DataError
 from ..spec.schema import HFData, TextData
 from .pieces import Piece
 from .sources import document_pieces, is_validation
-from .tokenizer import train_bpe
+from .tokenizer import UNK, make_tokenizer
 from .tokenfile import TokenWriter
 
 BATCH_DOCS = 2048  # pieces per encoding batch, at most
@@ -43,17 +44,17 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
     t0 = time.perf_counter()
     spec = data.tokenizer
     seen = [0]  # documents read while sampling: the base alphabet alone cannot tell an empty corpus
-    tok = train_bpe(_tokenizer_sample(data, where, seen), spec.vocab_size, spec.min_frequency, show_progress=progress)
+    tok = make_tokenizer(spec, _tokenizer_sample(data, where, seen), show_progress=progress)
     got = tok.get_vocab_size()
-    if seen[0] == 0:
+    if seen[0] == 0 and spec.kind != "bytes":  # (bytes reads no sample: the encoding pass finds an empty corpus)
         raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
-    if got < spec.vocab_size:
+    if spec.kind == "bpe" and got < spec.vocab_size:
         raise DataError(f"{where}.tokenizer.vocab_size: {spec.vocab_size} is more than this corpus supports "
                         f"(BPE training ran out of merges at {got} tokens); lower it or add text")
     tok.save(str(out / "tokenizer.json"))
     t_tok = time.perf_counter() - t0
 
-    counts, size, train_count, val_count, dtype = _encode(data, where, out, tok, progress)
+    counts, size, train_count, val_count, dtype, unknown = _encode(data, where, out, tok, progress)
     if counts["train"] == 0:
         raise DataError(f"{where}: no documents (empty corpus); check its paths, split, text_field and caps")
     if counts["val"] == 0:
@@ -67,13 +68,17 @@ def build_corpus(data: TextData | HFData, where: str, out: Path, progress: bool 
         "dtype": dtype,
         "bytes": size,
         "tokenizer_seconds": round(t_tok, 3),
+        # characters a `chars` tokenizer maps to its unknown id (more distinct ones than vocab_size keeps)
+        **({"unknown_chars": unknown} if spec.kind == "chars" else {}),
     }
 
 
 def _encode(data: TextData | HFData, where: str, out: Path, tok: Any,
-            progress: bool) -> tuple[dict[str, int], int, int, int, str]:
+            progress: bool) -> tuple[dict[str, int], int, int, int, str, int]:
     """Encode every document into train.bin / val.bin in batches of at most BATCH_DOCS pieces or BATCH_BYTES of
-    text; returns (documents per split, text bytes, train tokens, val tokens, token dtype)."""
+    text; returns (documents per split, text bytes, train tokens, val tokens, token dtype, unknown ids)."""
+    unk = tok.token_to_id(UNK)
+    unknown = [0]
     bar = None
     if progress:
         from tqdm.auto import tqdm  # only for a terminal's progress bar
@@ -91,6 +96,8 @@ def _encode(data: TextData | HFData, where: str, out: Path, tok: Any,
             for enc, p in zip(encs, batch):  # one array write per split and batch, not per piece
                 side = ids[is_validation(data.seed, p.doc, data.val_fraction)]
                 side.extend(enc.ids)
+                if unk is not None:
+                    unknown[0] += enc.ids.count(unk)
                 if p.last:
                     side.append(0)
             train_w.append(ids[False])
@@ -113,4 +120,4 @@ def _encode(data: TextData | HFData, where: str, out: Path, tok: Any,
             flush()
     if bar is not None:
         bar.close()
-    return counts, size, train_w.count, val_w.count, train_w.dtype_name
+    return counts, size, train_w.count, val_w.count, train_w.dtype_name, unknown[0]

@@ -59,6 +59,8 @@ def vocab_size_of(data: DatasetSpec) -> int:
     """The vocabulary a dataset will have (known before preparing)."""
     if data.kind in SYNTHETIC_KINDS:
         return char_tokenizer(data).vocab_size
+    if data.tokenizer.kind == "bytes":
+        return 257  # 256 bytes and <|endoftext|>, whatever vocab_size allows
     return data.tokenizer.vocab_size
 
 

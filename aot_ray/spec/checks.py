@@ -40,9 +40,13 @@ def check_dataset(data: Any, path: str) -> None:
     if data.kind not in SYNTHETIC_KINDS:
         if data.kind == "text" and not data.paths:
             raise SpecError(join(path, "paths"), "must list at least one file, glob or URL")
-        if data.tokenizer.vocab_size < 257:
+        tok = data.tokenizer
+        least = {"bpe": 257, "bytes": 257, "chars": 3}[tok.kind]
+        if tok.vocab_size < least:
+            holds = {"bpe": "256 byte symbols + <|endoftext|>", "bytes": "256 bytes + <|endoftext|>",
+                     "chars": "<|endoftext|>, the unknown id and one character"}[tok.kind]
             raise SpecError(join(path, "tokenizer.vocab_size"),
-                            f"must be at least 257 (256 byte symbols + <|endoftext|>), got {data.tokenizer.vocab_size}")
+                            f"must be at least {least} for kind {tok.kind} ({holds}), got {tok.vocab_size}")
         return
     limit = data.capacity()
     if data.n_samples > limit:

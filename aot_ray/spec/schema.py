@@ -84,9 +84,12 @@ class LinearData:
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerSpec:
-    """Byte-level BPE trained per corpus with `tokenizers`; id 0 is <|endoftext|>, used as BOS and EOS."""
+    """A corpus's tokenizer, made with `tokenizers`; id 0 is <|endoftext|>, used as BOS and EOS. `bpe`: byte-level
+    BPE trained per corpus (as GPT-2); `bytes`: the UTF-8 bytes, 256 ids plus <|endoftext|> (vocab_size must hold
+    257); `chars`: one id per character, the `vocab_size - 2` most frequent characters of the training sample, the
+    others one reserved unknown id (the authors' character-level DNA runs)."""
 
-    kind: Literal["bpe"] = "bpe"
+    kind: Literal["bpe", "bytes", "chars"] = "bpe"
     vocab_size: int = _num(50257, gt=0)
     sample_bytes: int = _num(100_000_000, gt=0)  # training-split text the BPE is trained on
     min_frequency: int = _num(2, gt=0)

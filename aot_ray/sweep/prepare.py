@@ -15,9 +15,13 @@ from .sweep_plan import where_of
 def summary_line(where: str, lang: str | None, h: str, path: str, built: bool, m: dict) -> str:
     label = where + (f"[{lang}]" if lang else "")
     docs, toks = m["documents"], m["tokens"]
+    unknown = m.get("unknown_chars") or 0
+    share = unknown / max(1, toks["train"] + toks["val"] - docs["train"] - docs["val"])  # characters: ids - EOTs
+    cut = (f"; {unknown:,} characters ({share:.2%} of the text) are not among the {m['vocab_size'] - 2:,} it keeps "
+           f"(tokenizer.vocab_size) and map to the unknown id" if unknown else "")
     return (f"{'prepared' if built else 'reused'} {label} ({h}): {docs['train']:,}+{docs['val']:,} documents, "
             f"{toks['train']:,}+{toks['val']:,} tokens (train+val), {m.get('bytes', 0) / 1e6:.1f} MB, "
-            f"{m.get('seconds', 0):.1f} s -> {path}")
+            f"{m.get('seconds', 0):.1f} s -> {path}{cut}")
 
 
 def check_context_fits(trials: list[TrialSpec], hashes: dict[str, str], manifests: dict[str, dict]) -> None:
