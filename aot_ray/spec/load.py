@@ -263,7 +263,7 @@ def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
                 if v < MIN_CONTEXT:
                     raise SpecError(join(path, i), f"must be at least {MIN_CONTEXT}, got {v}: a window of one token "
                                                    f"has no order, so its forward and backward models are the same")
-        elif key == "seed":
+        elif key in ("seed", "order_seed"):
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise SpecError(join(path, i), f"must be a non-negative integer, got {describe(v)}")
@@ -276,10 +276,6 @@ def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
                 if v not in KNOWN_ORDERS and v not in orders.custom:
                     raise SpecError(join(path, i), f"unknown order {describe(v)} (named: {', '.join(KNOWN_ORDERS)}; "
                                                    f"or a custom one of orders.custom)")
-        elif key == "order_seed":
-            for i, v in enumerate(values):
-                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise SpecError(join(path, i), f"must be a non-negative integer, got {describe(v)}")
         elif isinstance(key, str) and "." in key:
             overrides.append((key, tuple(_override_values(key, values, path, [data[d] for d in named["dataset"]]))))
             continue
