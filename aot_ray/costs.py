@@ -18,7 +18,7 @@ from .storage import Storage
 def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
     """Parameters, training tokens, 6*N*D FLOPs and, for GPU trials, GPU-hours at `gpu_tflops` per GPU."""
 
-    vocab = vocab_size_of(trial.data)
+    vocab = trial_vocab(trial)
     n = count_params(resolve_shape(trial.model), vocab, trial.context_length, trial.model.tie_embeddings)
     tokens = trial.train.steps * trial.train.batch_size * trial.train.grad_accum * trial.context_length
     flops = 6 * n * tokens
@@ -27,6 +27,11 @@ def trial_cost(trial: TrialSpec, gpu_tflops: float = 250.0) -> dict[str, Any]:
     gpu_hours = flops / (gpu_tflops * 1e12) / 3600 if gpus else None
     return {"n_params": n, "tokens": tokens, "flops": flops, "gpu_hours": gpu_hours,
             "checkpoint_bytes": checkpoint_bytes(n)}
+
+
+def trial_vocab(trial: TrialSpec) -> int:
+    """The vocabulary of a trial's model: its data's, and the joint model's two direction tokens."""
+    return vocab_size_of(trial.data) + (2 if trial.joint else 0)
 
 
 def checkpoint_bytes(n_params: int) -> int:

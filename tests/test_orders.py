@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from aot_ray.aggregate import pair_rows, summarize
-from aot_ray.data.windows import orient, with_bos
+from aot_ray.data.windows import orient, with_bos, with_direction
 from aot_ray.errors import SpecError
 from aot_ray.spec import expand, flatten, parse_sweep
-from aot_ray.spec.orders import KNOWN, NAMED, QUARTER, permutation
+from aot_ray.spec.orders import NAMED, PERMUTATIONS, QUARTER, permutation
 
 from specs import tiny_sweep
 
@@ -33,7 +33,7 @@ def test_the_named_orders_are_readmes_table():
 
 
 @pytest.mark.parametrize("context", [8, 12, 16, 32, 64])
-@pytest.mark.parametrize("order", KNOWN)
+@pytest.mark.parametrize("order", PERMUTATIONS)
 def test_every_order_scores_exactly_the_tokens_forward_scores(order, context):
     if (order in QUARTER and context % 4) or (order == "random_chunk" and context % 8):
         pytest.skip("refused at load: the order does not divide this context")
@@ -45,6 +45,34 @@ def test_every_order_scores_exactly_the_tokens_forward_scores(order, context):
     assert (inputs[:, 0] == 0).all() and (inputs[:, 1:] == targets[:, :-1]).all()  # BOS first, teacher forcing
     for w, t in zip(windows, targets):  # every token of the window predicted once: the same multiset as forward
         assert sorted(t.tolist()) == sorted(w.tolist()) and t.tolist() == w[perm].tolist()
+
+
+def test_the_joint_model_alternates_directions_each_led_by_its_token_and_scores_every_token():
+    windows = np.random.default_rng(0).integers(1, 50, size=(6, 10))
+    backward = np.arange(6) % 2 == 1
+    inputs, targets = with_direction(windows, backward, first_id=50)
+    assert inputs[:, 0].tolist() == [50, 51] * 3  # forward's token, backward's token, in turn
+    assert (targets[~backward] == windows[~backward]).all() and (targets[backward] == windows[backward, ::-1]).all()
+    assert (inputs[:, 1:] == targets[:, :-1]).all()  # every token of the window predicted
+
+
+def test_the_joint_model_trains_on_forwards_budget_and_logs_each_direction(tmp_path):
+    from aot_ray.data.prepare import prepare
+    from aot_ray.train import RecordingTracker, train
+
+    raw = tiny_sweep("joint", train={"steps": 10, "eval_every": 5, "checkpoint_every": 0},
+                     grid={"order": ["forward", "joint"]})
+    trials = {t.direction: t for t in expand(parse_sweep(raw))}
+    data = prepare(trials["joint"].data, tmp_path / "r")[0]
+    runs = {o: (RecordingTracker(), t) for o, t in trials.items()}
+    results = {o: train(t, m, data=data, workdir=tmp_path / o) for o, (m, t) in runs.items()}
+    assert results["joint"].tokens == results["forward"].tokens  # the same token budget
+    m = runs["joint"][0]
+    fw, bw = m.metrics["final_val_loss_forward"][-1][1], m.metrics["final_val_loss_backward"][-1][1]
+    assert results["joint"].val_loss == pytest.approx((fw + bw) / 2)
+    assert [s for s, _ in m.metrics["val_loss_backward"]] == [5, 10]
+    assert results["joint"].n_params > results["forward"].n_params  # the two direction tokens' embeddings
+    assert "val_loss_forward" not in runs["forward"][0].metrics
 
 
 def test_backward_is_the_reversal_as_before():
@@ -134,6 +162,18 @@ def test_each_order_is_compared_with_forward_and_backward_reads_as_before():
     cells = {c["cell_key"]: c for c in summarize(pairs)}
     assert set(cells) == {"c", "c~middle_out"}
     assert cells["c"]["direction"] == "forward easier" and cells["c~middle_out"]["direction"] == "middle_out easier"
+
+
+def test_the_joint_model_is_its_own_kind_of_row_never_a_pair():
+    from aot_ray.aggregate.tables import joint_rows
+
+    rows = [_record("forward", 1.0), {**_record("joint", 1.05), "L_forward": 1.0, "L_backward": 1.1}]
+    pairs, orphans = pair_rows(rows)
+    assert pairs == [] and orphans == ["t-forward-0"]  # the joint model pairs with no forward trial
+    (j,) = joint_rows(rows)
+    assert (j["kind"], j["cell_key"], j["L_fw"], j["L_bw"]) == ("one model, both directions", "c~joint", 1.0, 1.1)
+    cell = summarize([j, {**j, "seed": 1, "delta": j["delta"] + 0.01}])[0]
+    assert cell["direction"] == "forward easier"
 
 
 def test_an_order_without_its_forward_trial_is_an_orphan():

@@ -1,5 +1,6 @@
-"""Token orders through Ray Tune and MLflow: a sweep of forward, backward, a named order and a random one on a
-synthetic set windowed by line; each order's run, its comparison with forward in the report, and `status`."""
+"""Token orders through Ray Tune and MLflow: a sweep of forward, backward, a named order, a random one and the joint
+model on a synthetic set windowed by line; each order's run, its comparison with forward in the report (the joint
+model's own row), and `status`."""
 
 import json
 
@@ -17,7 +18,8 @@ RAW = {
     "defaults": {"optim": {"lr": 3e-3, "warmup_steps": 2},
                  "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5, "checkpoint_every": 10},
                  "resources": {"cpu": 1}},
-    "grid": {"dataset": ["lin"], "model": ["micro"], "order": ["forward", "backward", "even_odd", "uniform_random"],
+    "grid": {"dataset": ["lin"], "model": ["micro"], "order": ["forward", "backward", "even_odd", "uniform_random",
+                                                           "joint"],
              "seed": [0]},
     "run": {"max_concurrent_trials": 2},
 }
@@ -28,18 +30,22 @@ def test_every_order_trains_and_is_compared_with_forward(tmp_path, ray_local, ca
     f.write_text(yaml.safe_dump(RAW))
     uri, storage = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "r")
     out = sweep.run(sweep.resolve(str(f), tracking_uri=uri, storage=storage), verbose=0, say=lambda _: None)
-    assert len(out.ran) == 4 and not out.failed
+    assert len(out.ran) == 5 and not out.failed
     runs = {r.data.tags["direction"]: r for r in tracking.SweepRuns(uri, "orders-it").trials()}
-    assert set(runs) == {"forward", "backward", "even_odd", "uniform_random"}
+    assert set(runs) == {"forward", "backward", "even_odd", "uniform_random", "joint"}
     assert runs["uniform_random"].data.params["order_seed"] == "0" and runs["even_odd"].data.tags["windows"] == "line"
     pairs = {p["order"]: p for p in out.report["pairs"]}
     assert set(pairs) == {"backward", "even_odd", "uniform_random"}
     assert pairs["backward"]["pair_key"] == runs["forward"].data.tags["pair_key"]  # backward's keys as before
     assert pairs["even_odd"]["fw_trial"] == pairs["backward"]["fw_trial"]  # one forward trial serves every order
     assert all(p["n_windows"] > 0 for p in pairs.values())  # compared on the same validation windows
+    (joint,) = out.report["joint"]  # one model, both directions: its own row, never a pair
+    assert joint["n_windows"] > 0 and joint["fw_trial"] == runs["joint"].data.tags["trial_id"]
+    assert {"val_loss_forward", "val_loss_backward"} <= set(runs["joint"].data.metrics)
     capsys.readouterr()
     assert main(["status", str(f), "--tracking-uri", uri, "--json"]) == 0
     assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"TERMINATED"}
     assert main(["report", str(f), "--tracking-uri", uri, "--storage", storage, "--no-plots"]) == 0
     text = capsys.readouterr().out
     assert "order" in text and "even_odd" in text and "uniform_random" in text
+    assert "One model, both directions" in text

@@ -30,6 +30,8 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
     windows = {r["trial_id"]: w for r in finished if (w := reader.windows(r)) is not None}
     stopped = at_stop_steps(reader, finished, windows)
     pairs, orphans = tables.pair_rows(finished, windows, n_boot=n_boot, conf=conf)
+    joint = tables.joint_rows(finished, {r["trial_id"]: d for r in finished if r["direction"] == "joint"
+                                         and (d := reader.directions(r)) is not None}, n_boot=n_boot, conf=conf)
     cells = tables.summarize(pairs, conf)
     tables.attach_controls(cells)
     by_id = {r["trial_id"]: r for r in recs}
@@ -51,6 +53,8 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "rows": finished,
         "running": [r for r in recs if not r["finished"]],
         "pairs": pairs,
+        "joint": joint,  # one model per seed trained on both directions: never pooled with the pairs
+        "joint_summary": tables.summarize(joint, conf),
         "orphans": orphans,
         "summary": cells,
         "trends": trends,

@@ -55,6 +55,9 @@ def record_of(run: Any) -> dict[str, Any]:
         "tokens": int(metrics["tokens"]) if "tokens" in metrics else None,
         "epochs": metrics.get("epochs"),  # the latest: how often the training split was seen
         "val_loss": loss if loss is None or math.isfinite(loss) else None,
+        # the joint model's final loss in each direction (one model, evaluated forward and backward)
+        "L_forward": metrics.get("final_val_loss_forward"),
+        "L_backward": metrics.get("final_val_loss_backward"),
         "finished": run.info.status == "FINISHED",
         "error": next(iter((tags.get(ERROR) or "").strip().splitlines()[-1:]), None),  # its last line
         "steps": int(run.data.params["train.steps"]) if "train.steps" in run.data.params else None,
@@ -170,6 +173,15 @@ class Reader:
             return None
         d = self._json(rec, "eval/per_window.json", stable=True)
         return None if d is None else np.asarray(d["loss"], dtype=float)
+
+    def directions(self, rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The joint model's final per-window losses, forward and backward, on the same windows."""
+        if not rec["finished"]:
+            return None
+        d = self._json(rec, "eval/per_window.json", stable=True)
+        if d is None or "loss_forward" not in d:
+            return None
+        return np.asarray(d["loss_forward"], dtype=float), np.asarray(d["loss_backward"], dtype=float)
 
     def positions(self, rec: dict[str, Any]) -> np.ndarray | None:
         if not rec["finished"]:

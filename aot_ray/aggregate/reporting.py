@@ -36,6 +36,9 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
     }
     if result.get("references"):
         tables_["aot_reference.csv"] = (result["references"], reference_.REFERENCE_COLUMNS)
+    if result.get("joint"):  # one model on both directions: its own table, never pooled with the pairs
+        tables_["aot_joint.csv"] = (tables.flat(result["joint"]), _columns(["kind", *tables.PAIR_COLUMNS],
+                                                                           result["joint"]))
     files = []
     for name, (rows, cols) in tables_.items():
         (out / name).write_text(to_csv(rows, cols))
@@ -103,7 +106,7 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
         if out_dir is None:
             scratch = Path(tempfile.mkdtemp(prefix="aot-report-"))
         out = Path(out_dir) if out_dir is not None else scratch
-        wanted = result["pairs"] or result["sequences"] or result["failed_cells"]
+        wanted = result["pairs"] or result["joint"] or result["sequences"] or result["failed_cells"]
         try:
             files = write_files(result, out, sweep, with_plots) if wanted else []
         except OSError as e:  # a full disk (at the end of a sweep, say): the report is still printed, and says so

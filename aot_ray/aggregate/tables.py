@@ -77,6 +77,32 @@ def pair_rows(rows: list[dict[str, Any]], windows: dict[str, np.ndarray] | None 
     return pairs, sorted(orphans)
 
 
+def joint_rows(rows: list[dict[str, Any]], directions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
+               n_boot: int = 2000, conf: float = 0.95) -> list[dict[str, Any]]:
+    """One row per finished joint model (one model trained on both directions), its delta between its own
+    backward and forward losses on the same windows, with a paired bootstrap interval over them: a comparison of
+    its own kind, keyed `<key>~joint`, never pooled with two-model pairs."""
+    out = []
+    for r in rows:
+        if r.get("direction") != "joint" or r.get("finished") is False or not _finite(r.get("L_forward")) \
+                or not _finite(r.get("L_backward")):
+            continue
+        p = {"pair_key": compared_key(r["pair_key"], "joint"), "cell_key": compared_key(r["cell_key"], "joint"),
+             "order": "joint", "kind": "one model, both directions",
+             **{k: r.get(k) for k in ("dataset", "windows", "language", "arch", "model", "context_length", "seed",
+                                      "n_params", "tokens")},
+             "axes": dict(r.get("axes") or {}), "L_fw": r["L_forward"], "L_bw": r["L_backward"],
+             "delta": delta(r["L_forward"], r["L_backward"]), "delta_lo": float("nan"), "delta_hi": float("nan"),
+             "n_windows": 0, "fw_trial": r["trial_id"], "bw_trial": r["trial_id"], "stopped_at": None}
+        a, b = (directions or {}).get(r["trial_id"], (None, None))
+        if a is not None and b is not None and a.shape == b.shape and len(a):
+            ci = stats.paired_bootstrap(a, b, n_boot=n_boot, conf=conf, seed=len(out))
+            p.update(delta=ci.estimate, delta_lo=ci.lo, delta_hi=ci.hi, n_windows=ci.n)
+        out.append(p)
+    out.sort(key=_order)
+    return out
+
+
 def _order(r: dict[str, Any]) -> tuple:
     return (r["dataset"], r.get("language") or "", r.get("arch") or "", r.get("n_params") or 0, r["model"],
             r["context_length"], sorted((k, _sortable(v)) for k, v in (r.get("axes") or {}).items()), r["cell_key"],
@@ -110,7 +136,7 @@ def summarize(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str,
             "delta_mean": ci.estimate,
             "delta_lo": lo,
             "delta_hi": hi,
-            "direction": direction(lo, hi, len(ps), ps[0].get("order", "backward")),
+            "direction": direction(lo, hi, len(ps), _against(ps[0].get("order", "backward"))),
             # training compute, 6 N D (N parameters, D training tokens): the scaling axis beside size
             "compute": (6.0 * ps[0]["n_params"] * ps[0]["tokens"] if ps[0].get("n_params") and ps[0].get("tokens")
                         else None),
@@ -249,6 +275,11 @@ def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray])
         if a is not None and b is not None and a.shape == b.shape:
             acc[p["cell_key"]].append(b - a)
     return {k: np.mean(v, axis=0) for k, v in acc.items()}
+
+
+def _against(order: str) -> str:
+    """What forward is compared with: the order, or backward for the joint model's two directions."""
+    return "backward" if order == "joint" else order
 
 
 def direction(lo: float, hi: float, n_seeds: int, order: str = "backward") -> str:

@@ -130,6 +130,15 @@ def sign_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in result["signs"] if r["positive"] + r["negative"] >= 2]
 
 
+def _joint_markdown(result: dict[str, Any]) -> list[str]:
+    if not result.get("joint"):
+        return []
+    lines = joint_lines(result, int(result["conf"] * 100))
+    return ["## One model, both directions (joint)", "", lines[1], "",
+            markdown_table(tables.flat(result["joint"]), _joint_columns(result)), "",
+            markdown_table(tables.flat(result["joint_summary"]), _joint_columns(result, cells=True)), ""]
+
+
 def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
     conf = int(result["conf"] * 100)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -154,6 +163,7 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
         parts += ["## Cells (mean over seeds)", "", f"[delta_lo, delta_hi]: {conf}% t interval over seeds; "
                   "`direction` states a sign only when it excludes 0.", "",
                   markdown_table(tables.flat(result["summary"]), _cell_columns(result) + ["delta_std"]), ""]
+    parts += _joint_markdown(result)
     if result["trends"] or result["token_trends"]:
         parts += ["## Trends", "", "Slope of delta per 10x of the axis (log10 scale) or per unit (linear), with its "
                   f"{conf}% t interval; points are cell means. Along training (x = tokens) points come from one run "
@@ -205,6 +215,24 @@ def parent_text(chosen: dict[str, Any] | None, others: list[dict[str, Any]]) -> 
     return line
 
 
+def _joint_columns(result: dict[str, Any], cells: bool = False) -> list[str]:
+    lang, axes, arch = _columns_of({"pairs": result["joint"]})
+    tail = ["n_seeds", "delta_mean", "delta_lo", "delta_hi", "direction"] if cells else \
+        ["seed", "L_fw", "L_bw", "delta", "delta_lo", "delta_hi"]
+    return ["dataset", *lang, *arch, "model", "context_length", *axes, *tail]
+
+
+def joint_lines(result: dict[str, Any], conf: int) -> list[str]:
+    """The joint models' section: one model, both directions, its own kind of row."""
+    if not result.get("joint"):
+        return []
+    return ["", "One model, both directions (joint: one model per seed trained on forward and backward windows, "
+                f"delta between its own two losses; [lo, hi] {conf}% over windows, then over seeds; never pooled "
+                "with two-model pairs)",
+            format_table(tables.flat(result["joint"]), _joint_columns(result)),
+            format_table(tables.flat(result["joint_summary"]), _joint_columns(result, cells=True))]
+
+
 def render(result: dict[str, Any]) -> str:
     """The summary for the terminal."""
     conf = int(result["conf"] * 100)
@@ -236,6 +264,7 @@ def render(result: dict[str, Any]) -> str:
             parts += ["", levels.within_sign_note(result["signs"])]
     else:
         parts.append("no finished forward/backward pair yet")
+    parts += joint_lines(result, conf)
     if result.get("sequences"):
         rows = sequence_rows(result)
         stated = sum(r["sign"].startswith(("forward", "backward")) or " easier" in r["sign"] for r in rows)

@@ -70,6 +70,16 @@ def with_bos(windows: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
     return inputs, windows
 
 
+def with_direction(windows: np.ndarray, backward: np.ndarray, first_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The joint model's (inputs, targets): each window forward, or reversed where `backward`, led by its direction
+    token (`first_id` for forward, `first_id + 1` for backward) in place of BOS; every token predicted."""
+    targets = np.where(backward[:, None], windows[:, ::-1], windows)
+    inputs = np.empty_like(targets)
+    inputs[:, 0] = np.where(backward, first_id + 1, first_id)
+    inputs[:, 1:] = targets[:, :-1]
+    return inputs, targets
+
+
 def eval_indices(n_windows: int, cap: int) -> np.ndarray:
     """A fixed, evenly spread subset of validation windows: the same for every trial, seed and direction."""
     if n_windows <= cap:

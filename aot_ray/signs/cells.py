@@ -36,7 +36,8 @@ def comparisons(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, dict
     forward partner). A forward trial serves every order of its cell and seed."""
     sides: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in records:
-        sides[r["pair_key"]][r["direction"]] = r
+        if r["direction"] != "joint":  # one model on both directions is its own comparison (`tables.joint_rows`)
+            sides[r["pair_key"]][r["direction"]] = r
     out, alone = {}, []
     for key, s in sides.items():
         fw = s.get("forward")
@@ -157,6 +158,6 @@ def expected_pairs(trials: list[TrialSpec]) -> dict[str, set[str]]:
     wait on."""
     out: dict[str, set[str]] = {}
     for t in trials:
-        if t.direction != "forward":
+        if t.direction not in ("forward", "joint"):
             out.setdefault(compared_key(t.cell_key, t.direction), set()).add(compared_key(t.pair_key, t.direction))
     return out

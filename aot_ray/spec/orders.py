@@ -63,12 +63,16 @@ NAMED: dict[str, Callable[[int], list[int]]] = {
     "quarter_end_in_concat": _halves(_end_in, False),
 }
 QUARTER = tuple(n for n in NAMED if n.startswith("quarter_"))
-KNOWN = (*NAMED, *RANDOM)
+# one model on both directions: windows alternate forward and reversed, each led by its own direction token (two ids
+# past the text's vocabulary) in place of BOS; evaluated in each direction on the same windows (TokenTextFWBW)
+JOINT = "joint"
+PERMUTATIONS = (*NAMED, *RANDOM)
+KNOWN = (*PERMUTATIONS, JOINT)
 # the short names in trial ids (forward and backward keep theirs)
 SHORT = {"forward": "fw", "backward": "bw", "middle_out": "mo", "end_in": "ei", "even_odd": "eo", "odd_even": "oe",
          "half_back_forward": "hbf", "half_forward_back": "hfb", "quarter_middle_out_interleave": "qmoi",
          "quarter_middle_out_concat": "qmoc", "quarter_end_in_interleave": "qeii", "quarter_end_in_concat": "qeic",
-         "uniform_random": "ur", "random_chunk": "rc"}
+         "uniform_random": "ur", "random_chunk": "rc", JOINT: "jt"}
 
 
 def problem(order: str, context: int, chunk: int = 8, custom: tuple[int, ...] | None = None) -> str | None:

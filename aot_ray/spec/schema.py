@@ -361,9 +361,15 @@ class TrialSpec:
     order_chunk: int = 8  # random_chunk's chunk
     custom_order: tuple[int, ...] = ()  # a custom order's permutation; () for a named one
 
+    @property
+    def joint(self) -> bool:
+        """One model trained on both directions (`orders.JOINT`)."""
+        return self.direction == orders.JOINT
+
     def permutation(self) -> Any:
-        """The positions of a window in the order this trial feeds them (numpy), None for forward (no gather)."""
-        if self.direction == "forward":
+        """The positions of a window in the order this trial feeds them (numpy), None for forward (no gather) and
+        for the joint model (whose windows alternate forward and backward)."""
+        if self.direction == "forward" or self.joint:
             return None
         return orders.permutation(self.direction, self.context_length, self.order_seed, self.order_chunk,
                                   self.custom_order or None)

@@ -24,7 +24,8 @@ from .resolved import ResolvedSweep
 from .status import status
 
 STATES = ("TERMINATED", "RUNNING", "ERROR", "INTERRUPTED", "PENDING")
-REPORT_TABLES = ("pairs", "summary", "trends", "token_trends", "across", "references", "signs", "sequence_rows")
+REPORT_TABLES = ("pairs", "summary", "joint", "joint_summary", "trends", "token_trends", "across", "references",
+                 "signs", "sequence_rows")
 
 
 def plan_command(sweep: ResolvedSweep, as_json: bool = False) -> int:

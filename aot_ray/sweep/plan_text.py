@@ -63,6 +63,10 @@ def _totals(result: dict[str, Any], spec: SweepSpec) -> list[str]:
     if gpu_hours:
         out.append(f"estimated {gpu_hours:,.1f} GPU-hours at {spec.run.gpu_tflops:g} sustained TFLOP/s per GPU "
                    f"(run.gpu_tflops)")
+    if any(r["direction"] == "joint" for r in trials):
+        out.append("joint: one model per cell and seed, trained on forward and backward windows in turn (each led "
+                   "by its direction token) on the same token budget as a one-direction trial (train.steps x batch "
+                   "windows), and evaluated in each direction on the same windows")
     st = spec.run.stop_on_sign
     if st is not None:
         out.append(f"stop on sign: a pair stops once its sign holds for {st.looks} evaluation(s) at alpha "

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..data.prepare import data_hash, vocab_size_of
+from ..costs import trial_vocab
+from ..data.prepare import data_hash
 from ..gpu_memory import check_trial, declared_gpu_bytes, refusal
 from ..spec import SweepSpec, TrialSpec, expand
 from ..tracking import SweepRuns
@@ -55,7 +56,7 @@ def memory_checks(trials: list[TrialSpec], run_spec: Any, discovered: GpuSize | 
         gpu_bytes, source = discovered(t) if discovered else (None, "")
         if gpu_bytes is None:
             gpu_bytes, source = declared_gpu_bytes(t, run_spec.gpu_memory_gb, run_spec.gpu_memory_gb_by_resource)
-        out[t.trial_id] = check_trial(t, vocab_size_of(t.data), gpu_bytes, source)
+        out[t.trial_id] = check_trial(t, trial_vocab(t), gpu_bytes, source)
     return out
 
 
@@ -66,7 +67,7 @@ def unfit_message(trials: list[TrialSpec], checks: dict[str, Any]) -> str | None
     if not bad:
         return None
     more = f" ({len(bad) - 1} more trial(s) do not fit either)" if len(bad) > 1 else ""
-    return refusal(bad[0], vocab_size_of(bad[0].data), checks[bad[0].trial_id]) + more
+    return refusal(bad[0], trial_vocab(bad[0]), checks[bad[0].trial_id]) + more
 
 
 

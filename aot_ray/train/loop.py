@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import seeds
 from ..data.prepare import Prepared, load
-from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos
+from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos, with_direction
 from ..gpu_memory import micro_batches
 from ..models import build_model
 from ..spec.expand import flatten
@@ -30,7 +30,7 @@ from ..spec.schema import TrialSpec
 from . import checkpoint as ckpt
 from .batches import Prefetcher
 from .device import autocast_for, compile_for, gpu_budget, pick_device, scaler_for, world
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .mfu import flops_per_token, peak_tflops
 from .loss import LMObjective
 from .schedule import make_scheduler
@@ -91,10 +91,12 @@ class _Data:
     data: Prepared
     train_w: Windows
     order: BatchOrder
-    perm: np.ndarray | None  # the trial's token order (None: forward)
+    perm: np.ndarray | None  # the trial's token order (None: forward, and the joint model)
+    direction_id: int | None  # the joint model's forward token (backward's is the next id); None: BOS
     val_idx: np.ndarray
     val_inputs: torch.Tensor
     val_targets: torch.Tensor
+    val_backward: tuple[torch.Tensor, torch.Tensor] | None = None  # the joint model's validation set reversed
 
 
 @dataclass
@@ -138,6 +140,7 @@ class _Progress:
     loss_count: int = 0
     last_train: float = float("nan")
     last_eval: Any = None
+    directions: Any = None  # the joint model's last evaluation in each direction (forward, backward)
     train_seconds: float = 0.0
     timed_steps: int = 0
     compile_seconds: float | None = 0.0  # None until the first (compiling) step of a compiled model is timed
@@ -180,15 +183,23 @@ def _data(trial: TrialSpec, data: Prepared, device: torch.device) -> _Data:
     val_w = Windows(data.val, trial.context_length, trial.context_length)
     val_idx = eval_indices(len(val_w), trial.train.eval_windows)
     perm = trial.permutation()
+    order = BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER))
+    if trial.joint:  # the same windows in each direction, each led by its own direction token
+        val = val_w.get(val_idx)
+        (vx, vy), back = (with_direction(val, np.full(len(val), flag), data.vocab_size) for flag in (False, True))
+        return _Data(data=data, train_w=train_w, order=order, perm=None, direction_id=data.vocab_size,
+                     val_idx=val_idx, val_inputs=torch.from_numpy(vx).to(device),
+                     val_targets=torch.from_numpy(vy).to(device),
+                     val_backward=tuple(torch.from_numpy(a).to(device) for a in back))
     vx, vy = with_bos(orient(val_w.get(val_idx), perm), data.bos_id)
-    return _Data(data=data, train_w=train_w, order=BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER)),
-                 perm=perm, val_idx=val_idx, val_inputs=torch.from_numpy(vx).to(device),
-                 val_targets=torch.from_numpy(vy).to(device))
+    return _Data(data=data, train_w=train_w, order=order, perm=perm, direction_id=None, val_idx=val_idx,
+                 val_inputs=torch.from_numpy(vx).to(device), val_targets=torch.from_numpy(vy).to(device))
 
 
 def _learner(trial: TrialSpec, data: Prepared, hw: _Hardware) -> _Learner:
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
-    model = build_model(trial.model, data.vocab_size, trial.context_length, data.bos_id).to(hw.device)
+    vocab = data.vocab_size + (2 if trial.joint else 0)  # the joint model's two direction tokens
+    model = build_model(trial.model, vocab, trial.context_length, data.bos_id).to(hw.device)
     objective = LMObjective(model, compile=hw.compiled)
     net: torch.nn.Module = objective
     if hw.n_workers > 1:
@@ -243,8 +254,11 @@ def _batches(r: _Trial) -> Prefetcher:
     trial, micro, width = r.trial, r.batching.micro, r.batching.micro * r.hw.n_workers
 
     def make_batch(s: int, p: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = r.d.order.indices(s * r.batching.global_batch + p * width, width)
-        idx = idx[r.hw.rank * micro:(r.hw.rank + 1) * micro]
+        start = s * r.batching.global_batch + p * width
+        idx = r.d.order.indices(start, width)[r.hw.rank * micro:(r.hw.rank + 1) * micro]
+        if r.d.direction_id is not None:  # the joint model: samples alternate forward and backward
+            first = start + r.hw.rank * micro
+            return with_direction(r.d.train_w.get(idx), np.arange(first, first + micro) % 2 == 1, r.d.direction_id)
         return with_bos(orient(r.d.train_w.get(idx), r.d.perm), r.d.data.bos_id)
 
     return Prefetcher(make_batch, r.step, trial.train.steps, r.batching.passes, r.hw.device)
@@ -309,10 +323,26 @@ def _log_speed(r: _Trial, step: int, steps: int, seconds: float) -> None:
     r.tracker.log_metrics(metrics, step=step)
 
 
-def _evaluate(r: _Trial) -> Any:
-    """The loss of every window of the fixed validation set, and per position."""
-    return evaluate(r.learner.model, r.learner.objective.per_token, r.d.val_inputs, r.d.val_targets,
-                    r.trial.train.eval_batch_size, r.hw.autocast)
+def _evaluate(r: _Trial) -> tuple[EvalResult, tuple[EvalResult, EvalResult] | None]:
+    """The loss of every window of the fixed validation set, and per position; the joint model's in each direction
+    too (its loss: their mean)."""
+    def on(x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+        return evaluate(r.learner.model, r.learner.objective.per_token, x, y, r.trial.train.eval_batch_size,
+                        r.hw.autocast)
+
+    fw = on(r.d.val_inputs, r.d.val_targets)
+    if r.d.val_backward is None:
+        return fw, None
+    bw = on(*r.d.val_backward)
+    return EvalResult((fw.loss + bw.loss) / 2, (fw.per_window + bw.per_window) / 2,
+                      (fw.per_position + bw.per_position) / 2), (fw, bw)
+
+
+def _by_direction(directions: tuple[EvalResult, EvalResult] | None, what: str) -> dict[str, Any]:
+    """The joint model's figure `what` (loss, per_window, per_position) in each direction, keyed by suffix."""
+    if directions is None:
+        return {}
+    return {f"_{d}": getattr(ev, what) for d, ev in zip(("forward", "backward"), directions)}
 
 
 def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Report | None,
@@ -320,7 +350,7 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     """Evaluate, log, write a checkpoint when due and hand it to `on_report`; True when the sweep asked this
     trial to stop (its pair's sign is settled)."""
     t = r.trial.train
-    prog.last_eval = _evaluate(r)
+    prog.last_eval, prog.directions = _evaluate(r)
     loss = prog.last_eval.loss
     tokens = step * r.batching.tokens_per_step
     metrics = {"step": step, "tokens": tokens, "val_loss": loss, "train_loss": prog.last_train}
@@ -335,7 +365,11 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
                            "eval_time": time.time(),
                            "epochs": step * r.batching.global_batch / len(r.d.train_w)}, step=step)
     # per-window losses at every evaluation: the report pairs them for intervals and the sign test
-    r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist()}, f"eval/windows/step-{step:08d}.json")
+    if prog.directions is not None:
+        r.tracker.log_metrics({f"val_loss{k}": v for k, v in _by_direction(prog.directions, "loss").items()}, step=step)
+    r.tracker.log_dict({"step": step, "loss": prog.last_eval.per_window.tolist(),
+                        **{f"loss{k}": v.tolist() for k, v in _by_direction(prog.directions, "per_window").items()}},
+                       f"eval/windows/step-{step:08d}.json")
     r.tracker.flush()
     due = step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
     path = save(r, step, loss, on_report, local_dir, scratch) if due else None
@@ -352,15 +386,20 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
 def _summary(r: _Trial, step: int, prog: _Progress) -> TrainResult:
     """The final figures and per-window / per-position losses, logged and returned."""
     if prog.last_eval is None:  # resumed from the final checkpoint: nothing left to train
-        prog.last_eval = _evaluate(r)
+        prog.last_eval, prog.directions = _evaluate(r)
     ev = prog.last_eval
     tokens_per_s = (prog.timed_steps * r.batching.tokens_per_step) / prog.train_seconds if prog.train_seconds \
         else float("nan")
     r.tracker.log_metrics({"final_val_loss": ev.loss, "final_train_loss": prog.last_train,
                            "train_tokens_per_s": tokens_per_s}, step=step)
+    if prog.directions is not None:
+        r.tracker.log_metrics({f"final_val_loss{k}": v for k, v in _by_direction(prog.directions, "loss").items()},
+                              step=step)
     r.tracker.log_dict({"window_index": r.d.val_idx.tolist(), "loss": ev.per_window.tolist(),
+                        **{f"loss{k}": v.tolist() for k, v in _by_direction(prog.directions, "per_window").items()},
                         "direction": r.trial.direction}, "eval/per_window.json")
     r.tracker.log_dict({"position": list(range(r.trial.context_length)), "loss": ev.per_position.tolist(),
+                        **{f"loss{k}": v.tolist() for k, v in _by_direction(prog.directions, "per_position").items()},
                         "direction": r.trial.direction}, "eval/per_position.json")
     r.tracker.flush()
     return TrainResult(trial_id=r.trial.trial_id, steps=step, tokens=step * r.batching.tokens_per_step,
