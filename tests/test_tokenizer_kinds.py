@@ -90,3 +90,35 @@ def test_a_vocabulary_too_small_for_its_ids_is_refused(kind, size, message):
     with pytest.raises(SpecError) as err:
         parse_sweep(sweep("x.txt", kind=kind, vocab_size=size))
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_the_dna_example_prepares_one_token_per_base_and_says_what_it_cut(tmp_path, capsys):
+    from pathlib import Path
+
+    from aot_ray.cli import main
+
+    corpus = write_text(tmp_path / "dna.txt", dna(200) + ["ACGTNNNNACGT"], sep="\n")
+    sweep_file = Path(__file__).resolve().parent.parent / "sweeps" / "dna-local.yaml"
+    sets = ["--set", f"data.dna.paths=['{corpus}']"]
+    assert main(["prepare", str(sweep_file), "--storage", str(tmp_path / "r"), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "4 characters (" in out and "are not among the 4 it keeps" in out  # the Ns
+    assert main(["plan", str(sweep_file), "--storage", str(tmp_path / "r"), *sets,
+                 "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 0
+    assert "dataset dna: prepared" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_the_dna_example_runs_forward_and_backward(tmp_path, ray_local):
+    from pathlib import Path
+
+    from aot_ray import sweep
+
+    corpus = write_text(tmp_path / "dna.txt", dna(300), sep="\n")
+    resolved = sweep.resolve(str(Path(__file__).resolve().parent.parent / "sweeps" / "dna-local.yaml"),
+                             sets=[f"data.dna.paths=['{corpus}']", "grid.seed=[0]",
+                                   "defaults.train={steps: 20, batch_size: 8, eval_every: 10, checkpoint_every: 10}",
+                                   "defaults.optim.warmup_steps=2"],
+                             tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=str(tmp_path / "r"))
+    out = sweep.run(resolved, verbose=0, say=lambda _: None)
+    assert len(out.ran) == 2 and not out.failed and len(out.report["pairs"]) == 1
