@@ -179,3 +179,19 @@ def test_the_joint_model_is_its_own_kind_of_row_never_a_pair():
 def test_an_order_without_its_forward_trial_is_an_orphan():
     pairs, orphans = pair_rows([_record("middle_out", 1.0)])
     assert pairs == [] and orphans == ["t-middle_out-0"]
+
+
+def test_each_orders_final_loss_over_seeds_and_its_figure(tmp_path):
+    from aot_ray.aggregate import sweep_plots
+    from aot_ray.aggregate.tables import order_losses
+
+    rows = [_record(o, loss + s / 10, s) for s in (0, 1) for o, loss in
+            (("forward", 1.0), ("backward", 1.2), ("even_odd", 1.5))]
+    pairs, _ = pair_rows(rows)
+    got = {r["order"]: r for r in order_losses(pairs)}
+    assert set(got) == {"forward", "backward", "even_odd"}
+    assert got["even_odd"]["loss_mean"] == pytest.approx(1.55) and got["forward"]["n_seeds"] == 2
+    assert got["even_odd"]["loss_lo"] < 1.55 < got["even_odd"]["loss_hi"]  # a t interval over the two seeds
+    assert order_losses([p for p in pairs if p["order"] == "backward"]) == []  # forward/backward: the pairs say it
+    files = sweep_plots.order_losses(order_losses(pairs), tmp_path)
+    assert sorted(f.name for f in files) == ["order_losses.png", "order_losses.svg"]

@@ -55,6 +55,7 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "pairs": pairs,
         "joint": joint,  # one model per seed trained on both directions: never pooled with the pairs
         "joint_summary": tables.summarize(joint, conf),
+        "order_losses": tables.order_losses(pairs, conf),  # each order's final loss, over seeds
         "orphans": orphans,
         "summary": cells,
         "trends": trends,

@@ -36,6 +36,8 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
     }
     if result.get("references"):
         tables_["aot_reference.csv"] = (result["references"], reference_.REFERENCE_COLUMNS)
+    if result.get("order_losses"):
+        tables_["aot_orders.csv"] = (result["order_losses"], tables.ORDER_LOSS_COLUMNS)
     if result.get("joint"):  # one model on both directions: its own table, never pooled with the pairs
         tables_["aot_joint.csv"] = (tables.flat(result["joint"]), _columns(["kind", *tables.PAIR_COLUMNS],
                                                                            result["joint"]))
@@ -60,6 +62,7 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
             images += sweep_plots.delta_vs_axis(result["summary"], result["trends"], axis, out)
         images += sweep_plots.curves(result["pairs"], result["curves"], out)
         images += sweep_plots.position_gaps(result["summary"], result["position_gaps"], out)
+        images += sweep_plots.order_losses(result.get("order_losses", []), out)
     (out / "report.md").write_text(markdown(result, sweep, [p for p in images if p.suffix == ".png"]))
     return files + images + [out / "report.md"]
 

@@ -110,6 +110,30 @@ def curves(pairs: list[dict[str, Any]], curve_of: dict[str, list[tuple[int, floa
     return files
 
 
+def order_losses(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The final loss of each order, one series per cell: the mean over seeds with its t interval over them."""
+    if not rows:
+        return []
+    plt = _plt()
+    orders = list(dict.fromkeys(r["order"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(orders)), 4.2))
+    by_cell: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_cell[r["cell"]].append(r)
+    for i, (cell, rs) in enumerate(sorted(by_cell.items())[:PER_FIGURE]):
+        x = np.array([orders.index(r["order"]) for r in rs]) + 0.08 * (i - len(by_cell) / 2)
+        y = np.array([r["loss_mean"] for r in rs])
+        err = np.array([[r["loss_mean"] - r["loss_lo"], r["loss_hi"] - r["loss_mean"]] for r in rs]).T
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o", capsize=3, label=cell)
+    ax.set_xticks(range(len(orders)), orders, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("final validation loss (nats/token)")
+    seeds = sorted({r["n_seeds"] for r in rows})
+    ax.set_title("Final loss per order; interval: " + ("t over seeds" if seeds[0] > 1 else
+                                                        "none (one seed per order)"), fontsize=9)
+    ax.legend(fontsize=6)
+    return _save(fig, out, "order_losses")
+
+
 def position_gaps(cells: list[dict[str, Any]], gaps: dict[str, np.ndarray], out: Path) -> list[Path]:
     """Backward minus forward loss at each position (after the same number of context tokens), per cell."""
     if not gaps:

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import stats
-from ..signs.cells import compared_key, comparisons
+from ..signs.cells import ORDER_SEP, compared_key, comparisons
 
 delta = stats.delta
 
@@ -275,6 +275,29 @@ def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray])
         if a is not None and b is not None and a.shape == b.shape:
             acc[p["cell_key"]].append(b - a)
     return {k: np.mean(v, axis=0) for k, v in acc.items()}
+
+
+ORDER_LOSS_COLUMNS = ["cell", "order", "n_seeds", "loss_mean", "loss_lo", "loss_hi"]
+
+
+def order_losses(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, Any]]:
+    """The final validation loss of every order of each cell (forward once), its mean over seeds with the t
+    interval over them (the level a loss rests on: seeds; none with one seed). Only for sweeps with an order other
+    than forward and backward (the pairs say the rest)."""
+    if not any(p.get("order", "backward") not in ("backward", "joint") for p in pairs):
+        return []
+    losses: dict[tuple[str, str], dict[Any, float]] = defaultdict(dict)
+    for p in pairs:
+        base = p["cell_key"].partition(ORDER_SEP)[0]
+        losses[(base, "forward")][p["seed"]] = p["L_fw"]
+        losses[(base, p.get("order", "backward"))][p["seed"]] = p["L_bw"]
+    out = []
+    for (cell, order), by_seed in sorted(losses.items()):
+        vals = list(by_seed.values())
+        ci = stats.mean_interval(vals, conf) if len(vals) > 1 else None
+        out.append({"cell": cell, "order": order, "n_seeds": len(vals), "loss_mean": float(np.mean(vals)),
+                    "loss_lo": ci.lo if ci else float("nan"), "loss_hi": ci.hi if ci else float("nan")})
+    return out
 
 
 def _against(order: str) -> str:
