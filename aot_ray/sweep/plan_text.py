@@ -50,7 +50,7 @@ def _totals(result: dict[str, Any], spec: SweepSpec) -> list[str]:
     todo = [r for r in trials if r["status"] != "done"]
     tokens, flops = sum(r["tokens"] for r in todo), sum(r["flops"] for r in todo)
     gpu_hours = sum(r["gpu_hours"] or 0 for r in todo)
-    out = [f"\n{n} trials ({n // 2} forward/backward pairs): {done} done, {n - done} to run; "
+    out = [f"\n{n} trials ({_pairs_text(trials)}): {done} done, {n - done} to run; "
            f"to run: {tokens / 1e6:.1f}M training tokens, {flops:.2e} FLOPs (6*N*D)"]
     stale = [r for r in trials if r["status"] == "stale"]
     if stale:
@@ -72,6 +72,16 @@ def _totals(result: dict[str, Any], spec: SweepSpec) -> list[str]:
         out.append(f"stop on sign: a pair stops once its sign holds for {st.looks} evaluation(s) at alpha "
                    f"{st.alpha:g}, from {st.after:.0%} of its steps on; the cost above is the most it can take")
     return out
+
+
+def _pairs_text(trials: list[dict[str, Any]]) -> str:
+    """What the trials compare: forward/backward pairs, or each order with forward, and joint models."""
+    orders = [r["direction"] for r in trials]
+    if set(orders) <= {"forward", "backward"}:
+        return f"{len(orders) // 2} forward/backward pairs"
+    compared = sum(o not in ("forward", "joint") for o in orders)
+    joint = orders.count("joint")
+    return f"{compared} comparisons with forward" + (f", {joint} joint models" if joint else "")
 
 
 def _datasets_and_search(result: dict[str, Any]) -> list[str]:
