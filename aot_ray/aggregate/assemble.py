@@ -34,15 +34,7 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
                                          and (d := reader.directions(r)) is not None}, n_boot=n_boot, conf=conf)
     cells = tables.summarize(pairs, conf)
     tables.attach_controls(cells)
-    by_id = {r["trial_id"]: r for r in recs}
-    curve_of: dict[str, list[tuple[int, float]]] = {}
-    token_curves = {}
-    for p in pairs:
-        fw, bw = by_id[p["fw_trial"]], by_id[p["bw_trial"]]
-        curve_of[fw["trial_id"]], curve_of[bw["trial_id"]] = reader.curve(fw), reader.curve(bw)
-        per_step = tokens_per_step(reader, fw)
-        if per_step:
-            token_curves[p["pair_key"]] = (curve_of[fw["trial_id"]], curve_of[bw["trial_id"]], per_step)
+    curve_of, token_curves = _curves(reader, recs, pairs)
     tables.flag_overfit(pairs, curve_of, {r["trial_id"]: r.get("epochs") for r in finished}, **(overfit or {}))
     # final per-position losses of a stopped pair come from different steps: not comparable
     positions = {r["trial_id"]: pos for r in finished
@@ -74,6 +66,20 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "stale": sorted(r["trial_id"] for r in stale),
         "failed_cells": failed_cells(failed, recs),
     }
+
+
+def _curves(reader: Reader, recs: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """(trial id -> its validation curve, pair key -> (forward curve, other curve, tokens per step)) of the pairs."""
+    by_id = {r["trial_id"]: r for r in recs}
+    curve_of: dict[str, list[tuple[int, float]]] = {}
+    token_curves = {}
+    for p in pairs:
+        fw, bw = by_id[p["fw_trial"]], by_id[p["bw_trial"]]
+        curve_of[fw["trial_id"]], curve_of[bw["trial_id"]] = reader.curve(fw), reader.curve(bw)
+        per_step = tokens_per_step(reader, fw)
+        if per_step:
+            token_curves[p["pair_key"]] = (curve_of[fw["trial_id"]], curve_of[bw["trial_id"]], per_step)
+    return curve_of, token_curves
 
 
 def failed_cells(failed: list[dict[str, Any]], others: list[dict[str, Any]]) -> list[dict[str, Any]]:
