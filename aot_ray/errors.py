@@ -68,3 +68,8 @@ def disk_full(e: BaseException, path: str, need_bytes: int | None = None) -> Dis
     need = f" ({need_bytes / 1e6:.1f} MB to write{free})" if need_bytes else (f" ({free[2:]})" if free else "")
     return DiskFull(f"no space left on device at {path}{need}; free space there or pass another --storage, then "
                     f"run the same command: the sweep resumes from its saved checkpoints")
+
+
+class StopRequested(KeyboardInterrupt):
+    """The driver asked the trial to stop (its `stop_notice`); it checkpointed first. An interruption: its run
+    is closed KILLED and the sweep resumes it. (Here, not in train/: the driver's side catches it without torch.)"""

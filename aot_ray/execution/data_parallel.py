@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import storage
-from ..errors import AotError
+from ..errors import AotError, StopRequested
 from ..spec.schema import TrialSpec
 from ..tracking import NODE, WORKERS, SweepContext, TrialTracker, client, run_holds
-from ..train.stops import StopRequested
 from .notices import notice_check, wait_to_be_stopped
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..costs import resources_of
-from ..errors import disk_full
+from ..errors import StopRequested, disk_full
 from ..spec.schema import RunSpec, TrialSpec
 from ..storage import Storage, under
 from ..tracking import ERROR, NODE, SweepContext, SweepRuns, TrialTracker, find_trial_run, retry
-from ..train.stops import StopRequested
 from . import tune_state
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
 from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped

@@ -8,11 +8,22 @@
 - commands.py: each command's core (what it prints, its exit code)."""
 
 from .commands import ReportOptions, plan_command, prepare_command, report_command, run_command, status_command
-from .drive import RunOutcome, run
 from .options import RunOptions
 from .prepare import prepare_local
 from .resolved import ResolvedSweep, by_name, resolve
 from .sweep_plan import SweepPlan
+
+
+
+def __getattr__(name: str):
+    # `run` and `RunOutcome` load on first use: they bring torch and Ray's modules, which `plan`, `status` and
+    # the command line's start do not need
+    if name in ("run", "RunOutcome"):
+        from . import drive
+
+        return getattr(drive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ReportOptions", "ResolvedSweep", "RunOptions", "RunOutcome", "SweepPlan", "by_name", "plan_command",
            "prepare_command", "prepare_local", "report_command", "resolve", "run", "run_command",

@@ -15,7 +15,6 @@ from ..errors import AotError
 from ..execution.interrupt import terminable
 from ..tracking.lease import holder
 from ..tracking.store import check_reachable, sqlite_path, store_exists, ui_hint
-from .drive import run
 from .options import RunOptions
 from .plan import plan
 from .plan_text import plan_text
@@ -46,6 +45,8 @@ def prepare_command(sweep: ResolvedSweep) -> int:
 
 def run_command(sweep: ResolvedSweep, options: RunOptions) -> int:
     """`aot-ray run`, a Slurm job's and a head's driver: the sweep, its report, exit 1 when a trial failed."""
+    from .drive import run  # torch and Ray's modules: a run's, not every command's
+
     print(f"sweep {sweep.name}: tracking {sweep.uri}, storage {sweep.storage}")
     with terminable():  # SIGTERM, like Ctrl-C, at any moment: the driver's clean-up runs
         out = run(sweep, options)
@@ -154,7 +155,7 @@ def guarded(command: Callable[[], int]) -> int:
               flush=True)
         return 2
     except KeyboardInterrupt as e:
-        print(f"aot-ray: {e or 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"aot-ray: {str(e) or 'interrupted'}", file=sys.stderr, flush=True)
         return 130
 
 

@@ -11,15 +11,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from ..errors import StopRequested  # noqa: F401  (raised here; its home is errors: the driver needs no torch)
 from . import checkpoint as ckpt
 from .tracker_api import STOPPED_AT, Tracker
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
-
-
-class StopRequested(KeyboardInterrupt):
-    """The driver asked the trial to stop (its `stop_notice`); it checkpointed first. An interruption: its run
-    is closed KILLED and the sweep resumes it."""
 
 
 def sign_stop_at(tracker: Tracker, n_workers: int, device: torch.device) -> int | None:
