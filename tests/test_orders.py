@@ -189,7 +189,7 @@ def test_each_orders_final_loss_over_seeds_and_its_figure(tmp_path):
             (("forward", 1.0), ("backward", 1.2), ("even_odd", 1.5))]
     pairs, _ = pair_rows(rows)
     got = {r["order"]: r for r in order_losses(pairs)}
-    assert set(got) == {"forward", "backward", "even_odd"}
+    assert list(got) == ["forward", "backward", "even_odd"]  # the reference first
     assert got["even_odd"]["loss_mean"] == pytest.approx(1.55) and got["forward"]["n_seeds"] == 2
     assert got["even_odd"]["loss_lo"] < 1.55 < got["even_odd"]["loss_hi"]  # a t interval over the two seeds
     assert order_losses([p for p in pairs if p["order"] == "backward"]) == []  # forward/backward: the pairs say it

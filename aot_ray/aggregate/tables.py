@@ -292,7 +292,8 @@ def order_losses(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[s
         losses[(base, "forward")][p["seed"]] = p["L_fw"]
         losses[(base, p.get("order", "backward"))][p["seed"]] = p["L_bw"]
     out = []
-    for (cell, order), by_seed in sorted(losses.items()):
+    rank = {"forward": 0, "backward": 1}  # the reference first, then backward, then the others by name
+    for (cell, order), by_seed in sorted(losses.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], 2), kv[0][1])):
         vals = list(by_seed.values())
         ci = stats.mean_interval(vals, conf) if len(vals) > 1 else None
         out.append({"cell": cell, "order": order, "n_seeds": len(vals), "loss_mean": float(np.mean(vals)),
