@@ -89,13 +89,13 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
 def test_out_of_memory_names_batch_context_and_model(tmp_path, monkeypatch):
     import pytest
 
-    from aot_ray.train import loop
+    from aot_ray.train import loop, setup
 
-    class Exhausted(loop.LMObjective):
+    class Exhausted(setup.LMObjective):
         def forward(self, input_ids, targets):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(loop, "LMObjective", Exhausted)
+    monkeypatch.setattr(setup, "LMObjective", Exhausted)
     fw = trials()[0]
     with pytest.raises(loop.OutOfMemory, match=r"out of memory at step 1 of trial .*: micro-batch 8 x context 32 "
                                                r"on model tiny; set train.micro_batch: auto, or a smaller "

@@ -18,24 +18,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from .. import seeds
-from ..data.prepare import Prepared, load
-from ..data.windows import BatchOrder, Windows, eval_indices, orient, with_bos, with_direction
-from ..gpu_memory import micro_batches
-from ..models import build_model
-from ..spec.expand import flatten
+from ..data.prepare import Prepared
+from ..data.windows import orient, with_bos, with_direction
 from ..spec.schema import TrialSpec
-from . import checkpoint as ckpt
 from .batches import Prefetcher
-from .device import autocast_for, compile_for, gpu_budget, pick_device, scaler_for, world
 from .evaluate import EvalResult, evaluate
-from .mfu import flops_per_token, peak_tflops
-from .loss import LMObjective
-from .schedule import make_scheduler
+from .setup import TrialSetup, setup_trial
 from .stops import Report, notice_posted, save, sign_stop_at, stop_now
-from .tracker_api import NOTE, RecordingTracker, Tracker
+from .tracker_api import NOTE, Tracker
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,78 +52,6 @@ class TrainResult:
     compile_seconds: float = 0.0
 
 
-def _optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
-    # weight decay on matrices only (not biases, layer norms), as in nanoGPT
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": trial.optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    o = trial.optim
-    # the fused kernel: one launch for all parameters, no per-parameter temporaries (CPU and CUDA)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
-
-
-@dataclass
-class _Hardware:
-    """Where the trial runs and in what precision."""
-    device: torch.device
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    scaler: torch.amp.GradScaler  # loss scaling under fp16, a pass-through otherwise
-    rank: int
-    n_workers: int
-    compiled: bool
-    peak_tflops: float | None  # the GPU's dense bf16 peak; None on the CPU (no mfu)
-
-
-@dataclass
-class _Data:
-    """The trial's windows: training ones in their seeded order, the fixed validation set on the device."""
-    data: Prepared
-    train_w: Windows
-    order: BatchOrder
-    perm: np.ndarray | None  # the trial's token order (None: forward, and the joint model)
-    direction_id: int | None  # the joint model's forward token (backward's is the next id); None: BOS
-    val_idx: np.ndarray
-    val_inputs: torch.Tensor
-    val_targets: torch.Tensor
-    val_backward: tuple[torch.Tensor, torch.Tensor] | None = None  # the joint model's validation set reversed
-
-
-@dataclass
-class _Learner:
-    """The model, its objective and its optimizer."""
-    model: torch.nn.Module
-    objective: LMObjective
-    net: torch.nn.Module  # the objective, wrapped in DDP under data parallelism
-    opt: torch.optim.Optimizer
-    sched: Any
-    n_params: int
-    flops_per_token: float  # for mfu
-
-
-@dataclass
-class _Batching:
-    """How a step's global batch is cut: micro-batches per pass, passes per step."""
-    micro: int
-    passes: int
-    global_batch: int
-    tokens_per_step: int
-
-
-@dataclass
-class _Trial:
-    """What one trial's loop works with, built once by `_setup` (a fresh start or a resume), by concern."""
-    trial: TrialSpec
-    tracker: Tracker
-    hw: _Hardware
-    d: _Data
-    learner: _Learner
-    batching: _Batching
-    step: int  # the step to start from: 0, or the resumed checkpoint's
-    notes: list[str]  # for the driver's output (NOTE), with the next report
-
-
 @dataclass
 class _Progress:
     """The loop's running figures: the train loss being averaged, the last evaluation, the training clock."""
@@ -146,110 +65,7 @@ class _Progress:
     compile_seconds: float | None = 0.0  # None until the first (compiling) step of a compiled model is timed
 
 
-def _setup(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None,
-           data: Prepared | str | Path) -> _Trial:
-    """Device, data, model, optimizer and schedule; the checkpoint restored or the run's params logged."""
-    if trial.train.threads:
-        torch.set_num_threads(trial.train.threads)
-    rank, n_workers = world()
-    if trial.train.batch_size % n_workers:
-        raise ValueError(f"train.batch_size {trial.train.batch_size} is not divisible by {n_workers} data-parallel "
-                         f"workers")
-    if rank != 0:
-        tracker = RecordingTracker()  # one writer per trial: rank 0
-    device = pick_device(trial)
-    if device.type == "cuda" and n_workers > 1:
-        device = torch.device("cuda", torch.cuda.current_device())
-    d = _data(trial, data if isinstance(data, Prepared) else load(data), device)
-    hw = _Hardware(device=device, autocast=autocast_for(trial, device), scaler=scaler_for(trial, device), rank=rank,
-                   n_workers=n_workers, compiled=compile_for(trial, device),
-                   peak_tflops=peak_tflops(torch.cuda.get_device_name(device), getattr(tracker, "gpu_tflops", None))
-                   if device.type == "cuda" else None)
-    learner = _learner(trial, d.data, hw)
-    torch.manual_seed(seeds.derive(trial.seed, seeds.DROPOUT))
-    step, notes = _restore_or_start(trial, tracker, checkpoint, learner, hw, d)
-    micro, passes = micro_batches(trial, d.data.vocab_size, workers=n_workers, budget=gpu_budget(trial, device),
-                                  backend=device.type)
-    global_batch = trial.train.batch_size * trial.train.grad_accum
-    # metrics, not params: a retry on another GPU may resolve `auto` differently, and MLflow params are immutable
-    tracker.log_metrics({"micro_batch": micro, "passes": passes, "compiled": int(hw.compiled)}, step=step)
-    return _Trial(trial=trial, tracker=tracker, hw=hw, d=d, learner=learner, step=step, notes=notes,
-                  batching=_Batching(micro=micro, passes=passes, global_batch=global_batch,
-                                     tokens_per_step=global_batch * trial.context_length))
-
-
-def _data(trial: TrialSpec, data: Prepared, device: torch.device) -> _Data:
-    train_w = Windows(data.train, trial.context_length, trial.stride)
-    val_w = Windows(data.val, trial.context_length, trial.context_length)
-    val_idx = eval_indices(len(val_w), trial.train.eval_windows)
-    perm = trial.permutation()
-    order = BatchOrder(len(train_w), seeds.derive(trial.seed, seeds.DATA_ORDER))
-    if trial.joint:  # the same windows in each direction, each led by its own direction token
-        val = val_w.get(val_idx)
-        (vx, vy), back = (with_direction(val, np.full(len(val), flag), data.vocab_size) for flag in (False, True))
-        return _Data(data=data, train_w=train_w, order=order, perm=None, direction_id=data.vocab_size,
-                     val_idx=val_idx, val_inputs=torch.from_numpy(vx).to(device),
-                     val_targets=torch.from_numpy(vy).to(device),
-                     val_backward=tuple(torch.from_numpy(a).to(device) for a in back))
-    vx, vy = with_bos(orient(val_w.get(val_idx), perm), data.bos_id)
-    return _Data(data=data, train_w=train_w, order=order, perm=perm, direction_id=None, val_idx=val_idx,
-                 val_inputs=torch.from_numpy(vx).to(device), val_targets=torch.from_numpy(vy).to(device))
-
-
-def _learner(trial: TrialSpec, data: Prepared, hw: _Hardware) -> _Learner:
-    torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
-    vocab = data.vocab_size + (2 if trial.joint else 0)  # the joint model's two direction tokens
-    model = build_model(trial.model, vocab, trial.context_length, data.bos_id).to(hw.device)
-    objective = LMObjective(model, compile=hw.compiled)
-    net: torch.nn.Module = objective
-    if hw.n_workers > 1:
-        net = DistributedDataParallel(objective, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
-    opt = _optimizer(model, trial)
-    return _Learner(model=model, objective=objective, net=net, opt=opt,
-                    sched=make_scheduler(opt, trial.optim, trial.train.steps),
-                    n_params=sum(p.numel() for p in model.parameters()),
-                    flops_per_token=flops_per_token(trial, data.vocab_size))
-
-
-def _restore_or_start(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None,
-                      learner: _Learner, hw: _Hardware, d: _Data) -> tuple[int, list[str]]:
-    """The newest usable checkpoint restored (its run resumed), else the run begun with its params; returns
-    (the step to start from, notes for the driver)."""
-    candidates = [] if checkpoint is None else checkpoint if isinstance(checkpoint, list) else [checkpoint]
-    # a checkpoint counts only if the run holds every point up to its step (resuming past points lost with a killed
-    # tracking server would leave a gap in the curve): up to the last evaluation the store confirmed, since the
-    # checkpoint carries the points logged after it
-    skipped: list[str] = []
-    found = ckpt.read_first_valid(candidates, lambda meta: tracker.holds(
-        meta.get("run_id"), int(meta.get("confirmed", meta["step"]))), skipped)
-    step = 0
-    if found is not None:
-        state, meta, _ = found
-        learner.model.load_state_dict(state["model"])
-        learner.opt.load_state_dict(state["optimizer"])
-        learner.sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):  # fp16's loss scale, so that the resumed steps are the uninterrupted ones
-            hw.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        step = int(meta["step"])
-        tracker.begin(step, meta.get("run_id"))
-        tracker.replay(state.get("carried"))
-        tracker.log_metrics({"resumed_from_step": step}, step=step)
-    else:
-        tracker.begin(None)
-        params = {**flatten(trial), "n_params": learner.n_params, "vocab_size": d.data.vocab_size}
-        if len(d.val_idx) < trial.train.eval_windows:  # fewer windows in the split: the param says what was evaluated
-            params["train.eval_windows"] = len(d.val_idx)
-            params["train.eval_windows_requested"] = trial.train.eval_windows
-        tracker.log_params(params)
-        tracker.log_metrics({"n_params": learner.n_params}, step=0)
-    notes = [f"{'; '.join(skipped)}: " + (f"resumed from the checkpoint at step {step}" if found is not None
-                                           else "no readable checkpoint was left, so it started from step 0")
-             ] if skipped else []
-    return step, notes
-
-
-def _batches(r: _Trial) -> Prefetcher:
+def _batches(r: TrialSetup) -> Prefetcher:
     """The step's global batch in order; each pass's slice of it, this worker's part of that slice."""
     trial, micro, width = r.trial, r.batching.micro, r.batching.micro * r.hw.n_workers
 
@@ -264,7 +80,7 @@ def _batches(r: _Trial) -> Prefetcher:
     return Prefetcher(make_batch, r.step, trial.train.steps, r.batching.passes, r.hw.device)
 
 
-def _optimizer_step(r: _Trial, step: int, batches: Prefetcher, prog: _Progress) -> None:
+def _optimizer_step(r: TrialSetup, step: int, batches: Prefetcher, prog: _Progress) -> None:
     """One optimizer step over `passes` micro-batches (gradients averaged across workers once, at the last)."""
     t = r.trial.train
     for m in range(r.batching.passes):
@@ -293,7 +109,7 @@ def _optimizer_step(r: _Trial, step: int, batches: Prefetcher, prog: _Progress) 
     r.learner.opt.zero_grad(set_to_none=True)
 
 
-def _log_train_loss(r: _Trial, step: int, prog: _Progress) -> None:
+def _log_train_loss(r: TrialSetup, step: int, prog: _Progress) -> None:
     """The train loss averaged since the last log (across workers); a NaN or infinite one stops the trial."""
     if r.hw.n_workers > 1:
         dist.all_reduce(prog.loss_sum)
@@ -311,7 +127,7 @@ def _log_train_loss(r: _Trial, step: int, prog: _Progress) -> None:
                           step=step)
 
 
-def _log_speed(r: _Trial, step: int, steps: int, seconds: float) -> None:
+def _log_speed(r: TrialSetup, step: int, steps: int, seconds: float) -> None:
     """Throughput of the segment since the last evaluation and, on a GPU, its model FLOPs utilisation (of all
     the trial's GPUs, each counted whole: a trial packed on a GPU share shows what it gets of that GPU)."""
     if steps <= 0 or seconds <= 0:
@@ -323,7 +139,7 @@ def _log_speed(r: _Trial, step: int, steps: int, seconds: float) -> None:
     r.tracker.log_metrics(metrics, step=step)
 
 
-def _evaluate(r: _Trial) -> tuple[EvalResult, tuple[EvalResult, EvalResult] | None]:
+def _evaluate(r: TrialSetup) -> tuple[EvalResult, tuple[EvalResult, EvalResult] | None]:
     """The loss of every window of the fixed validation set, and per position; the joint model's in each direction
     too (its loss: their mean)."""
     def on(x: torch.Tensor, y: torch.Tensor) -> EvalResult:
@@ -345,7 +161,7 @@ def _by_direction(directions: tuple[EvalResult, EvalResult] | None, what: str) -
     return {f"_{d}": getattr(ev, what) for d, ev in zip(("forward", "backward"), directions)}
 
 
-def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Report | None,
+def _evaluate_and_report(r: TrialSetup, step: int, prog: _Progress, on_report: Report | None,
                          local_dir: Path | None, scratch: Path) -> bool:
     """Evaluate, log, write a checkpoint when due and hand it to `on_report`; True when the sweep asked this
     trial to stop (its pair's sign is settled)."""
@@ -383,7 +199,7 @@ def _evaluate_and_report(r: _Trial, step: int, prog: _Progress, on_report: Repor
     return False
 
 
-def _summary(r: _Trial, step: int, prog: _Progress) -> TrainResult:
+def _summary(r: TrialSetup, step: int, prog: _Progress) -> TrainResult:
     """The final figures and per-window / per-position losses, logged and returned."""
     if prog.last_eval is None:  # resumed from the final checkpoint: nothing left to train
         prog.last_eval, prog.directions = _evaluate(r)
@@ -418,7 +234,7 @@ class _Reporting:
     stop_notice: Callable[[], bool] | None
 
 
-def _steps(r: _Trial, prog: _Progress, batches: Prefetcher, out: _Reporting) -> int:
+def _steps(r: TrialSetup, prog: _Progress, batches: Prefetcher, out: _Reporting) -> int:
     """The optimizer steps from `r.step` on, with their logging, evaluations and checkpoints; returns the last
     step (before `steps` when the sweep asked the trial to stop)."""
     t, step = r.trial.train, r.step
@@ -475,7 +291,7 @@ def train(
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`.
     `stop_notice`: asked at every logged step (cheap: it looks at most every few seconds); once it says so the
     trial checkpoints there, reports it (STOPPED_AT) and raises StopRequested."""
-    r = _setup(trial, tracker, checkpoint, data)
+    r = setup_trial(trial, tracker, checkpoint, data)
     prog = _Progress(loss_sum=torch.zeros((), device=r.hw.device), compile_seconds=None if r.hw.compiled else 0.0)
     batches = _batches(r)
     scratch = Path(tempfile.mkdtemp(prefix="aot-ckpt-"))
