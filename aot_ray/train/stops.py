@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ..errors import StopRequested  # noqa: F401  (raised here; its home is errors: the driver needs no torch)
+from ..errors import StopRequested
 from . import checkpoint as ckpt
 from .tracker_api import STOPPED_AT, Tracker
 

@@ -10,9 +10,9 @@ from typing import Callable
 
 import torch
 
+from ..errors import StopRequested
 from ..spec.schema import TrialSpec
 from .loop import Report, TrainResult, train
-from .stops import StopRequested
 from .tracker_api import Tracker
 
 
