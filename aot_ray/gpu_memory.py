@@ -40,10 +40,18 @@ def chunk_rows(vocab_size: int, budget_bytes: int = CHUNK_BYTES) -> int:
     return max(1, budget_bytes // (4 * vocab_size))
 
 
-# bytes saved per token per layer, in units of d: (bf16 autocast, fp32), measured (see the module docstring)
-PER_LAYER = {"gpt2": (64.25, 120.25), "lstm": (45.2, 65.4), "gru": (18.0, 32.0)}
-OUTSIDE = {"gpt2": (8.1, 8.0), "lstm": (4.1, 8.0), "gru": (8.1, 8.1)}  # embeddings, final norm, loss input grad
-DROPOUT_PER_LAYER = {"gpt2": 2.0, "lstm": 4.0, "gru": 4.0}  # bool masks (and the dropped copies), in d
+# bytes saved per token per layer, in units of d: (bf16 autocast, fp32), measured (see the module docstring).
+# "neox" is a GPT with rope or no position encoding (GPT-NeoX's layer): it keeps its rotated (or concatenated)
+# queries and keys besides GPT-2's tensors, about 2 d more under bf16 and 4 d more in fp32
+PER_LAYER = {"gpt2": (64.25, 120.25), "neox": (66.25, 124.25), "lstm": (45.2, 65.4), "gru": (18.0, 32.0)}
+OUTSIDE = {"gpt2": (8.1, 8.0), "neox": (8.1, 8.0), "lstm": (4.1, 8.0), "gru": (8.1, 8.1)}  # embeddings, final
+# norm, loss input grad
+DROPOUT_PER_LAYER = {"gpt2": 2.0, "neox": 2.0, "lstm": 4.0, "gru": 4.0}  # bool masks (and dropped copies), in d
+
+
+def _family(shape: Shape) -> str:
+    """Which measured coefficients apply: the architecture, or "neox" for a GPT without learned positions."""
+    return "neox" if shape.arch == "gpt2" and shape.position != "learned" else shape.arch
 CPU_ATTN_DROPOUT_BYTES = 14.0  # per attention entry per head: scores, probabilities, mask (CPU unfused path)
 # allocator rounding and fragmentation, cuBLAS/cuDNN workspaces: what a caching allocator holds beyond live bytes
 OVERHEAD = 1.05
@@ -82,19 +90,19 @@ def predict(shape: Shape, vocab: int, context: int, micro_batch: int, *, passes:
     """Peak bytes of one worker training `micro_batch` windows of `context` tokens per forward/backward pass,
     `passes` passes per optimizer step. `backend` is the kernel family whose saved tensors apply ("cuda", "cpu")."""
     n = count_params(shape, vocab, context, tie_embeddings)
-    d, arch = shape.n_embd, shape.arch
+    d, arch, family = shape.n_embd, shape.arch, _family(shape)
     tokens = micro_batch * context
     i = 0 if bf16 else 1
-    per_layer = PER_LAYER[arch][i] * d
+    per_layer = PER_LAYER[family][i] * d
     if arch == "gpt2":
         per_layer += 4 * shape.n_head  # attention log-sum-exp, fp32
         if dropout > 0:
-            per_layer += DROPOUT_PER_LAYER[arch] * d
+            per_layer += DROPOUT_PER_LAYER[family] * d
             if backend == "cpu":
                 per_layer += CPU_ATTN_DROPOUT_BYTES * shape.n_head * context
     elif dropout > 0 and shape.n_layer > 1:
         per_layer += DROPOUT_PER_LAYER[arch] * d
-    activations = int(tokens * (shape.n_layer * per_layer + OUTSIDE[arch][i] * d))
+    activations = int(tokens * (shape.n_layer * per_layer + OUTSIDE[family][i] * d))
     rows = min(chunk_rows(vocab), tokens)
     # saved: the hidden-state gradient (fp32) is counted in OUTSIDE; the head-weight gradient is kept until backward
     # the fp32 logits become their softmax gradient in place; under bf16 that gradient is cast for the matmuls

@@ -30,12 +30,12 @@ def trial(**train):
     return expand(parse_sweep(raw))[0]
 
 
-def measured_peak(preset, vocab, context, micro, passes, bf16, dropout=0.0):
+def measured_peak(preset, vocab, context, micro, passes, bf16, dropout=0.0, position="learned"):
     """Live-tensor peak of two real AdamW steps (torch's MemTracker: every tensor's storage while it lives)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     torch.manual_seed(0)
-    spec = ModelSpec(preset=preset, dropout=dropout)
+    spec = ModelSpec(preset=preset, dropout=dropout, position=position)
     model = build_model(spec, vocab, context)
     obj = LMObjective(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -67,6 +67,9 @@ def measured_peak(preset, vocab, context, micro, passes, bf16, dropout=0.0):
     ("mini", 2000, 64, 16, 1, True, 0.1),      # dropout
     ("lstm-tiny", 5000, 64, 16, 1, True, 0.0),
     ("gru-tiny", 5000, 64, 16, 2, False, 0.0),
+    ("mini", 2000, 128, 16, 1, True, 0.0, "rope"),   # GPT-NeoX's layer: rotated queries and keys
+    ("mini", 2000, 128, 16, 2, False, 0.0, "none"),
+    ("mini", 2000, 64, 16, 1, True, 0.1, "rope"),
 ], ids=lambda c: "-".join(map(str, c)))
 def test_prediction_within_15_percent_of_measured_peak(case):
     peak, est = measured_peak(*case)

@@ -118,7 +118,7 @@ def test_a_custom_order_reproduces_the_named_order_it_spells(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"grid": {"order": ["forward", "sideways"]}}, "grid.direction[1]: unknown order 'sideways'"),
+    ({"grid": {"order": ["forward", "sideways"]}}, "grid.order[1]: unknown order 'sideways'"),
     ({"grid": {"order": ["forward"], "direction": ["backward"]}}, "grid.order: is the direction axis by another name"),
     ({"grid": {"order": ["forward", "mine"]}, "orders": {"custom": {"mine": [0, 1, 2]}}},
      "orders.custom.mine: has 3 positions; a window has 32 (context_length)"),
@@ -128,8 +128,6 @@ def test_a_custom_order_reproduces_the_named_order_it_spells(tmp_path):
      "grid.direction[1]: order random_chunk needs a context that is a multiple of its chunk (8), got 36"),
     ({"grid": {"order": ["forward", "quarter_end_in_concat"], "context_length": [30]}},
      "grid.direction[1]: order quarter_end_in_concat needs a context that is a multiple of 4, got 30"),
-    ({"grid": {"order": ["forward", "middle_out"]}, "run": {"stop_on_sign": True}},
-     "run.stop_on_sign: stops forward/backward pairs only; this grid also trains middle_out"),
     ({"grid": {"order_seed": [-1]}}, "grid.order_seed[0]: must be a non-negative integer, got -1"),
     ({"orders": {"custom": {"backward": [0, 1]}}}, "orders.custom.backward: a custom order's name"),
     ({"orders": {"custom": {"f": "/no/such/file"}}}, "orders.custom.f: cannot read /no/such/file"),
@@ -192,6 +190,15 @@ def test_each_orders_final_loss_over_seeds_and_its_figure(tmp_path):
     assert list(got) == ["forward", "backward", "even_odd"]  # the reference first
     assert got["even_odd"]["loss_mean"] == pytest.approx(1.55) and got["forward"]["n_seeds"] == 2
     assert got["even_odd"]["loss_lo"] < 1.55 < got["even_odd"]["loss_hi"]  # a t interval over the two seeds
+    assert [got[o]["rank"] for o in ("forward", "backward", "even_odd")] == [1, 2, 3]  # ranked by the mean loss
     assert order_losses([p for p in pairs if p["order"] == "backward"]) == []  # forward/backward: the pairs say it
+    # a ranking names the claim it rests on: each order's comparison with forward over the cell's seeds
+    rows = [_record(o, loss + s / 100, s) for s in (0, 1, 2) for o, loss in
+            (("forward", 1.0), ("backward", 0.9), ("even_odd", 1.5), ("middle_out", (0.99, 1.01, 0.97)[s]))]
+    pairs3, _ = pair_rows(rows)
+    ranked = order_losses(pairs3, cells=summarize(pairs3))
+    assert [(r["rank"], r["order"], r["vs_forward"]) for r in ranked] == [
+        (1, "backward", "backward easier"), (2, "middle_out", "undetermined"), (3, "forward", "reference"),
+        (4, "even_odd", "forward easier")]
     files = sweep_plots.order_losses(order_losses(pairs), tmp_path)
     assert sorted(f.name for f in files) == ["order_losses.png", "order_losses.svg"]

@@ -49,3 +49,24 @@ def test_every_order_trains_and_is_compared_with_forward(tmp_path, ray_local, ca
     text = capsys.readouterr().out
     assert "order" in text and "even_odd" in text and "uniform_random" in text
     assert "One model, both directions" in text
+
+
+def test_the_joint_model_on_the_identity_null_states_no_direction(tmp_path, ray_local):
+    """Known answer: with A = I a line is `x : x`, and its reversal is the same copying task, so no direction is
+    easier. One model on both directions states none over seeds, as the two-model pairs of the same null do."""
+    raw = {**RAW, "name": "joint-null",
+           "data": {"lin": {"kind": "linear", "bits": 6, "k": 0, "n_samples": 60}},
+           "defaults": {**RAW["defaults"], "train": {**RAW["defaults"]["train"], "steps": 150, "eval_every": 50,
+                                                     "checkpoint_every": 150}},
+           "grid": {"dataset": ["lin"], "model": ["micro"], "order": ["forward", "backward", "joint"],
+                    "seed": [0, 1, 2]}}
+    f = tmp_path / "null.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    out = sweep.run(sweep.resolve(str(f), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=str(tmp_path / "r")),
+                    verbose=0, say=lambda _: None)
+    assert len(out.ran) == 9 and not out.failed
+    (joint,) = out.report["joint_summary"]
+    (pairs,) = [c for c in out.report["summary"] if c.get("order", "backward") == "backward"]
+    assert joint["n_seeds"] == 3 and pairs["n_seeds"] == 3
+    assert joint["direction"] == "undetermined" and pairs["direction"] == "undetermined", (joint, pairs)
+    assert joint["delta_lo"] < 0 < joint["delta_hi"]

@@ -159,3 +159,45 @@ def test_stop_on_sign_ends_the_cell_early_and_the_report_compares_it_at_the_stop
     (cell,) = out.report["summary"]
     assert cell["n_seeds"] == 3
     assert not out.report["position_gaps"]  # final per-position losses of a stopped pair are from other steps
+
+
+def test_stop_on_sign_with_orders_stops_the_cell_once_every_order_is_settled(tmp_path, ray_local):
+    """Forward, backward and even_odd over three seeds, all nine running together: one forward trial serves both
+    comparisons, so the cell stops as a whole (one step on all nine runs) once both comparisons are settled, and
+    the report compares every pair of both orders at that step."""
+    import copy
+    import json
+
+    import yaml
+
+    from aot_ray.spec import parse_sweep
+
+    raw = copy.deepcopy(STOP_SWEEP)
+    raw["name"] = "stop-on-sign-orders"
+    raw["defaults"]["train"].update(steps=2000, eval_every=200)
+    raw["defaults"]["resources"] = {"cpu": 0.2}
+    raw["grid"]["order"] = ["forward", "backward", "even_odd"]
+    raw["run"]["max_concurrent_trials"] = 9
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = sweep.run(sweep.ResolvedSweep.of(parse_sweep(raw), yaml.safe_dump(raw), uri=uri,
+                                           storage=str(tmp_path / "r")), verbose=0, say=lambda _: None)
+    assert len(out.ran) == 9 and not out.failed
+    c = tracking.client(uri)
+    runs = tracking.SweepRuns(uri, raw["name"]).trials()
+    (at,) = {int(r.data.tags["aot.stop_at"]) for r in runs}
+    assert len(runs) == 9 and 200 <= at < 2000 and at % 200 == 0
+    seqs = out.report["sequences"]
+    assert set(seqs) == {p["cell_key"] for p in out.report["pairs"]} and len(seqs) == 2
+    for states in seqs.values():  # each comparison settled at or before the cell's step: the latest of the two
+        assert any(s.sign != 0 and s.step <= at for s in states)
+    assert max(min(s.step for s in states if s.sign != 0) for states in seqs.values()) <= at
+    mean_at = {}
+    for r in runs:
+        assert at <= int(r.data.metrics["stopped_at_step"]) < 2000
+        local = c.download_artifacts(r.info.run_id, f"eval/windows/step-{at:08d}.json", str(tmp_path / r.info.run_id))
+        mean_at[r.data.tags["trial_id"]] = float(np.mean(json.loads(Path(local).read_text())["loss"]))
+    pairs = out.report["pairs"]
+    assert sorted(p["order"] for p in pairs) == ["backward"] * 3 + ["even_odd"] * 3
+    for p in pairs:
+        fw, other = mean_at[p["fw_trial"]], mean_at[p["bw_trial"]]
+        assert p["stopped_at"] == at and p["delta"] == pytest.approx((other - fw) / (0.5 * (other + fw)), rel=1e-6)

@@ -186,3 +186,55 @@ def test_a_settled_cell_stops_all_its_pairs_together():
     # one seed, however clear its gap, never stops a cell
     lone = {"c": [SignState(k, 100 * k, 0.1, float("nan"), float("nan"), 1, 0, None) for k in (1, 2, 3)]}
     assert signs.request_stops(FakeReader(), lone, {"c": _cell(("s0", False, None))}, SignStopSpec(looks=1)) == {}
+
+
+def _order_cell(order, *pairs_state):
+    """A comparison cell of `order` against forward: the forward runs are the base cell's (shared by its orders)."""
+    def side(p, d, finished, stop_at):
+        return {"run_id": f"{p}-{d}", "trial_id": f"{p}-{d}", "finished": finished, "steps": 1000, "stop_at": stop_at,
+                "direction": d}
+
+    return {f"{p}~{order}" if order != "backward" else p: {"forward": side(p, "forward", f, s),
+                                                           "other": side(p, order, f, s)} for p, f, s in pairs_state}
+
+
+def test_a_cell_with_orders_stops_once_every_order_is_settled_at_the_latest_step():
+    """One forward trial serves backward and middle_out: it (and the cell) stops only when both comparisons are
+    settled, at the later of their steps; until a planned order has looks at all, nothing stops."""
+    cells = {"c": _order_cell("backward", ("s0", False, None), ("s1", False, None)),
+             "c~middle_out": _order_cell("middle_out", ("s0", False, None), ("s1", False, None))}
+    expected = {"c": {"s0", "s1"}, "c~middle_out": {"s0~middle_out", "s1~middle_out"},
+                "c~even_odd": {"s0~even_odd", "s1~even_odd"}}
+    seq = {"c": state_list(1, 1, 1, 1), "c~middle_out": state_list(0, 0, 1, 1)}
+    assert signs.request_stops(FakeReader(), seq, cells, SignStopSpec(looks=2), expected) == {}  # even_odd: none yet
+    expected.pop("c~even_odd")
+    seq["c~middle_out"] = state_list(0, 0, 0, -1)
+    assert signs.request_stops(FakeReader(), seq, cells, SignStopSpec(looks=2), expected) == {}  # not settled yet
+    seq["c~middle_out"] = state_list(0, 0, -1, -1)
+    reader = FakeReader()
+    assert signs.request_stops(reader, seq, cells, SignStopSpec(looks=2), expected) == {"c": 400, "c~middle_out": 400}
+    assert set(reader.client.tags) == {(f"s{i}-{d}", "aot.stop_at") for i in range(2)
+                                       for d in ("forward", "backward", "middle_out")}
+    assert set(reader.client.tags.values()) == {"400"}  # backward settled at 200, middle_out at 400: the latest
+
+
+def test_looks_of_an_order_go_on_its_own_run_and_forward_carries_backwards():
+    from aot_ray.signs.watch import Watcher
+
+    class Client:
+        def __init__(self):
+            self.logged = {}
+
+        def log_batch(self, run_id, metrics):
+            self.logged.setdefault(run_id, []).extend(metrics)
+
+    class Reader:
+        client = Client()
+
+    w = Watcher(Reader())
+    cells = {"c": _order_cell("backward", ("s0", False, None)),
+             "c~middle_out": _order_cell("middle_out", ("s0", False, None))}
+    w.logged = {r: set() for r in ("s0-forward", "s0-backward", "s0-middle_out")}
+    w._log({"c": state_list(1, 1), "c~middle_out": state_list(-1, -1)}, cells)
+    signs_on = {run: {m.value for m in ms if m.key == "aot_sign"} for run, ms in Reader.client.logged.items()}
+    assert signs_on == {"s0-forward": {1.0}, "s0-backward": {1.0}, "s0-middle_out": {-1.0}}

@@ -202,7 +202,18 @@ def test_attention_overrides_do_not_fit_a_recurrent_preset_of_the_grid():
     raw["grid"]["model"] = ["tiny", "lstm-tiny", "gru-tiny"]
     assert {t.model.preset for t in expand(parse_sweep(raw))} == {"tiny", "lstm-tiny", "gru-tiny"}
     raw["defaults"]["model"] = {"n_head": 2}
-    with pytest.raises(SpecError, match=r"^grid.model\[1\]: n_head does not apply to LSTM preset 'lstm-tiny'"):
+    with pytest.raises(SpecError, match=r"^defaults.model.n_head: n_head does not apply to LSTM preset 'lstm-tiny'"):
+        parse_sweep(raw)
+    raw["defaults"]["model"] = {"position": "rope"}
+    with pytest.raises(SpecError, match=r"^defaults.model.position: position rope does not apply to LSTM preset"):
+        parse_sweep(raw)
+    raw["defaults"]["model"] = {}
+    raw["per_model"] = {"gru-tiny": {"model": {"position": "none"}}}
+    with pytest.raises(SpecError, match=r"^per_model.gru-tiny.model.position: position none does not apply to GRU"):
+        parse_sweep(raw)
+    raw["per_model"] = {}
+    raw["grid"]["position"] = ["learned", "rope"]
+    with pytest.raises(SpecError, match=r"^grid.model.position: position rope does not apply to LSTM"):
         parse_sweep(raw)
 
 

@@ -47,7 +47,7 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "pairs": pairs,
         "joint": joint,  # one model per seed trained on both directions: never pooled with the pairs
         "joint_summary": tables.summarize(joint, conf),
-        "order_losses": tables.order_losses(pairs, conf),  # each order's final loss, over seeds
+        "order_losses": tables.order_losses(pairs, conf, cells),  # each order's final loss, ranked per cell
         "orphans": orphans,
         "summary": cells,
         "trends": trends,
@@ -114,10 +114,11 @@ def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[
     replace the final ones in `finished` / `windows` (in place). A side without that evaluation is left unpaired.
     Returns pair_key -> step for the pairs compared so."""
     stops: dict[str, int] = {}
-    for r in finished:
+    sides = [r for r in finished if r["direction"] != "joint"]  # one model on both directions: its own row
+    for r in sides:
         if r.get("stop_at") is not None:
             stops[r["pair_key"]] = min(r["stop_at"], stops.get(r["pair_key"], r["stop_at"]))
-    for r in finished:
+    for r in sides:
         at = stops.get(r["pair_key"])
         if at is None:
             continue
@@ -128,5 +129,8 @@ def at_stop_steps(reader: Reader, finished: list[dict[str, Any]], windows: dict[
             continue
         windows[r["trial_id"]] = w
         r.update(val_loss=loss[at], tokens=int(toks[at]) if at in toks else r["tokens"], stopped_at=at)
-    both = [r["pair_key"] for r in finished if r.get("stopped_at") is not None]
-    return {k: v for k, v in stops.items() if both.count(k) == 2}  # pairs whose two sides are done and compared
+    of: dict[str, list[dict]] = {}
+    for r in sides:
+        of.setdefault(r["pair_key"], []).append(r)
+    # pairs whose sides (forward and each order of the cell and seed) are done and compared at the step
+    return {k: v for k, v in stops.items() if len(of[k]) >= 2 and all(r.get("stopped_at") is not None for r in of[k])}

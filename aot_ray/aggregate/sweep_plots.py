@@ -115,7 +115,8 @@ def order_losses(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if not rows:
         return []
     plt = _plt()
-    orders = list(dict.fromkeys(r["order"] for r in rows))
+    first = {"forward": 0, "backward": 1}  # the reference, backward, then the others by name, whatever each ranks
+    orders = sorted({r["order"] for r in rows}, key=lambda o: (first.get(o, 2), o))
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(orders)), 4.2))
     by_cell: dict[str, list[dict]] = defaultdict(list)
     for r in rows:

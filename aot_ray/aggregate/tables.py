@@ -277,27 +277,36 @@ def position_gaps(pairs: list[dict[str, Any]], positions: dict[str, np.ndarray])
     return {k: np.mean(v, axis=0) for k, v in acc.items()}
 
 
-ORDER_LOSS_COLUMNS = ["cell", "order", "n_seeds", "loss_mean", "loss_lo", "loss_hi"]
+ORDER_LOSS_COLUMNS = ["cell", "rank", "order", "n_seeds", "loss_mean", "loss_lo", "loss_hi", "vs_forward"]
 
 
-def order_losses(pairs: list[dict[str, Any]], conf: float = 0.95) -> list[dict[str, Any]]:
+def order_losses(pairs: list[dict[str, Any]], conf: float = 0.95,
+                 cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The final validation loss of every order of each cell (forward once), its mean over seeds with the t
-    interval over them (the level a loss rests on: seeds; none with one seed). Only for sweeps with an order other
-    than forward and backward (the pairs say the rest)."""
+    interval over them (the level a loss rests on: seeds; none with one seed), ranked within the cell by that mean
+    (1: the lowest loss). `vs_forward` is what the cell's comparison with forward states over seeds (`cells`:
+    `summarize`'s rows), the claim a ranking rests on. Only for sweeps with an order other than forward and
+    backward (the pairs say the rest)."""
     if not any(p.get("order", "backward") not in ("backward", "joint") for p in pairs):
         return []
-    losses: dict[tuple[str, str], dict[Any, float]] = defaultdict(dict)
+    losses: dict[str, dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
     for p in pairs:
         base = p["cell_key"].partition(ORDER_SEP)[0]
-        losses[(base, "forward")][p["seed"]] = p["L_fw"]
-        losses[(base, p.get("order", "backward"))][p["seed"]] = p["L_bw"]
+        losses[base]["forward"][p["seed"]] = p["L_fw"]
+        losses[base][p.get("order", "backward")][p["seed"]] = p["L_bw"]
+    said = {c["cell_key"]: c.get("direction", "") for c in cells or []}
     out = []
-    rank = {"forward": 0, "backward": 1}  # the reference first, then backward, then the others by name
-    for (cell, order), by_seed in sorted(losses.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], 2), kv[0][1])):
-        vals = list(by_seed.values())
-        ci = stats.mean_interval(vals, conf) if len(vals) > 1 else None
-        out.append({"cell": cell, "order": order, "n_seeds": len(vals), "loss_mean": float(np.mean(vals)),
-                    "loss_lo": ci.lo if ci else float("nan"), "loss_hi": ci.hi if ci else float("nan")})
+    for cell in sorted(losses):
+        rows = []
+        for order, by_seed in losses[cell].items():
+            vals = list(by_seed.values())
+            ci = stats.mean_interval(vals, conf) if len(vals) > 1 else None
+            rows.append({"cell": cell, "order": order, "n_seeds": len(vals), "loss_mean": float(np.mean(vals)),
+                         "loss_lo": ci.lo if ci else float("nan"), "loss_hi": ci.hi if ci else float("nan"),
+                         "vs_forward": "reference" if order == "forward" else
+                         said.get(compared_key(cell, order), "")})
+        rows.sort(key=lambda r: (r["loss_mean"], r["order"]))
+        out += [{**r, "rank": i} for i, r in enumerate(rows, start=1)]
     return out
 
 

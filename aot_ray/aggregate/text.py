@@ -130,6 +130,14 @@ def sign_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in result["signs"] if r["positive"] + r["negative"] >= 2]
 
 
+def _order_markdown(result: dict[str, Any]) -> list[str]:
+    lines = order_loss_lines(result, int(result["conf"] * 100))
+    if not lines:
+        return []
+    return ["## Each order's final loss, ranked", "", lines[1], "",
+            markdown_table(tables.flat(result["order_losses"]), tables.ORDER_LOSS_COLUMNS), ""]
+
+
 def _joint_markdown(result: dict[str, Any]) -> list[str]:
     if not result.get("joint"):
         return []
@@ -163,6 +171,7 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
         parts += ["## Cells (mean over seeds)", "", f"[delta_lo, delta_hi]: {conf}% t interval over seeds; "
                   "`direction` states a sign only when it excludes 0.", "",
                   markdown_table(tables.flat(result["summary"]), _cell_columns(result) + ["delta_std"]), ""]
+    parts += _order_markdown(result)
     parts += _joint_markdown(result)
     if result["trends"] or result["token_trends"]:
         parts += ["## Trends", "", "Slope of delta per 10x of the axis (log10 scale) or per unit (linear), with its "
@@ -233,6 +242,16 @@ def joint_lines(result: dict[str, Any], conf: int) -> list[str]:
             format_table(tables.flat(result["joint_summary"]), _joint_columns(result, cells=True))]
 
 
+def order_loss_lines(result: dict[str, Any], conf: int) -> list[str]:
+    """Each order's final loss per cell, ranked, with the interval over seeds and what its comparison with forward
+    states: the ranking's claims rest on seeds within the cell."""
+    if not result.get("order_losses"):
+        return []
+    return ["", f"Final loss of each order, ranked within its cell (mean over seeds, [lo, hi] {conf}% over seeds; "
+                "vs_forward: what the cell's comparison with forward states over seeds, the level a rank rests on)",
+            format_table(tables.flat(result["order_losses"]), tables.ORDER_LOSS_COLUMNS)]
+
+
 def render(result: dict[str, Any]) -> str:
     """The summary for the terminal."""
     conf = int(result["conf"] * 100)
@@ -264,6 +283,7 @@ def render(result: dict[str, Any]) -> str:
             parts += ["", levels.within_sign_note(result["signs"])]
     else:
         parts.append("no finished forward/backward pair yet")
+    parts += order_loss_lines(result, conf)
     parts += joint_lines(result, conf)
     if result.get("sequences"):
         rows = sequence_rows(result)

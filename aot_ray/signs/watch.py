@@ -11,7 +11,8 @@ from typing import Any
 from .. import stats
 from ..spec.schema import SignStopSpec
 from ..tracking import STOP_AT
-from .cells import DEFAULT, SIGN_METRICS, cells_of, plan_looks, sequences, stop_step, waiting_pairs
+from .cells import (DEFAULT, ORDER_SEP, SIGN_METRICS, cells_of, order_of, plan_looks, sequences, stop_step,
+                    waiting_pairs)
 
 # how far before the last refresh the searches for what changed reach back: for trainers' clocks behind the driver's
 # (NTP keeps a cluster's within milliseconds); what a worse clock hides until its run's next evaluation or end, the
@@ -119,7 +120,7 @@ class Watcher:
         seqs = sequences(curves, alpha=self.alpha, start=first, planned=planned, waiting=waiting)
         n = self._log(seqs, cells)
         if self.stop is not None:
-            request_stops(self.reader, seqs, cells, self.stop)
+            request_stops(self.reader, seqs, cells, self.stop, self.expected)
         self.last = {"runs": len(records), "read": len(changed), "looks": n, "failed": self.failed}
         if self.failed:
             warnings.warn(f"sign test: {self.failed} MLflow reads or writes failed; those runs are read again at the "
@@ -147,8 +148,10 @@ class Watcher:
         now = int(time.time() * 1000)
         batches = []
         for cell, states in seqs.items():
+            # a forward run carries its backward comparison's looks; another order's looks go on that order's run
+            sides = ("forward", "other") if order_of(cell) == "backward" else ("other",)
             for s in cells[cell].values():
-                for side in s.values():
+                for side in (s[k] for k in sides):
                     run = side["run_id"]
                     if run not in self.logged:  # what it carries could not be read: nothing is written to it yet
                         continue
@@ -171,24 +174,30 @@ class Watcher:
 
 
 def request_stops(reader: Any, seqs: dict[str, list[stats.SignState]], cells: dict[str, dict[str, dict[str, dict]]],
-                  stop: SignStopSpec) -> dict[str, int]:
+                  stop: SignStopSpec, expected: dict[str, set[str]] | None = None) -> dict[str, int]:
     """Tag every run of each cell with a running trial whose sign is settled with that step (aot.stop_at): all
     its trainers stop at their next evaluation, and the report compares its pairs there. A cell tagged in part
-    (an interrupted write) gets the same step on the rest. Returns cell_key -> step for the new requests."""
+    (an interrupted write) gets the same step on the rest. One forward trial serves every order of its cell, so
+    a cell with orders besides backward stops as a whole once each order's comparison (each planned one, with
+    `expected`) is settled, at the latest of their steps. Returns cell_key -> step for the new requests."""
+    groups: dict[str, list[str]] = {}
+    for cell in sorted(set(cells) | set(expected or ())):
+        groups.setdefault(cell.partition(ORDER_SEP)[0], []).append(cell)
     out = {}
-    for cell, states in seqs.items():
-        runs = [r for s in cells[cell].values() for r in s.values()]
+    for members in groups.values():
+        runs = list({r["run_id"]: r for c in members for s in cells.get(c, {}).values() for r in s.values()}.values())
         have = [r["stop_at"] for r in runs if r.get("stop_at") is not None]
-        if all(r["finished"] for r in runs) and not have:
+        if not runs or (all(r["finished"] for r in runs) and not have):
             continue
-        at = min(have) if have else stop_step(states, looks=stop.looks)
+        steps = [stop_step(seqs.get(c, []), looks=stop.looks) for c in members]
+        at = min(have) if have else None if None in steps else max(steps)
         if at is None or len(have) == len(runs):
             continue
         for r in runs:
             if r.get("stop_at") is None:
                 reader.client.set_tag(r["run_id"], STOP_AT, str(at))
                 r["stop_at"] = at
-        out[cell] = at
+        out.update((c, at) for c in members)
     return out
 
 

@@ -80,15 +80,6 @@ def check_languages(languages: tuple, datasets: tuple, data: dict) -> None:
                                 f"unknown language {lang!r} for dataset {name!r} (known: {' '.join(known)})")
 
 
-def check_stop_on_sign(spec: SweepSpec, run: Any, where: str = "run.stop_on_sign") -> None:
-    """Stopping on the sign is for forward/backward sweeps: a forward trial serves every order of its cell, and a
-    settled comparison must not stop it while another runs (orders beyond backward: not yet)."""
-    others = [o for o in spec.grid.direction if o not in ("forward", "backward")]
-    if run.stop_on_sign is not None and others:
-        raise SpecError(where, f"stops forward/backward pairs only; this grid also trains {', '.join(others)}: "
-                               f"leave it off (the report still runs the sign test on every order)")
-
-
 def check_trials(spec: SweepSpec) -> None:
     """Checks that need a whole trial: context vs. data size, warmup vs. steps, model shape with overrides."""
     from .expand import expand  # expand imports this module's checks: a circle at import time
@@ -121,10 +112,31 @@ def check_trials(spec: SweepSpec) -> None:
             raise SpecError(where, f"must be less than train.steps ({trial.train.steps}), got {trial.optim.warmup_steps}")
         _check_workers(spec, trial)
         _check_micro_batch(spec, trial)
-        if any(k.startswith("model.") for k in axes):
-            check_model(trial.model, "grid." + next(k for k in axes if k.startswith("model.")))
-        else:  # the defaults' overrides may not fit a preset of the grid (n_head on an LSTM)
-            check_model(trial.model, join("grid.model", spec.grid.model.index(trial.model.preset)))
+        _check_model_of(spec, trial)
+
+
+def _check_model_of(spec: SweepSpec, trial: Any) -> None:
+    """The trial's model with every override (the defaults' n_head or position may not fit an LSTM of the grid),
+    named where the field that does not fit was set."""
+    try:
+        resolve_shape(trial.model)
+    except ValueError as e:
+        why = str(e)
+        name = why.split()[0]
+        raise SpecError(_field_path(spec, trial, "model", name) if name in MODEL_FIELDS else
+                        join("grid.model", spec.grid.model.index(trial.model.preset)), why) from None
+
+
+MODEL_FIELDS = ("position", "n_head", "n_layer", "n_embd")
+
+
+def _field_path(spec: SweepSpec, trial: Any, section: str, name: str) -> str:
+    """Where a trial's `<section>.<name>` was set: a grid axis, per_model, or defaults."""
+    if f"{section}.{name}" in dict(trial.axes):
+        return f"grid.{section}.{name}"
+    if name in spec.per_model.get(trial.model.preset, {}).get(section, {}):
+        return f"per_model.{trial.model.preset}.{section}.{name}"
+    return f"defaults.{section}.{name}"
 
 
 def _check_order(spec: SweepSpec, trial: Any) -> None:
@@ -154,25 +166,14 @@ def _check_line_windows(spec: SweepSpec, trial: Any) -> None:
 
 
 def _resources_path(spec: SweepSpec, trial: Any, name: str) -> str:
-    """Where a trial's `resources.<name>` was set: a grid axis, per_model, or defaults."""
-    if f"resources.{name}" in dict(trial.axes):
-        return f"grid.resources.{name}"
-    if name in spec.per_model.get(trial.model.preset, {}).get("resources", {}):
-        return f"per_model.{trial.model.preset}.resources.{name}"
-    return f"defaults.resources.{name}"
+    return _field_path(spec, trial, "resources", name)
 
 
 def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
     m, t = trial.train.micro_batch, trial.train
     per_worker = trial.per_worker_batch()
     if isinstance(m, int) and per_worker % m:
-        if "train.micro_batch" in dict(trial.axes):
-            where = "grid.train.micro_batch"
-        elif "micro_batch" in spec.per_model.get(trial.model.preset, {}).get("train", {}):
-            where = f"per_model.{trial.model.preset}.train.micro_batch"
-        else:
-            where = "defaults.train.micro_batch"
-        raise SpecError(where, f"{m} does not divide the {per_worker} windows each worker takes per step "
+        raise SpecError(_field_path(spec, trial, "train", "micro_batch"), f"{m} does not divide the {per_worker} windows each worker takes per step "
                                f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} / {trial.resources.workers} "
                                f"worker(s)); pick a divisor of {per_worker}, or auto")
 

@@ -39,6 +39,8 @@ def _identity(section: str, obj: Any) -> dict:
         d.pop(name, None)
     if section == "data" and d.get("windows") == "stream":
         del d["windows"]  # the design of every run before `windows` existed: those trials keep their ids
+    if section == "model" and d.get("position") == "learned":
+        del d["position"]  # likewise: every GPT before `position` existed had learned positions
     return d
 
 

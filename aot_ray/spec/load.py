@@ -9,8 +9,7 @@ import yaml
 
 from ..errors import SpecError
 from .build import build, describe, field_names, field_value, join, kind_of
-from .checks import (check_dataset, check_languages, check_lr_search, check_model, check_stop_on_sign,
-                     check_trials)
+from .checks import check_dataset, check_languages, check_lr_search, check_model, check_trials
 from .presets import PRESETS
 from .orders import KNOWN as KNOWN_ORDERS
 from .schema import (
@@ -163,7 +162,6 @@ def parse_sweep(raw: Any) -> SweepSpec:
     spec = SweepSpec(name=name, description=description, data=data, defaults=defaults, grid=grid, run=run,
                      per_model=per_model, lr_search=lr_search, orders=orders, null_controls=null_controls)
     check_trials(spec)
-    check_stop_on_sign(spec, run)
     if lr_search is not None:
         check_lr_search(spec)
     return spec
@@ -230,13 +228,19 @@ def _positions(value: Any, path: str) -> list:
     return value
 
 
+AXIS_ALIASES = {"order": "direction", "position": "model.position"}
+
+
 def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
     if not isinstance(raw, dict):
         raise SpecError("grid", f"must be a mapping of axis -> list of values, got {describe(raw)}")
-    if "order" in raw:  # the order axis, by its other name
-        if "direction" in raw:
-            raise SpecError("grid.order", "is the direction axis by another name: give one of them")
-        raw = {("direction" if k == "order" else k): v for k, v in raw.items()}
+    spoken: dict[str, str] = {}  # axis -> the name the YAML gave it, for messages
+    for alias, axis in AXIS_ALIASES.items():  # `order` is the direction axis, `position` is model.position
+        if alias in raw:
+            if axis in raw:
+                raise SpecError(join("grid", alias), f"is the {axis} axis by another name: give one of them")
+            raw = {(axis if k == alias else k): v for k, v in raw.items()}
+            spoken[axis] = alias
     for key in ("dataset", "model"):  # context_length: a synthetic set windowed by line has its own
         if key not in raw:
             raise SpecError(join("grid", key), "is required")
@@ -245,7 +249,7 @@ def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
     # named axes first: dotted `data.*` axes are checked against the datasets the grid uses
     ordered = sorted(raw.items(), key=lambda kv: isinstance(kv[0], str) and "." in kv[0])
     for key, values in ordered:
-        path = join("grid", str(key))
+        path = join("grid", spoken.get(key, str(key)))
         values = _axis_values(values, path)
         if key == "dataset":
             for i, v in enumerate(values):
@@ -280,8 +284,9 @@ def _parse_grid(raw: Any, data: dict, orders: OrdersSpec) -> Grid:
             overrides.append((key, tuple(_override_values(key, values, path, [data[d] for d in named["dataset"]]))))
             continue
         else:
-            raise SpecError(path, "unknown axis (expected dataset, model, context_length, direction, seed, "
-                                  "or a dotted field such as optim.lr, train.steps, data.k)")
+            raise SpecError(path, "unknown axis (expected dataset, model, context_length, direction (or order), "
+                                  "seed, order_seed, language, position, or a dotted field such as optim.lr, "
+                                  "train.steps, data.k)")
         named[key] = tuple(values)
     check_languages(named.get("language", ()), named["dataset"], data)
     return Grid(**named, overrides=tuple(overrides))

@@ -23,6 +23,7 @@ class Shape:
     n_head: int  # 0 for recurrent models
     n_embd: int
     arch: str = "gpt2"
+    position: str = "learned"  # a GPT's position encoding (ModelSpec.position); recurrent models: learned, unused
 
 
 PRESETS: dict[str, Shape] = {
@@ -62,8 +63,13 @@ def resolve_shape(model: ModelSpec) -> Shape:
     if base.arch in RECURRENT:
         if model.n_head is not None:
             raise ValueError(f"n_head does not apply to {base.arch.upper()} preset {model.preset!r} (no attention)")
+        if model.position != "learned":
+            raise ValueError(f"position {model.position} does not apply to {base.arch.upper()} preset "
+                             f"{model.preset!r}: a recurrent model reads positions through its recurrence (GPT "
+                             f"presets only)")
         return Shape(model.n_layer or base.n_layer, 0, model.n_embd or base.n_embd, base.arch)
-    shape = Shape(model.n_layer or base.n_layer, model.n_head or base.n_head, model.n_embd or base.n_embd)
+    shape = Shape(model.n_layer or base.n_layer, model.n_head or base.n_head, model.n_embd or base.n_embd,
+                  position=model.position)
     if shape.n_embd % shape.n_head:
         raise ValueError(f"n_embd {shape.n_embd} is not divisible by n_head {shape.n_head}")
     return shape
@@ -78,4 +84,5 @@ def count_params(shape: Shape, vocab_size: int, context_length: int, tie_embeddi
         per_layer = RECURRENT[shape.arch] * (2 * d * d + 2 * d)
         return vocab_size * d + shape.n_layer * per_layer + 2 * d + head
     per_layer = 12 * d * d + 13 * d  # ln1, qkv, attn proj, ln2, mlp in/out (weights + biases)
-    return vocab_size * d + context_length * d + shape.n_layer * per_layer + 2 * d + head
+    positions = context_length * d if shape.position == "learned" else 0  # rope and none: no parameters
+    return vocab_size * d + positions + shape.n_layer * per_layer + 2 * d + head

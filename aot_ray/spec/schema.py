@@ -158,7 +158,13 @@ def split_sizes(data: DatasetSpec) -> tuple[int, int]:
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """A named preset (the architecture comes with it: GPT-2 decoder, LSTM or GRU), optionally overridden field by
-    field; `n_head` applies to GPT presets only."""
+    field; `n_head` applies to GPT presets only.
+
+    `position` is a GPT model's position encoding (also a grid axis, `position` or `model.position`): `learned`
+    absolute positions (GPT-2, the paper's models), `rope` (rotary, on every head dimension) or `none` (causal
+    attention alone tells positions apart). `rope` and `none` are `transformers`' GPT-NeoX decoder with GPT-2's
+    sequential residual, GELU, widths and initialization, so the three differ in the position encoding only.
+    LSTM and GRU read positions through their recurrence and take the default."""
 
     preset: str = "tiny"
     n_layer: Optional[int] = _num(None, gt=0)
@@ -166,6 +172,7 @@ class ModelSpec:
     n_embd: Optional[int] = _num(None, gt=0)
     tie_embeddings: bool = False
     dropout: float = _num(0.0, ge=0, le=0.9)
+    position: Literal["learned", "rope", "none"] = "learned"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,6 @@ from ..execution.progress import Progress
 from ..execution.session import check_cluster, prepare_on_ray, ray_session
 from ..execution.tune import TuneJob, run_trials
 from ..spec import SignStopSpec, content_hash, lr_search_trials
-from ..spec.checks import check_stop_on_sign
 from ..tracking.lease import Lease
 from ..tracking.store import check_reachable
 from .options import RunOptions
@@ -47,7 +46,6 @@ def run(sweep: ResolvedSweep, options: RunOptions | None = None, say: Say = prin
     """Run the sweep, resuming where an earlier run of it stopped (see `tune.run_trials`). `options` are the
     command line's (`flags`: the same as keywords, RunOptions' fields)."""
     opts = options or RunOptions(**flags)
-    check_stop_on_sign(sweep.spec, opts.run_spec(sweep.spec.run), "--stop-on-sign")
     check_reachable(sweep.uri)  # before anything starts
     # one driver per sweep: a second is refused, naming the first; the lease's thread also watches the store, and
     # a driver that cannot keep its lease stops its trials (they checkpoint first) before the lease expires

@@ -38,7 +38,11 @@ def _table(trials: list[dict[str, Any]]) -> str:
              "epochs": "?" if r["epochs"] is None else f"{r['epochs']:.1f}"} for r in trials]
     gpu = any(r["memory"] for r in trials)
     design = ["windows"] if any(r["windows"] == "line" for r in trials) else []
-    return format_table(rows, ["trial_id", "direction", "dataset", *design, "model", "context_length", "seed", "params",
+    # the grid's dotted axes (model.position, optim.lr, data.k, ...), each a column of its values
+    dotted = list(dict.fromkeys(k for r in trials for k in r["axes"] if "." in k))
+    rows = [{**r, **{k: r["axes"].get(k, "") for k in dotted}} for r in rows]
+    return format_table(rows, ["trial_id", "direction", "dataset", *design, "model", *dotted, "context_length", "seed",
+                               "params",
                                "tokens", "epochs", "resources", "status"] + (["micro", "gpu_mem"] if gpu else [])
                         + (["gpu_h"] if any(r["gpu_hours"] for r in rows) else []))
 

@@ -99,8 +99,8 @@ def token_losses(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, rows: int | 
 
 def body_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Parameter]:
     """(the module that makes hidden states, a function input_ids -> hidden states [B, T, d], the head weight)."""
-    if hasattr(model, "transformer") and hasattr(model, "lm_head"):  # transformers' GPT2LMHeadModel
-        body = model.transformer
+    if hasattr(model, "base_model") and hasattr(model, "lm_head"):  # transformers' GPT-2 and GPT-NeoX
+        body = model.base_model
         return body, lambda x: body(input_ids=x).last_hidden_state, model.lm_head.weight
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):  # RecurrentLM
         return model, model.hidden_states, model.lm_head.weight
