@@ -70,3 +70,5 @@ def test_the_joint_model_on_the_identity_null_states_no_direction(tmp_path, ray_
     assert joint["n_seeds"] == 3 and pairs["n_seeds"] == 3
     assert joint["direction"] == "undetermined" and pairs["direction"] == "undetermined", (joint, pairs)
     assert joint["delta_lo"] < 0 < joint["delta_hi"]
+    print(f"null: joint {joint['delta_mean']:+.4f} [{joint['delta_lo']:+.4f}, {joint['delta_hi']:+.4f}], "
+          f"pairs {pairs['delta_mean']:+.4f} [{pairs['delta_lo']:+.4f}, {pairs['delta_hi']:+.4f}]")
