@@ -30,10 +30,12 @@ def driver_command(tmp_path, raw):
 
 
 def start_loud_and_wait(tmp_path, cmd, env, ready, timeout=240):
-    """Start the driver `cmd` without --quiet (its output in first.log) and return its process once `ready()`
-    holds (a failing read of the store, as it is being created, counts as not yet)."""
+    """Start the driver `cmd` with --verbose instead of --quiet (its output, Tune's tables included, in first.log)
+    and return its process once `ready()` holds (a failing read of the store, as it is being created, counts as
+    not yet)."""
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen([a for a in cmd if a != "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        first = subprocess.Popen([a if a != "--quiet" else "--verbose" for a in cmd], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.3)

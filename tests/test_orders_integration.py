@@ -72,3 +72,27 @@ def test_the_joint_model_on_the_identity_null_states_no_direction(tmp_path, ray_
     assert joint["delta_lo"] < 0 < joint["delta_hi"]
     print(f"null: joint {joint['delta_mean']:+.4f} [{joint['delta_lo']:+.4f}, {joint['delta_hi']:+.4f}], "
           f"pairs {pairs['delta_mean']:+.4f} [{pairs['delta_lo']:+.4f}, {pairs['delta_hi']:+.4f}]")
+
+
+def test_mlflow_shows_training_runs_and_the_reports_headline(tmp_path, ray_local):
+    """The sweep's experiment opens as training runs in MLflow 3's UI, the parent run's description is the
+    report's headline (levels named), and report.html is attached beside report.md, its figures inline."""
+    raw = {**RAW, "name": "ui-tags", "grid": {**RAW["grid"], "order": ["forward", "backward"], "seed": [0, 1]}}
+    f = tmp_path / "ui.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep.run(sweep.resolve(str(f), tracking_uri=uri, storage=str(tmp_path / "r")), verbose=0, say=lambda _: None)
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("ui-tags")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = tracking.SweepRuns(uri, "ui-tags").parent()
+    note = parent.data.tags["mlflow.note.content"]
+    assert "What each claim rests on" in note and "within a cell, over 2 seeds" in note and "report.html" in note
+    names = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md"} <= names
+    page = open(c.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path))).read()
+    assert "data:image/png;base64," in page and 'src="http' not in page and "<link" not in page
+    trial_run = tracking.SweepRuns(uri, "ui-tags").trials()[0]
+    for key in ("direction", "dataset", "model", "context_length", "seed", "position", "windows"):
+        assert key in trial_run.data.tags, key
+    assert "final_val_loss" in trial_run.data.metrics

@@ -32,3 +32,54 @@ def test_no_throughput_yet_and_cpu_sweeps_have_no_gpu_hours():
     text = line(f)
     assert "throughput not yet known" in text and "ETA not yet known" in text and "GPU-hours" not in text
     assert "sweep_eta_s" not in f.metrics() and "sweep_gpu_hours_done" not in f.metrics()
+
+
+def test_one_line_per_trial_that_fails_or_is_stopped_as_it_happens():
+    from aot_ray.execution.progress import changes
+
+    seen: dict[str, str] = {}
+    # the first look: an earlier job's failure is not news
+    assert changes(seen, {"a": ("FAILED", "old"), "b": ("RUNNING", ""), "c": ("RUNNING", "")}) == []
+    said = changes(seen, {"a": ("FAILED", "old"), "b": ("FAILED", "ValueError: loss is nan at step 40"),
+                          "c": ("KILLED", "")})
+    assert said == ["trial b failed: ValueError: loss is nan at step 40",
+                    "trial c stopped at its last checkpoint (interrupted): the next `aot-ray run` resumes it"]
+    assert changes(seen, {"b": ("FAILED", "ValueError: loss is nan at step 40"), "c": ("KILLED", "")}) == []
+    assert changes(seen, {"c": ("RUNNING", "")}) == []  # resumed: running again is not a line
+    assert changes(seen, {"c": ("FAILED", "")}) == ["trial c failed: no error recorded (see its run in MLflow)"]
+
+
+def test_the_live_line_draws_the_same_figures():
+    import io
+
+    from rich.console import Console
+
+    from aot_ray.execution.progress import Live
+
+    out = io.StringIO()
+    live = Live(Console(file=out, force_terminal=True, width=160))
+    f = figures({"a": ("FINISHED", 1000), "b": ("RUNNING", 500)}, {"a": 1000, "b": 1000}, {"a": None, "b": None},
+                0, 10.0)
+    live.show(f)
+    task = live.bar.tasks[0]
+    assert task.description == "1/2 trials, 1 running, 0 failed" and task.completed == 1500 and task.total == 2000
+    assert "150 tokens/s" in task.fields["rest"] and "ETA 0m03s" in task.fields["rest"]
+    live.bar.refresh()
+    assert "1/2 trials, 1 running" in out.getvalue() and "75.0%" in out.getvalue()
+    live.close()
+
+
+def test_quiet_default_and_verbose_flags():
+    import argparse
+
+    from aot_ray.execution.tune import tune_output, tune_verbosity
+    from aot_ray.sweep.options import RunOptions, run_flags
+
+    p = argparse.ArgumentParser()
+    run_flags(p)
+    assert [RunOptions.of(p.parse_args(a)).verbose for a in ([], ["--quiet"], ["--verbose"])] == [1, 0, 2]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--quiet", "--verbose"])
+    assert [tune_verbosity(v) for v in (0, 1, 2)] == [0, 0, 1]  # Tune's tables only with --verbose
+    assert all(tune_output(v)["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" for v in (0, 1, 2))  # no TensorBoard
+    assert "RAY_AIR_NEW_OUTPUT" not in tune_output(2) and tune_output(1)["RAY_AIR_NEW_OUTPUT"] == "0"

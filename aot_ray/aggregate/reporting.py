@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 from .. import signs
 from ..errors import disk_full
-from ..tracking import SweepRuns, sign_rule
+from ..tracking import NOTE, SweepRuns, sign_rule
 from ..tracking.store import store_writable
 from . import levels, paper_figures, sweep_plots, tables
 from . import reference as reference_
 from .assemble import build
+from .html_page import page
 from .read import Reader
-from .text import markdown, parent_info, render, to_csv
+from .text import headline, markdown, parent_info, render, to_csv
 
 
 def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool = True) -> list[Path]:
@@ -63,8 +64,10 @@ def write_files(result: dict[str, Any], out: Path, sweep: str, with_plots: bool 
         images += sweep_plots.curves(result["pairs"], result["curves"], out)
         images += sweep_plots.position_gaps(result["summary"], result["position_gaps"], out)
         images += sweep_plots.order_losses(result.get("order_losses", []), out)
-    (out / "report.md").write_text(markdown(result, sweep, [p for p in images if p.suffix == ".png"]))
-    return files + images + [out / "report.md"]
+    text = markdown(result, sweep, [p for p in images if p.suffix == ".png"])
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(page(text, out, f"Arrow of Time report: {sweep}"))
+    return files + images + [out / "report.md", out / "report.html"]
 
 
 def _columns(base: list[str], rows: list[dict[str, Any]]) -> list[str]:
@@ -122,6 +125,8 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
         if writable and files and chosen is not None:
             for f in files:
                 reader.client.log_artifact(chosen.info.run_id, str(f), "report")
+            # the parent run's description in the MLflow UI: the headline, with the level each claim rests on
+            reader.client.set_tag(chosen.info.run_id, NOTE, headline(result, sweep))
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         return result

@@ -206,6 +206,42 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
     return "\n".join(parts)
 
 
+def _cell_label(c: dict[str, Any]) -> str:
+    """A cell in a few words: dataset, language, model, context, its other axes, the order compared."""
+    axes = [f"{k.rpartition('.')[2]} {v}" for k, v in sorted((c.get("axes") or {}).items())
+            if k not in ("dataset", "language", "model", "context_length")]
+    order = c.get("order", "backward")
+    return ", ".join([c["dataset"], *([c["language"]] if c.get("language") else []), c["model"],
+                      f"context {c['context_length']}", *axes, *([f"forward vs {order}"] if order not in
+                                                                 ("backward", "joint") else [])])
+
+
+def _pct(x: Any) -> str:
+    return f"{x:+.1%}" if isinstance(x, (int, float)) and x == x else "n/a"
+
+
+def headline(result: dict[str, Any], sweep: str, most: int = 30) -> str:
+    """The parent run's description in the MLflow UI (markdown): what the sweep states, each claim with the level
+    it rests on, each cell's delta over seeds with its direction, and where the full report is."""
+    conf = int(result["conf"] * 100)
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = [f"**Arrow of Time: {sweep}**. Report of {when}: {len(result['rows'])} finished trials, "
+           f"{len(result['running'])} running, {len(result['pairs'])} pairs. delta = (L_bw - L_fw) / mean: > 0, "
+           f"forward is easier.", ""]
+    if result["pairs"]:
+        out += ["**What each claim rests on**", "", *[f"- {line}" for line in level_lines(result)], ""]
+        out += [f"**Cells**: mean delta over seeds, [lo, hi] {conf}% over seeds", ""]
+        out += [f"- {_cell_label(c)}: {_pct(c['delta_mean'])} [{_pct(c.get('delta_lo'))}, {_pct(c.get('delta_hi'))}]"
+                f", {c['n_seeds']} seed(s): **{c['direction']}**" for c in result["summary"][:most]]
+        if len(result["summary"]) > most:
+            out.append(f"- and {len(result['summary']) - most} more cells: see the report")
+        out.append("")
+    for c in result.get("joint_summary", [])[:most]:
+        out.append(f"- one model, both directions: {_cell_label(c)}: {_pct(c['delta_mean'])}, **{c['direction']}**")
+    out += ["", "The full report, figures inline: artifacts `report/report.html` (also `report.md` and the CSVs)."]
+    return "\n".join(out)
+
+
 def parent_info(run: Any) -> dict[str, Any]:
     """What the report says of a parent run: id, start, status."""
     return {"run_id": run.info.run_id, "status": run.info.status,

@@ -11,7 +11,7 @@ from ..spec import lr_search_trials
 from ..spec.schema import RunSpec
 from ..storage import Storage
 from ..tracking import LR_SEARCH, ROLE, SweepContext, TrialTracker, client, find_trial_run, retry
-from .tune import tune_resources
+from .tune import environ as tune_environ, tune_output, tune_resources, tune_verbosity
 
 
 def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
@@ -69,7 +69,8 @@ def search_lr(spec: Any, preset: str, ctx: SweepContext, *, data: str, storage: 
         probe = lr_search_trials(spec, preset, ls.low)[0]
         trainable = tune.with_parameters(_lr_trainable, spec=spec, preset=preset, ctx=ctx, data=data)
         trainable = tune.with_resources(trainable, tune_resources(probe))
-        grid = _new_search(trainable, ls, run, experiment, storage, verbose, done, remaining).fit()
+        with tune_environ(tune_output(verbose)):
+            grid = _new_search(trainable, ls, run, experiment, storage, verbose, done, remaining).fit()
         errors = []
         for r in grid:
             if r.error is None and r.metrics and r.metrics.get("val_loss") is not None:
@@ -97,6 +98,6 @@ def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage:
         trainable,
         tune_config=tune.TuneConfig(search_alg=search, num_samples=samples,
                                     max_concurrent_trials=run.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage.root, verbose=verbose,
+        run_config=tune.RunConfig(name=experiment, storage_path=storage.root, verbose=tune_verbosity(verbose),
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures)),
     )

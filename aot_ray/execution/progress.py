@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..costs import trial_cost
-from ..tracking import TRIAL_STATE, SweepRuns, client
+from ..tracking import ERROR, TRIAL_STATE, SweepRuns, client
 
 # the progress line's groups of the trial states of `tracking.TRIAL_STATE`: an interrupted trial waits to run again,
 # like one that never started (this driver resumes it)
@@ -137,13 +137,68 @@ class Stalls:
         return out
 
 
+LIVE_S = 5.0  # how often a live line (a terminal) is redrawn: one search of the sweep's runs each time
+
+
+def changes(seen: dict[str, str], now: dict[str, tuple[str, str]]) -> list[str]:
+    """One line per trial whose newest run failed or was stopped since the last look (`seen`: trial -> status,
+    updated in place; `now`: trial -> (status, its error's first line)). A trial first seen so is an earlier job's
+    and gets no line."""
+    out = []
+    for tid, (status, error) in sorted(now.items()):
+        before = seen.get(tid)
+        seen[tid] = status
+        if before is None or before == status:
+            continue
+        if status == "FAILED":
+            out.append(f"trial {tid} failed: {error or 'no error recorded (see its run in MLflow)'}")
+        elif status == "KILLED":
+            out.append(f"trial {tid} stopped at its last checkpoint (interrupted): the next `aot-ray run` resumes it")
+    return out
+
+
+def _last_line(error: str) -> str:
+    """The line of a recorded error that names it (a traceback's last), cut to fit a terminal line or two."""
+    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class Live:
+    """One live line on a terminal (rich): the trials, a bar of the planned tokens done, throughput and ETA, redrawn
+    in place; lines said meanwhile print above it."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.progress import BarColumn, Progress as Bar, TextColumn
+
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                       TextColumn("{task.fields[rest]}"), transient=True, console=console)
+        self.task = self.bar.add_task("starting", total=1, rest="")
+        self.bar.start()
+
+    def show(self, f: Figures) -> None:
+        total = f.finished + f.running + f.pending + f.failed
+        rate = f"{_count(f.tokens_per_s)} tokens/s" if f.tokens_per_s else "throughput not yet known"
+        eta = f"ETA {_duration(f.eta_s)}" if f.eta_s is not None else ""
+        self.bar.update(self.task, total=max(f.tokens_total, 1), completed=f.tokens_done,
+                        description=f"{f.finished}/{total} trials, {f.running} running, {f.failed} failed",
+                        rest=f"{_count(f.tokens_done)}/{_count(f.tokens_total)} tokens | {rate} | {eta}")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
 class Progress:
     """The driver's progress thread for one sweep: `start()` once the sweep's runs are open, `stop()` at the end
-    (one last line). A failed read or write skips that refresh."""
+    (one last line). A failed read or write skips that refresh. With `live` (a terminal), one line redrawn every
+    `LIVE_S` instead of a line every `every_s`; the parent run's `sweep_*` metrics are logged every `every_s`
+    either way. Each trial that fails or is stopped gets one line as it happens."""
 
     def __init__(self, ctx: Any, trials: list[Any], every_s: float, say: Callable[[str], None],
-                 gpu_tflops: float = 250.0, stall_warning_s: float = 0.0) -> None:
+                 gpu_tflops: float = 250.0, stall_warning_s: float = 0.0, live: bool = False) -> None:
         self.ctx, self.every_s, self.say = ctx, every_s, say
+        self.live: Live | None = Live() if live else None
+        self._logged_at = float("-inf")  # when the sweep_* metrics were last logged (monotonic)
+        self._seen: dict[str, str] = {}  # trial -> the status of its newest run, as last seen
         self.runs = SweepRuns(ctx.uri, ctx.sweep, ctx.parent_run_id)
         costs = {t.trial_id: trial_cost(t, gpu_tflops) for t in trials}
         self.planned = {k: int(c["tokens"]) for k, c in costs.items()}
@@ -158,17 +213,19 @@ class Progress:
     def _latest(self) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
         steps: dict[str, Any] = {}  # the running trials' latest train_step
+        ends: dict[str, tuple[str, str]] = {}
         for r in self.runs.trials():  # newest first
             tid = r.data.tags.get("trial_id")
             if tid in self.planned and tid not in out:
                 out[tid] = (r.info.status, int(r.data.metrics.get("tokens", 0)))
+                ends[tid] = (r.info.status, _last_line(r.data.tags.get(ERROR, "")))
                 if r.info.status == "RUNNING":
                     steps[tid] = r.data.metrics.get("train_step")
-        for warning in self.stalls.see(steps, time.monotonic()):
-            self.say(warning)
+        for said in [*changes(self._seen, ends), *self.stalls.see(steps, time.monotonic())]:
+            self.say(said)
         return out
 
-    def refresh(self) -> Figures | None:
+    def refresh(self, final: bool = False) -> Figures | None:
         try:
             latest = self._latest()
             elapsed = time.monotonic() - self._t0
@@ -180,10 +237,16 @@ class Progress:
         except Exception:
             return None
         self.last = f
-        self.say(line(f))
+        due = time.monotonic() - self._logged_at >= self.every_s - 0.5  # every_s apart, whatever the redraws
+        if self.live is not None:
+            self.live.show(f)
+        elif due or final:
+            self.say(line(f))
+        if not (due or final):
+            return f
+        self._logged_at = time.monotonic()
         try:
             from mlflow.entities import Metric
-
 
             now, step = int(time.time() * 1000), int(elapsed)
             client(self.ctx.uri).log_batch(self.ctx.parent_run_id,
@@ -194,7 +257,7 @@ class Progress:
 
     def _loop(self) -> None:
         self.refresh()  # the baseline: what earlier jobs of the sweep did
-        while not self._stop.wait(self.every_s):
+        while not self._stop.wait(min(LIVE_S, self.every_s) if self.live is not None else self.every_s):
             self.refresh()
 
     def start(self) -> None:
@@ -205,4 +268,8 @@ class Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-            self.refresh()
+        if self.live is not None:
+            self.live.close()
+            self.live = None
+        if self._thread is not None:
+            self.refresh(final=True)  # the last line stays in the terminal (and in a log)

@@ -60,6 +60,9 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
     else:
         # "local": a Ray of our own, never whichever other Ray on this machine started last
         kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
+        # token authentication guards it against other users of the machine; said explicitly (a user's setting
+        # wins), Ray turns it on without a warning the user could do nothing about
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     with keep_sigterm():
         ray.init(**kwargs)
     return True

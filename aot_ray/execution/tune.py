@@ -109,8 +109,25 @@ def finished_run(ctx: SweepContext, trial: TrialSpec) -> Any:
     return run if run is not None and run.info.status == "FINISHED" else None
 
 
+def tune_output(verbose: int) -> dict[str, str]:
+    """What Tune prints, for one fit (so that nothing else in the process, a test's next driver say, inherits it):
+    below --verbose, the driver's progress is all that is printed while the sweep runs (Tune's legacy reporter
+    prints nothing at verbose 0; the new one still prints its experiment box and result paths). Tune's own
+    loggers (JSON, CSV, TensorBoard) are off at every level: the runs' metrics are MLflow's, and Tune would print
+    a TensorBoard hint that does not apply."""
+    out = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    if verbose < 2:
+        out.update({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"})
+    return out
+
+
+def tune_verbosity(verbose: int) -> int:
+    """Tune's own verbosity: its trial tables only with --verbose."""
+    return 1 if verbose >= 2 else 0
+
+
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
+def environ(values: dict[str, str]) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -172,12 +189,8 @@ def run_trials(job: TuneJob) -> tuple[list[TrialOutcome], bool]:
     notice.clear()  # one an earlier driver posted: its trials are gone, and this driver's must not stop
     from_storage = _resume_from_storage(job, resumed)
     one_line_tune_errors()
-    # --quiet: the driver's progress line is all that is printed while the sweep runs. Tune's legacy reporter
-    # prints nothing at verbose 0 (the new one still prints its experiment box and result paths); set for this
-    # fit only, so that nothing else in the process (a test's next driver, say) inherits it
-    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     try:
-        with _environ(quiet if job.verbose == 0 else {}), \
+        with environ(tune_output(job.verbose)), \
                 (job.stop.tune(notice) if job.stop else contextlib.nullcontext()):
             grid = _tuner(job, from_storage, notice).fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
@@ -245,7 +258,7 @@ def _tuner(job: TuneJob, from_storage: frozenset[str], notice: StopNotice) -> An
             storage_path=job.storage.root,
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in job.pending)),
-            verbose=job.verbose,
+            verbose=tune_verbosity(job.verbose),
             callbacks=[signs, trial_notes(job.say, notice)],
         ),
     )

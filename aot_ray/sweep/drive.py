@@ -87,7 +87,7 @@ class _Driver:
         with ray_session(self.opts.address, self.opts.num_cpus, self.opts.num_gpus,
                          dashboard=any(t.resources.workers > 1 for t in sp.trials),
                          owner=content_hash([sweep.uri, sweep.name, sweep.storage.root]), say=self.say,
-                         log_to_driver=verbose > 0) as own_ray:  # --quiet: the trainers' lines stay in Ray's logs
+                         log_to_driver=verbose > 1) as own_ray:  # but --verbose: trainers' lines stay in Ray's logs
             self._check_cluster(sp, own_ray)
             self.prepared = self._prepare(sp)
             self.lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
@@ -151,7 +151,7 @@ class _Driver:
                       run=self.run_spec, restart_errored=self.opts.restart_errored, verbose=self.opts.verbose,
                       say=self.say, start_over=start_over, stop=self.stopper)
         progress = Progress(ctx, trials, self.run_spec.progress_every_s, self.say, spec.run.gpu_tflops,
-                            self.run_spec.stall_warning_s)
+                            self.run_spec.stall_warning_s, live=self.opts.verbose == 1 and sys.stdout.isatty())
         progress.start()  # its own thread: Tune's loop never waits on it
         try:
             with interruptible() as interrupted:

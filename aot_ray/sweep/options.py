@@ -29,7 +29,8 @@ class RunOptions:
     stop_on_sign: bool = False  # run.stop_on_sign with its defaults, where the YAML has none
     restart_errored: bool = False  # errored trials start over instead of resuming
     fresh: bool = False  # a new parent run and Tune state; the earlier ones stay untouched
-    verbose: int = 1
+    verbose: int = 1  # 0 --quiet: a progress line every run.progress_every_s; 1: a live line on a terminal;
+    # 2 --verbose: Tune's tables and the trainers' own output too
 
     def run_spec(self, run: RunSpec) -> RunSpec:
         if self.max_concurrent_trials is not None:
@@ -42,9 +43,9 @@ class RunOptions:
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "RunOptions":
-        """From the flags `run_flags` parsed (`--quiet` is verbose 0)."""
-        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        return cls(**given, verbose=0 if args.quiet else 1)
+        """From the flags `run_flags` parsed (`--quiet` is verbose 0, `--verbose` 2)."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name) and f.name != "verbose"}
+        return cls(**given, verbose=0 if args.quiet else 2 if getattr(args, "verbose", False) else 1)
 
 
 def count(least: int):
@@ -89,7 +90,11 @@ def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=count(1), help="CPUs for a local Ray (default: all)")
     p.add_argument("--num-gpus", type=count(0), help="GPUs for a local Ray (default: all)")
     p.add_argument("--max-concurrent-trials", type=count(1), help="override run.max_concurrent_trials")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true",
+                      help="the progress line every run.progress_every_s only, never redrawn in place")
+    talk.add_argument("--verbose", action="store_true",
+                      help="also Ray Tune's trial tables and every trainer's own output")
     p.add_argument("--stop-on-sign", action="store_true",
                    help="stop each forward/backward pair once the sequential test has established the sign of its "
                         "gap (run.stop_on_sign in the YAML sets the level and when; this flag adds the defaults)")

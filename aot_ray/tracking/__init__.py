@@ -18,12 +18,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, ROLE, STOP_AT,  # noqa: E402
+from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, NOTE, ROLE, STOP_AT,  # noqa: E402
                    SUPERSEDED, SUPERSEDED_BY, TRIAL_STATE, WORKERS, SweepContext, SweepRuns, end_sweep,
                    find_trial_run, record_lr, record_sign_rule, sign_rule)
 from .store import client, retry  # noqa: E402
 from .trial_tracker import TrialTracker, run_holds  # noqa: E402
 
-__all__ = ["AXES", "DATA_VERSION", "ERROR", "INTERRUPTED", "LR_SEARCH", "NODE", "ROLE", "STOP_AT", "SUPERSEDED",
+__all__ = ["AXES", "DATA_VERSION", "ERROR", "INTERRUPTED", "LR_SEARCH", "NODE", "NOTE", "ROLE", "STOP_AT", "SUPERSEDED",
            "SUPERSEDED_BY", "TRIAL_STATE", "WORKERS", "SweepContext", "SweepRuns", "TrialTracker", "client",
            "end_sweep", "find_trial_run", "record_lr", "record_sign_rule", "retry", "run_holds", "sign_rule"]

@@ -26,6 +26,10 @@ DATA_VERSION = "aot.data_version"  # on a trial run: the content hash of the pre
 SUPERSEDED, SUPERSEDED_BY = "superseded", "aot.superseded_by"  # role (and the new data version) of a finished
 # run whose data changed after it ran: out of the sweep's trials, kept for its history
 LR_TAG = "aot.lr."  # + model preset: the learning rate the sweep's search chose, on the parent run
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI: on the parent run, the report's headline
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (traces, judges, prompts); a sweep's
+# experiment is training runs
+EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
 # the one map from a run's MLflow status to a trial's state (Tune's words): `status` shows it, the progress line
 # counts by it; KILLED is a run ended by a signal or a lost store, resumed by the next `run`
 TRIAL_STATE = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING",
@@ -74,6 +78,7 @@ class SweepRuns:
         # a whole run id is used as it is (a trainer's own lookups cost no query); a prefix is found by `chosen`
         self._parent_id = parent_run_id if parent_run_id and len(parent_run_id) == RUN_ID_LENGTH else None
         self._exp: str | None = None
+        self._kind: str | None = None  # the experiment's EXPERIMENT_KIND tag, as read or set
         self._client: Any = None
 
     @property
@@ -88,9 +93,14 @@ class SweepRuns:
         if self._exp is None:
             exp = self.client.get_experiment_by_name(self.sweep)
             if exp is not None:
-                self._exp = exp.experiment_id
+                self._exp, self._kind = exp.experiment_id, exp.tags.get(EXPERIMENT_KIND)
             elif create:
-                self._exp = self.client.create_experiment(self.sweep, artifact_location=artifact_root(self.uri))
+                self._exp = self.client.create_experiment(self.sweep, artifact_location=artifact_root(self.uri),
+                                                          tags={EXPERIMENT_KIND: TRAINING_RUNS})
+                self._kind = TRAINING_RUNS
+        if create and self._exp is not None and self._kind is None:  # made before the tag existed
+            self.client.set_experiment_tag(self._exp, EXPERIMENT_KIND, TRAINING_RUNS)
+            self._kind = TRAINING_RUNS
         return self._exp
 
     def parents(self, newest_only: bool = False) -> list:

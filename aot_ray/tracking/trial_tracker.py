@@ -83,6 +83,8 @@ class TrialTracker:
             tags["language"] = trial.language
         tags["arch"] = arch_of(trial.model.preset)
         tags["windows"] = trial.windows  # line (one example per window) or stream: the report names the design
+        if tags["arch"] == "gpt2":
+            tags["position"] = trial.model.position  # learned, rope or none: a column of the runs table
         # the grid axes of this trial (dotted overrides such as data.k included): what the report trends over
         tags[AXES] = json.dumps(dict(trial.axes), sort_keys=True, default=str)
         if trial.trial_id in self.ctx.data_versions:
