@@ -148,7 +148,9 @@ def test_sequences_and_position_gaps_and_written_report(tmp_path):
             "curves_1.png", "position_gap.svg"} <= names
     md = (tmp_path / "report.md").read_text()
     assert "## Trends" in md and "![fig_delta_vs_size](fig_delta_vs_size.png)" in md
-    assert "undetermined (1 seed)" in md and "forward easier" not in md.split("How to read it:")[1].split("##")[1]
+    assert "undetermined (1 seed)" in md and "forward easier" not in md.split("## Replication")[1].split("##")[0]
+    assert md.index("## Replication") < md.index("How to read it:")  # what the sweep states comes first
+    assert "report.html" in names and "data:image/png;base64," in (tmp_path / "report.html").read_text()
     text = render(result)
     assert "Trends" in text and "0 of 4 cells have a stated sign" in text and "How to read it:" in text
     assert markdown(result, "sizes", []).startswith("# Arrow of Time report: sizes")

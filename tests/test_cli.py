@@ -18,7 +18,7 @@ def test_plan_json_fields(capsys, tmp_path):
                "--tracking-uri", f"sqlite:///{tmp_path}/none.db", "--storage", str(tmp_path)])
     assert rc == 0
     trials = json.loads(capsys.readouterr().out)
-    assert len(trials) == 8
+    assert len(trials) == 12
     for t in trials:
         assert {"trial_id", "pair_key", "direction", "dataset", "model", "context_length", "seed",
                 "resources", "n_params", "tokens", "status"} <= set(t)
@@ -30,12 +30,12 @@ def test_plan_table(capsys, tmp_path):
     assert main(["plan", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", str(tmp_path),
                  "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 0
     out = capsys.readouterr().out
-    assert "8 trials (4 forward/backward pairs): 0 done, 8 to run" in out
+    assert "12 trials (6 forward/backward pairs): 0 done, 12 to run" in out
 
 
 def test_bad_spec_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "x.yaml"
-    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("  seed: [0, 1]", "  seed: [0, 1]\n  context_length: [64, -4]"))
+    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("  seed: [0, 1, 2]", "  seed: [0, 1, 2]\n  context_length: [64, -4]"))
     p = subprocess.run([sys.executable, "-m", "aot_ray.cli", "plan", str(bad)], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip() == f"aot-ray: error: {bad}: grid.context_length[1]: must be a positive integer, got -4"

@@ -144,6 +144,11 @@ def test_the_ui_hint_is_the_servers_address_or_the_command_that_serves_a_file_st
     assert store.ui_hint("http://10.0.0.1:5000/", "s").startswith("MLflow UI: http://10.0.0.1:5000   ")
     assert "--backend-store-uri" not in store.ui_hint("https://mlflow.lab:443", "s")
     assert store.ui_hint("sqlite:////tmp/m.db", "s").startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:")
+    # the page that opens the sweep's runs in the training layout (MLflow 3 opens its GenAI workflow otherwise)
+    assert "http://10.0.0.1:5000/#/experiments/7?workflowType=machine_learning" in store.ui_hint(
+        "http://10.0.0.1:5000/", "s", "7")
+    assert "then open http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning" in store.ui_hint(
+        "sqlite:////tmp/m.db", "s", "7")
 
 
 def test_sqlite_paths_and_whether_a_store_is_there(tmp_path):

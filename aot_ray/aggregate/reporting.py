@@ -92,6 +92,7 @@ def report(uri: str, sweep: str, out_dir: str | Path | None = None, log_to_paren
         result = build(reader, conf=conf, alpha=alpha or rule[0], after=rule[1], overfit=overfit,
                        reference=reference, versions=versions)
         result["parent"] = None if chosen is None else parent_info(chosen)
+        result["experiment_id"] = None if chosen is None else chosen.info.experiment_id
         result["other_parents"] = [parent_info(r) for r in others]
         result["notes"] = []
         if result["stale"]:

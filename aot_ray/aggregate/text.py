@@ -155,8 +155,7 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
              f"{len(result['pairs'])} forward/backward pairs. delta = (L_bw - L_fw) / (0.5 (L_bw + L_fw)), "
              f"nats/token on the same validation windows.", "",
              *([parent_text(result["parent"], result.get("other_parents", [])) + ".", ""] if "parent" in result
-               else []),
-             *reading(conf, result["alpha"]), ""]
+               else [])]
     if result["pairs"]:
         parts += ["## Replication: what each claim rests on", "",
                   *[f"- {line}" for line in level_lines(result)], ""]
@@ -201,6 +200,7 @@ def markdown(result: dict[str, Any], sweep: str, images: list[Path]) -> str:
         parts += [f"Finished trials without a finished partner: {', '.join(result['orphans'])}", ""]
     if result.get("failed_cells"):
         parts += ["## Failed trials", "", *[f"- {line}" for line in failed_lines(result)], ""]
+    parts += [*reading(conf, result["alpha"]), ""]  # after what the sweep states: the headline comes first
     if images:
         parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
     return "\n".join(parts)

@@ -5,6 +5,7 @@ that cannot reach the sweep's storage or tracking store, and prepare the distinc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -38,6 +39,21 @@ def loopback_only() -> bool:
     return os.environ[SINGLE_MACHINE] == "0"
 
 
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TOKEN_NOTICE not in record.getMessage()
+
+
+def quiet_token_notice() -> None:
+    """Drop Ray's notice that it enabled token authentication on a local Ray (its logger, by name; once)."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenNotice) for f in log.filters):
+        log.addFilter(_DropTokenNotice())
+
+
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, dashboard: bool = False,
              log_to_driver: bool = True) -> bool:
     """Connect to `address` (else $RAY_ADDRESS) or start a local Ray of our own; False when Ray was already
@@ -60,9 +76,9 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, da
     else:
         # "local": a Ray of our own, never whichever other Ray on this machine started last
         kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
-        # token authentication guards it against other users of the machine; said explicitly (a user's setting
-        # wins), Ray turns it on without a warning the user could do nothing about
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray turns token authentication on for it (it guards the local Ray against other users of the machine)
+        # and says so in a warning the user can do nothing about: that one line is dropped
+        quiet_token_notice()
     with keep_sigterm():
         ray.init(**kwargs)
     return True

@@ -54,7 +54,7 @@ def run_command(sweep: ResolvedSweep, options: RunOptions) -> int:
     print(render(out.report))
     for f in out.report["files"]:
         print(f"wrote {f}")
-    print(ui_hint(sweep.uri, sweep.name))
+    print(ui_hint(sweep.uri, sweep.name, out.report.get("experiment_id")))
     for o in out.failed:
         print(f"trial {o.trial_id} failed: {o.error}", file=sys.stderr)
     return 1 if out.failed else 0

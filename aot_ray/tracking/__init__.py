@@ -9,7 +9,12 @@ The names other layers use are here, so that `from aot_ray import tracking` and 
 as they always did.
 """
 
+import logging
 import os
+
+# a new SQLite store's tables being created is not news to a user (MLflow says it at INFO on every first run)
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # every MLflow call of this process (driver, trainer, report) fails within seconds on a server that is down or
 # hangs, instead of MLflow's default minutes of retries: the trainers' buffers and checkpoints carry an outage, and

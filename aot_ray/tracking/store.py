@@ -45,12 +45,23 @@ def resolve_uri(flag: str | None = None, from_spec: str | None = None, cwd: str 
     return uri
 
 
-def ui_hint(uri: str, sweep: str) -> str:
+# MLflow 3's UI opens in its GenAI workflow unless the page asks for the training one
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_page(base: str, experiment_id: str | None) -> str:
+    """The address of a sweep's runs in the MLflow UI served at `base`, in its training-runs layout."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}{TRAINING_VIEW}" if experiment_id else base.rstrip("/")
+
+
+def ui_hint(uri: str, sweep: str, experiment_id: str | None = None) -> str:
     """Where to look at a sweep's runs: a server's own address (it serves the UI), else the command that serves
-    a file store (`mlflow ui --backend-store-uri` takes a store, not a server's URL)."""
+    a file store (`mlflow ui --backend-store-uri` takes a store, not a server's URL) and the page to open."""
     if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {uri.rstrip('/')}   (experiment '{sweep}'; from another machine: ssh -L to that port)"
-    return f"MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment '{sweep}')"
+        return (f"MLflow UI: {experiment_page(uri, experiment_id)}   (experiment '{sweep}'; from another machine: "
+                f"ssh -L to that port)")
+    return (f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open "
+            f"{experiment_page('http://127.0.0.1:5000', experiment_id)}   (experiment '{sweep}')")
 
 
 def store_writable(uri: str) -> bool:

@@ -1,0 +1,94 @@
+"""Headless Chromium (Debian's `chromium`) driven over the DevTools protocol, for tests that assert what a person
+sees in a page: open a URL, wait until a JavaScript condition holds, read values off the page. The protocol runs
+over a WebSocket through aiohttp (it comes with Ray); nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Browser:
+    """One headless Chromium for a test (`with Browser() as b`); `b.page(url, until)` opens a tab, waits for the
+    JavaScript expression `until` to be truthy, and returns `read` (a JavaScript expression) evaluated there."""
+
+    def __init__(self, width: int = 1400, height: int = 1000) -> None:
+        self.port = _free_port()
+        self.profile = tempfile.mkdtemp(prefix="aot-chromium-")
+        self.proc = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+             f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
+             f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/version", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.close()
+        raise RuntimeError("chromium did not open its DevTools port")
+
+    def __enter__(self) -> "Browser":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def page(self, url: str, until: str, read: str, timeout_s: float = 60.0) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?{url}", method="PUT")
+        target = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        try:
+            return asyncio.run(self._wait(target["webSocketDebuggerUrl"], until, read, timeout_s))
+        finally:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/close/{target['id']}", timeout=10)
+
+    async def _wait(self, ws_url: str, until: str, read: str, timeout_s: float) -> Any:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
+            ids = iter(range(1, 1_000_000))
+
+            async def evaluate(expression: str) -> Any:
+                n = next(ids)
+                await ws.send_json({"id": n, "method": "Runtime.evaluate",
+                                    "params": {"expression": expression, "returnByValue": True}})
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data.get("id") == n:
+                        return data.get("result", {}).get("result", {}).get("value")
+                return None
+
+            deadline = time.time() + timeout_s
+            while time.time() < deadline:
+                if await evaluate(f"Boolean({until})"):
+                    return await evaluate(read)
+                await asyncio.sleep(0.5)
+            text = await evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
+            raise AssertionError(f"the page never showed {until!r}; it showed: {text!r}")
