@@ -34,6 +34,7 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="aot-chromium-")
         self.proc = subprocess.Popen(
             [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+             "--disable-site-isolation-trials", "--disable-features=IsolateOrigins,site-per-process",
              f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,29 +62,45 @@ class Browser:
             self.proc.kill()
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def page(self, url: str, until: str, read: str, timeout_s: float = 60.0) -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?{url}", method="PUT")
+    def page(self, url: str, until: str, read: str, timeout_s: float = 60.0, frame: bool = False) -> Any:
+        """With `frame`, `until` and `read` run inside the page's first child frame (an iframe, however
+        sandboxed: through the DevTools protocol, as the person looking at it sees it; site isolation is off so
+        that the frame is in the page's own frame tree)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?about:blank", method="PUT")
         target = json.loads(urllib.request.urlopen(req, timeout=10).read())
         try:
-            return asyncio.run(self._wait(target["webSocketDebuggerUrl"], until, read, timeout_s))
+            return asyncio.run(self._wait(target["webSocketDebuggerUrl"], url, until, read, timeout_s, frame))
         finally:
             urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/close/{target['id']}", timeout=10)
 
-    async def _wait(self, ws_url: str, until: str, read: str, timeout_s: float) -> Any:
+    async def _wait(self, ws_url: str, url: str, until: str, read: str, timeout_s: float, frame: bool) -> Any:
         import aiohttp
 
         async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
             ids = iter(range(1, 1_000_000))
 
-            async def evaluate(expression: str) -> Any:
+            async def call(method: str, **params: Any) -> dict:
                 n = next(ids)
-                await ws.send_json({"id": n, "method": "Runtime.evaluate",
-                                    "params": {"expression": expression, "returnByValue": True}})
+                await ws.send_json({"id": n, "method": method, "params": params})
                 async for msg in ws:
                     data = json.loads(msg.data)
                     if data.get("id") == n:
-                        return data.get("result", {}).get("result", {}).get("value")
-                return None
+                        return data.get("result", {})
+                return {}
+
+            async def evaluate(expression: str) -> Any:
+                context = {}
+                if frame:  # a world of its own in the frame's document as it is now (it loads after the page)
+                    children = (await call("Page.getFrameTree")).get("frameTree", {}).get("childFrames", [])
+                    world = await call("Page.createIsolatedWorld", frameId=children[0]["frame"]["id"]) \
+                        if children else {}
+                    if "executionContextId" not in world:
+                        return None
+                    context["contextId"] = world["executionContextId"]
+                got = await call("Runtime.evaluate", expression=expression, returnByValue=True, **context)
+                return got.get("result", {}).get("value")
+
+            await call("Page.navigate", url=url)
 
             deadline = time.time() + timeout_s
             while time.time() < deadline:

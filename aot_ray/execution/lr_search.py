@@ -11,7 +11,7 @@ from ..spec import lr_search_trials
 from ..spec.schema import RunSpec
 from ..storage import Storage
 from ..tracking import LR_SEARCH, ROLE, SweepContext, TrialTracker, client, find_trial_run, retry
-from .tune import environ as tune_environ, tune_output, tune_resources, tune_verbosity
+from .tune import environ as tune_environ, tune_loggers, tune_output, tune_resources, tune_verbosity
 
 
 def _lr_trainable(config: dict[str, Any], spec: Any, preset: str, ctx: SweepContext, data: str) -> None:
@@ -99,5 +99,6 @@ def _new_search(trainable: Any, ls: Any, run: RunSpec, experiment: str, storage:
         tune_config=tune.TuneConfig(search_alg=search, num_samples=samples,
                                     max_concurrent_trials=run.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=experiment, storage_path=storage.root, verbose=tune_verbosity(verbose),
+                                  callbacks=tune_loggers(),
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures)),
     )

@@ -121,6 +121,14 @@ def tune_output(verbose: int) -> dict[str, str]:
     return out
 
 
+def tune_loggers() -> list:
+    """Tune's per-trial result.json, which its results (`ResultGrid`) read back: the one logger of its defaults
+    kept (`tune_output` turns the defaults off, TensorBoard's with them)."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [JsonLoggerCallback()]
+
+
 def tune_verbosity(verbose: int) -> int:
     """Tune's own verbosity: its trial tables only with --verbose."""
     return 1 if verbose >= 2 else 0
@@ -259,7 +267,7 @@ def _tuner(job: TuneJob, from_storage: frozenset[str], notice: StopNotice) -> An
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=max(t.train.keep_checkpoints for t in job.pending)),
             verbose=tune_verbosity(job.verbose),
-            callbacks=[signs, trial_notes(job.say, notice)],
+            callbacks=[signs, trial_notes(job.say, notice), *tune_loggers()],
         ),
     )
 
