@@ -18,45 +18,56 @@ from .sweep.commands import guarded
 from .sweep.options import count, parent_flag, parse_run, run_flags, set_flags, storage_flag, tracking_flag
 
 
-def _parser() -> argparse.ArgumentParser:
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """`aot-ray`'s parser and each command's (the docs' CLI reference prints them)."""
     ap = argparse.ArgumentParser(prog="aot-ray", description="Arrow-of-Time sweeps on Ray Tune, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True)
+    commands = {}
     for add in (_plan_parser, _prepare_parser, _run_parser, _submit_parser, _slurm_parser, _status_parser,
                 _report_parser):
-        add(sub)
-    return ap
+        p = add(sub)
+        commands[p.prog.split()[-1]] = p
+    return ap, commands
 
 
-def _plan_parser(sub: Any) -> None:
+def _parser() -> argparse.ArgumentParser:
+    return parsers()[0]
+
+
+def _plan_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the expanded trials, what is done, and what they cost; runs nothing")
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--json", action="store_true", help="print a JSON list of trials")
     tracking_flag(p)
     storage_flag(p)
     set_flags(p)
+    return p
 
 
-def _prepare_parser(sub: Any) -> None:
+def _prepare_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="prepare every distinct dataset of the sweep once (reuses what exists)")
     p.add_argument("sweep", help="sweep YAML")
     storage_flag(p, "where prepared data goes (default: the sweep's run.storage, else ./aot_results)")
     set_flags(p)
+    return p
 
 
-def _run_parser(sub: Any) -> None:
+def _run_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the sweep through Ray Tune and print the AoT table")
     p.add_argument("sweep", help="sweep YAML")
     run_flags(p)
+    return p
 
 
-def _submit_parser(sub: Any) -> None:
+def _submit_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run a sweep on a Ray cluster made with `ray up CLUSTER.yaml`, detached")
     p.add_argument("cluster", help="cluster YAML (cluster/aws.yaml, gcp.yaml, onprem.yaml)")
     p.add_argument("sweep", help="sweep YAML, inside this project")
     p.add_argument("run_args", nargs=argparse.REMAINDER, help="options for `aot-ray run` on the head, after --")
+    return p
 
 
-def _slurm_parser(sub: Any) -> None:
+def _slurm_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("slurm", help="check a sweep, then queue it as a Slurm job (cluster/slurm.sbatch): Ray on the "
                                      "job's nodes, requeued at its time limit until the sweep is done")
     p.add_argument("sweep", help="sweep YAML")
@@ -71,9 +82,10 @@ def _slurm_parser(sub: Any) -> None:
     # options for `aot-ray run` in the job go after `--` (split off in main: a REMAINDER positional here would
     # also swallow this command's own options written after the sweep)
     p.set_defaults(run_args=[])
+    return p
 
 
-def _status_parser(sub: Any) -> None:
+def _status_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="list the sweep's trials with state, step, last validation loss and error")
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -81,9 +93,10 @@ def _status_parser(sub: Any) -> None:
     storage_flag(p)
     parent_flag(p)
     set_flags(p)
+    return p
 
 
-def _report_parser(sub: Any) -> None:
+def _report_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the AoT report from MLflow: pairs with intervals, seed means, trends, "
                                       "sign tests, plots, report.md (also attached to the sweep's parent run)")
     p.add_argument("sweep", help="sweep YAML, or a sweep name")
@@ -105,6 +118,7 @@ def _report_parser(sub: Any) -> None:
                    help="put the paper's values beside the cells whose setting matches one (default), or not")
     parent_flag(p)
     set_flags(p)
+    return p
 
 
 def _resolved(args: argparse.Namespace):

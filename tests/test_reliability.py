@@ -44,11 +44,13 @@ def test_set_prefers_an_existing_dotted_key_and_names_a_non_mapping():
 
 
 def _documented_sets() -> list[tuple[str, list[str]]]:
-    """(where, the --set values) of every example in `aot-ray ... --help` and README's command lines."""
+    """(where, the --set values) of every example in `aot-ray ... --help` and the command lines of README and
+    the docs."""
     out = []
     for value in re.findall(r"--set (\S+?)[,;]?(?= |$)", SET_HELP):
         out.append(("aot-ray --help", shlex.split(value)))
-    for line in (ROOT / "README.md").read_text().splitlines():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for line in (ln for page in pages for ln in page.read_text().splitlines()):
         if "--set" in line and "aot-ray" in line:
             cmd = line[line.index("aot-ray"):].strip("` $")
             words = shlex.split(cmd.split("`")[0])
