@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import stats as st
+
+
+def _scipy_stats():
+    """scipy.stats, imported where a statistic needs it: it takes most of a second to import, and the commands
+    that compute none (plan, status, run until its report) must not pay for it."""
+    from scipy import stats
+
+    return stats
 
 
 def delta(l_fw: float | np.ndarray, l_bw: float | np.ndarray) -> float | np.ndarray:
@@ -35,7 +42,7 @@ def delta(l_fw: float | np.ndarray, l_bw: float | np.ndarray) -> float | np.ndar
 
 def t_half(conf: float, df: int, se: float) -> float:
     """Half-width of a two-sided Student-t interval at level `conf` with `df` degrees of freedom (the one copy)."""
-    return float(st.t.ppf((1 + conf) / 2, df)) * se
+    return float(_scipy_stats().t.ppf((1 + conf) / 2, df)) * se
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def fit_trend(x: Sequence[float], y: Sequence[float], conf: float = 0.95, log_x:
     if se == 0:
         return Trend(slope, slope, slope, intercept, r2, 0.0, n)
     half = t_half(conf, n - 2, se)
-    p = float(2 * st.t.sf(abs(slope) / se, n - 2))
+    p = float(2 * _scipy_stats().t.sf(abs(slope) / se, n - 2))
     return Trend(slope, slope - half, slope + half, intercept, r2, p, n)
 
 
@@ -130,7 +137,7 @@ def sign_test(deltas: Iterable[float]) -> SignTest:
     d = [x for x in deltas if x == x and x != 0]
     pos = sum(x > 0 for x in d)
     neg = len(d) - pos
-    p = float(st.binomtest(pos, len(d), 0.5).pvalue) if d else 1.0
+    p = float(_scipy_stats().binomtest(pos, len(d), 0.5).pvalue) if d else 1.0
     return SignTest(pos, neg, p)
 
 

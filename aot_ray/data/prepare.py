@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import socket
@@ -55,10 +56,15 @@ def char_tokenizer(data: DatasetSpec) -> CharTokenizer:
     return CharTokenizer(ALPHABETS[data.kind])
 
 
+@functools.lru_cache(maxsize=None)
+def _alphabet_size(kind: str) -> int:
+    return CharTokenizer(ALPHABETS[kind]).vocab_size
+
+
 def vocab_size_of(data: DatasetSpec) -> int:
     """The vocabulary a dataset will have (known before preparing)."""
     if data.kind in SYNTHETIC_KINDS:
-        return char_tokenizer(data).vocab_size
+        return _alphabet_size(data.kind)  # fixed per kind: `plan` asks once per trial
     if data.tokenizer.kind == "bytes":
         return 257  # 256 bytes and <|endoftext|>, whatever vocab_size allows
     return data.tokenizer.vocab_size

@@ -28,6 +28,18 @@ def content_hash(obj: Any, n: int = 8) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
+def _fragments(obj: dict[str, Any]) -> dict[str, str]:
+    """Each top-level item of `obj` as content_hash serializes it (`"key":value`), to be joined per trial."""
+    return {k: json.dumps({k: v}, sort_keys=True, separators=(",", ":"), default=str)[1:-1] for k, v in obj.items()}
+
+
+def _hash_of(parts: dict[str, str], n: int = 8) -> str:
+    """content_hash of the dict whose items `parts` holds serialized: the same JSON, joined in key order, so a
+    cell is serialized once and each of its trials adds only its own few items."""
+    blob = "{" + ",".join(parts[k] for k in sorted(parts)) + "}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
 def _slug_part(value: Any) -> str:
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9.]+", "", text)
@@ -179,8 +191,9 @@ def _expand(spec: SweepSpec) -> list[TrialSpec]:
         )
         axes = (("dataset", dataset), *((("language", lang),) if lang is not None else ()), ("model", preset),
                 ("context_length", ctx), *zip(override_names, ovals))
+        parts = _fragments(cell)  # the cell serialized once; each of its trials adds its seed and order
         for seed, (order, order_seed) in itertools.product(g.seed, _orders(spec)):
-            trials.append(_trial(spec, sections, cell, slug, seed, order, order_seed, dataset=dataset,
+            trials.append(_trial(spec, sections, parts, slug, seed, order, order_seed, dataset=dataset,
                                  context_length=ctx, language=lang, axes=tuple(axes)))
     _check_contexts(g.context_length, lines, used)
     if spec.null_controls:
@@ -208,8 +221,8 @@ def _orders(spec: SweepSpec) -> list[tuple[str, int]]:
             for s in (spec.grid.order_seed if o in orders.RANDOM else (0,))]
 
 
-def _trial(spec: SweepSpec, sections: dict, cell: dict, slug: str, seed: int, order: str, order_seed: int,
-           **fields: Any) -> TrialSpec:
+def _trial(spec: SweepSpec, sections: dict, cell_parts: dict[str, str], slug: str, seed: int, order: str,
+           order_seed: int, **fields: Any) -> TrialSpec:
     """One trial of a cell; its id hashes the cell, the seed and the order (with a random order's draw and a
     custom order's permutation, so that two of them never share an id)."""
     custom = spec.orders.custom.get(order, ())
@@ -224,9 +237,9 @@ def _trial(spec: SweepSpec, sections: dict, cell: dict, slug: str, seed: int, or
         ident["permutation"] = list(custom)
     return TrialSpec(
         sweep=spec.name,
-        trial_id=f"{slug}-s{seed}-{short}-{content_hash({**cell, 'seed': seed, **ident})}",
-        pair_key=f"{slug}-s{seed}-{content_hash({**cell, 'seed': seed})}",
-        cell_key=f"{slug}-{content_hash(cell)}",
+        trial_id=f"{slug}-s{seed}-{short}-{_hash_of({**cell_parts, **_fragments({'seed': seed, **ident})})}",
+        pair_key=f"{slug}-s{seed}-{_hash_of({**cell_parts, **_fragments({'seed': seed})})}",
+        cell_key=f"{slug}-{_hash_of(cell_parts)}",
         direction=order, data=sections["data"], model=sections["model"], optim=sections["optim"],
         train=sections["train"], seed=seed, resources=sections["resources"], order_seed=order_seed,
         order_chunk=spec.orders.chunk, custom_order=tuple(custom), **fields)
