@@ -129,6 +129,20 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
     assert trials and all(r.info.status == "KILLED" and r.data.tags.get("aot.interrupted") == "1"
                           and "aot.error" not in r.data.tags for r in trials if r.info.status != "FINISHED")
     assert any(r.info.status == "KILLED" for r in trials)
+    # what each stopped trial had trained when the signal came: its last logged step
+    last = {r.info.run_id: max(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
+            for r in trials if r.info.status == "KILLED"}
+    assert "running trial(s) checkpointed" in log and "at each trial's current step" in log, log[-3000:]
+
+    def retrained() -> dict[str, int]:
+        """Steps each stopped trial trains twice: from the checkpoint it resumed at to the last it had trained."""
+        out = {}
+        for run_id, step in last.items():
+            resumed = [m.value for m in c.get_metric_history(run_id, "resumed_from_step")]
+            out[run_id] = step - int(resumed[0])
+        print(f"steps trained twice per stopped trial ({signal.Signals(sig).name}): {sorted(out.values())}")
+        return out
+
     if sig == signal.SIGTERM:
         # Tune's state is a cache: cut its newest file off (as a full disk does) and the sweep still resumes
         exp_dir = next(p for p in (tmp_path / "r").iterdir() if p.name.startswith("intr-"))
@@ -145,12 +159,14 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
             resumed = [m.value for m in c.get_metric_history(r.info.run_id, "resumed_from_step")]
             assert resumed and resumed[0] > 0  # from its newest checkpoint, not from scratch
             steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
-            assert steps == list(range(5, 401, 5))
+            assert set(range(5, 401, 5)) <= set(steps) and len(steps) == len(set(steps))  # + the stop's own step
+        assert all(n <= 1 for n in retrained().values())  # checkpointed at the step it reached
         return
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Trial status" in log and "Trial status" not in second.stdout + second.stderr  # --quiet kept on resume
+    assert all(n <= 1 for n in retrained().values())
     runs = c.search_runs([exp.experiment_id])
     trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}

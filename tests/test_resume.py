@@ -150,3 +150,42 @@ def test_a_checkpoint_past_what_the_run_holds_resumes_without_a_gap(tmp_path, ca
     assert [m.value for m in c.get_metric_history(tr2.run_id, "resumed_from_step")] == [20.0 if carried else 10.0]
     for key in ("train_loss", "val_loss"):
         assert sorted(m.step for m in c.get_metric_history(tr2.run_id, key)) == list(range(5, 41, 5)), key
+
+
+def test_a_stop_notice_between_logged_steps_checkpoints_there_and_the_resume_trains_no_step_twice(tmp_path):
+    """The driver's stop notice comes at step 13 (log_every 5, checkpoint_every 10): the trial logs the loss of
+    steps 11-13, checkpoints at 13 and stops; the resume starts at 13, so no step is trained twice, and it ends
+    where the uninterrupted run ends."""
+    from aot_ray.errors import StopRequested
+    from aot_ray.train.tracker_api import STOPPED_AT
+
+    (trial,) = expand(parse_sweep(SPEC))
+    data = prepare(trial.data, tmp_path / "store")[0]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx_a = tracking.SweepRuns(uri, "straight").start("x")
+    tr = tracking.TrialTracker(ctx_a, trial)
+    straight = train(trial, tr, data=data, on_report=persist_into(tmp_path / "a")[0])
+    tr.finish()
+
+    ctx_b = tracking.SweepRuns(uri, "stopped").start("x")
+    calls = {"n": 0}
+
+    def notice() -> bool:  # asked after every step: posted once step 13 is done
+        calls["n"] += 1
+        return calls["n"] >= 13
+
+    reports = []
+    report_b, saved_b = persist_into(tmp_path / "b")
+    tr1 = tracking.TrialTracker(ctx_b, trial)
+    with pytest.raises(StopRequested):
+        train(trial, tr1, data=data, on_report=lambda m, p: (reports.append(m), report_b(m, p)), stop_notice=notice)
+    assert reports[-1][STOPPED_AT] == 13 and model_state(saved_b[-1])[1]["step"] == 13
+    tr2 = tracking.TrialTracker(ctx_b, trial)
+    resumed = train(trial, tr2, [saved_b[-1]], data=data, on_report=persist_into(tmp_path / "c")[0])
+    tr2.finish()
+    assert abs(resumed.val_loss - straight.val_loss) < 1e-6
+    c = tracking.client(uri)
+    (run,) = tracking.SweepRuns(uri, "stopped").trials()
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(set(steps)) and 13 in steps  # every step's loss once: 11-13 logged at the stop
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "resumed_from_step")] == [13.0]

@@ -85,9 +85,11 @@ def stop_tune() -> bool:
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[Callable[[], bool]]:
+def interruptible(on_signal: Callable[[int], None] | None = None) -> Iterator[Callable[[], bool]]:
     """While Tune runs: Ctrl-C or SIGTERM (what schedulers and `ray job stop` send) ask Tune to stop gracefully;
-    a second signal stops at once. Yields a function that says whether a signal came."""
+    a second signal stops at once. Yields a function that says whether a signal came. With `on_signal`, the first
+    signal calls it (with the signal's number) instead of stopping Tune: it must return at once (it runs in the
+    signal handler, on Tune's thread) and stop Tune itself (`stop_tune`) once its trials have checkpointed."""
     if not _main_thread():
         yield lambda: False
         return
@@ -106,7 +108,10 @@ def interruptible() -> Iterator[Callable[[], bool]]:
             timer.start()
             raise Interrupted("interrupted again: stopped at once; run the same command to resume")
         came.set()
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if on_signal is not None:
+            on_signal(signum)
+        else:
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")

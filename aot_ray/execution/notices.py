@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -154,23 +155,40 @@ class GracefulStop:
             self._tune_ended.set()
             self.notice = None
 
+    def _checkpoint(self, why: str, until: float, what: str) -> None:
+        """Post the notice and wait (to the monotonic `until`) for the running trials' checkpoints; one line says
+        `what` is happening and what was kept."""
+        notice = self.notice
+        if notice is None:
+            self.say(f"aot-ray: {why}: {what}")
+            return
+        try:
+            notice.post(why)
+        except Exception as e:  # storage unreachable too: Tune's stop alone, from the last checkpoints
+            self.say(f"aot-ray: the stop notice could not be written ({str(e).splitlines()[0][:200]})")
+        acks, missing = notice.wait(until)
+        done = ", ".join(f"{t} at step {s}" for t, s in sorted(acks.items()))
+        self.say(f"aot-ray: {why}: {what}; {len(acks)} of {len(acks) + len(missing)} running trial(s) checkpointed"
+                 + (f" ({done})" if done else "")
+                 + (f"; the others resume from their last checkpoint: {', '.join(sorted(missing))}" if missing else ""))
+
+    def signalled(self, signum: int, grace_s: float) -> None:
+        """The first Ctrl-C or SIGTERM while trials run (from the signal handler: it returns at once): a thread
+        posts the notice, gives the running trials `grace_s` (run.stop_grace_s) to checkpoint at the step they
+        reached, and then stops Tune, so that the resume trains no step twice."""
+        why = {int(signal.SIGINT): "interrupted", int(signal.SIGTERM): "terminated (SIGTERM)"}.get(
+            int(signum), f"signal {signum}")
+
+        def run() -> None:
+            self._checkpoint(why, time.monotonic() + grace_s, "stopping the sweep at each trial's current step")
+            stop_tune()
+
+        threading.Thread(target=run, name="aot-graceful-stop", daemon=True).start()
+
     def stop(self, why: str, deadline: float) -> None:
         """Post the notice, give the running trials until shortly before `deadline` (monotonic) to checkpoint,
         stop Tune, and exit the process at `deadline` if Tune has not ended by then. One line says what was kept."""
-        notice = self.notice
-        if notice is not None:
-            try:
-                notice.post(why)
-            except Exception as e:  # storage unreachable too: Tune's stop alone, from the last checkpoints
-                self.say(f"aot-ray: the stop notice could not be written ({str(e).splitlines()[0][:200]})")
-            acks, missing = notice.wait(deadline - TUNE_STOP_S)
-            done = ", ".join(f"{t} at step {s}" for t, s in sorted(acks.items()))
-            self.say(f"aot-ray: {why}: stopping the sweep before its lease expires; {len(acks)} of "
-                     f"{len(acks) + len(missing)} running trial(s) checkpointed" + (f" ({done})" if done else "")
-                     + (f"; the others resume from their last checkpoint: {', '.join(sorted(missing))}"
-                        if missing else ""))
-        else:
-            self.say(f"aot-ray: {why}: stopping the sweep before its lease expires")
+        self._checkpoint(why, deadline - TUNE_STOP_S, "stopping the sweep before its lease expires")
         if not stop_tune():
             return
         if not self._tune_ended.wait(max(0.0, deadline - time.monotonic())):

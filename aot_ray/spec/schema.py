@@ -272,6 +272,9 @@ class RunSpec:
     stop_on_sign: Optional[SignStopSpec] = None  # `{}` for the defaults; `aot-ray run --stop-on-sign` too
     sign_interval_s: float = _num(30.0, ge=0)  # how often a running sweep refreshes the sequential sign test
     progress_every_s: float = _num(60.0, gt=0)  # how often the driver prints (and logs) the sweep's progress
+    # Ctrl-C, SIGTERM (a Slurm time limit, a preemption) or `ray job stop`: how long the running trials are given to
+    # checkpoint at their current step before Tune stops them (cluster/slurm.sbatch's signal lead allows for it)
+    stop_grace_s: float = _num(60.0, gt=0, le=3600)
     # a running trial whose step has not moved for this long (and for 5 times the longest wait between its
     # earlier moves) gets one warning line: a frozen, swapped-out or hung worker; 0: off
     stall_warning_s: float = _num(600.0, ge=0)

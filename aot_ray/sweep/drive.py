@@ -153,8 +153,11 @@ class _Driver:
         progress = Progress(ctx, trials, self.run_spec.progress_every_s, self.say, spec.run.gpu_tflops,
                             self.run_spec.stall_warning_s, live=self.opts.verbose == 1 and sys.stdout.isatty())
         progress.start()  # its own thread: Tune's loop never waits on it
+        grace = self.run_spec.stop_grace_s
         try:
-            with interruptible() as interrupted:
+            # Ctrl-C or SIGTERM: every running trial checkpoints at its current step (within run.stop_grace_s),
+            # then Tune stops; a second signal stops at once
+            with interruptible(lambda signum: self.stopper.signalled(signum, grace)) as interrupted:
                 outcomes, _ = run_trials(job)
         finally:
             progress.stop()

@@ -250,10 +250,15 @@ def _steps(r: TrialSetup, prog: _Progress, batches: Prefetcher, out: _Reporting)
     while step < t.steps:
         _optimizer_step(r, step, batches, prog)
         step += 1
-        if step % t.log_every == 0 or step == t.steps:
-            _log_train_loss(r, step, prog)  # (a stop at a logged step loses no partial train loss)
-            if step < t.steps and out.stop_notice is not None and notice_posted(r, out.stop_notice):
-                stop_now(r, step, out.on_report, out.local_dir, out.scratch)
+        logged = step % t.log_every == 0 or step == t.steps
+        if logged:
+            _log_train_loss(r, step, prog)
+        # the driver's stop notice, looked for between any two steps (a clock read; the file at most every few
+        # seconds): the trial checkpoints at the step it reached, so a resume trains no step twice
+        if step < t.steps and out.stop_notice is not None and notice_posted(r, out.stop_notice):
+            if not logged:
+                _log_train_loss(r, step, prog)  # the steps since the last log: no trained step goes unlogged
+            stop_now(r, step, out.on_report, out.local_dir, out.scratch)
         if prog.compile_seconds is None:
             # the first step compiles the model: its time is logged apart and kept out of tokens/s
             prog.compile_seconds = now() - segment
@@ -289,8 +294,8 @@ def train(
     slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
     rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`.
-    `stop_notice`: asked at every logged step (cheap: it looks at most every few seconds); once it says so the
-    trial checkpoints there, reports it (STOPPED_AT) and raises StopRequested."""
+    `stop_notice`: asked after every step (cheap: it looks at most every few seconds); once it says so the trial
+    checkpoints at that step, reports it (STOPPED_AT) and raises StopRequested."""
     r = setup_trial(trial, tracker, checkpoint, data)
     prog = _Progress(loss_sum=torch.zeros((), device=r.hw.device), compile_seconds=None if r.hw.compiled else 0.0)
     batches = _batches(r)
