@@ -85,10 +85,32 @@ def _matmul_weights(shape: Shape, vocab: int) -> int:
     return shape.n_layer * 12 * d * d + vocab * d
 
 
+def _gathered(shape: Shape, vocab: int, context: int, tie_embeddings: bool) -> int:
+    """Parameters a sharded (FSDP) worker holds whole while it computes: the root's (embeddings, final norm,
+    head: gathered for the whole step) and two layers' (the one computing, the next prefetched)."""
+    n = count_params(shape, vocab, context, tie_embeddings)
+    layer = (n - count_params(Shape(0, shape.n_head, shape.n_embd, shape.arch, shape.position), vocab, context,
+                              tie_embeddings)) // max(shape.n_layer, 1)
+    return n - shape.n_layer * layer + 2 * layer
+
+
 def predict(shape: Shape, vocab: int, context: int, micro_batch: int, *, passes: int = 1, bf16: bool = True,
-            dropout: float = 0.0, tie_embeddings: bool = False, backend: str = "cuda") -> MemoryEstimate:
+            dropout: float = 0.0, tie_embeddings: bool = False, backend: str = "cuda",
+            shards: int = 1) -> MemoryEstimate:
     """Peak bytes of one worker training `micro_batch` windows of `context` tokens per forward/backward pass,
-    `passes` passes per optimizer step. `backend` is the kernel family whose saved tensors apply ("cuda", "cpu")."""
+    `passes` passes per optimizer step. `backend` is the kernel family whose saved tensors apply ("cuda", "cpu").
+    `shards` > 1: FSDP over that many workers: each holds 1/shards of the parameters, gradients and AdamW state,
+    plus the parameters (and their gradients) it has gathered whole while computing."""
+    if shards > 1:
+        whole = predict(shape, vocab, context, micro_batch, passes=passes, bf16=bf16, dropout=dropout,
+                        tie_embeddings=tie_embeddings, backend=backend)
+        n = count_params(shape, vocab, context, tie_embeddings)
+        gathered = _gathered(shape, vocab, context, tie_embeddings)
+        params, optimizer, grads = 4 * (n // shards + gathered), 8 * n // shards, 4 * (n // shards + gathered)
+        return MemoryEstimate(params=params, optimizer=optimizer, grads=grads, weight_casts=whole.weight_casts,
+                              activations=whole.activations, loss=whole.loss,
+                              workspace=int((params + optimizer + grads + whole.activations + whole.loss)
+                                            * (OVERHEAD - 1)))
     n = count_params(shape, vocab, context, tie_embeddings)
     d, arch, family = shape.n_embd, shape.arch, _family(shape)
     tokens = micro_batch * context
@@ -127,12 +149,12 @@ def divisors(n: int) -> list[int]:
 
 def fitting_micro_batch(shape: Shape, vocab: int, context: int, per_worker_batch: int, budget: int, *,
                         bf16: bool = True, dropout: float = 0.0, tie_embeddings: bool = False,
-                        backend: str = "cuda") -> int | None:
+                        backend: str = "cuda", shards: int = 1) -> int | None:
     """The largest divisor m of the per-worker batch whose prediction (with batch/m passes) fits `budget`
     bytes; None when not even one window fits."""
     for m in sorted(divisors(per_worker_batch), reverse=True):
         est = predict(shape, vocab, context, m, passes=per_worker_batch // m, bf16=bf16, dropout=dropout,
-                      tie_embeddings=tie_embeddings, backend=backend)
+                      tie_embeddings=tie_embeddings, backend=backend, shards=shards)
         if est.total <= budget:
             return m
     return None
@@ -160,7 +182,8 @@ def micro_batches(trial: "TrialSpec", vocab: int, *, workers: int | None = None,
             return per_worker, 1
         m = fitting_micro_batch(resolve_shape(trial.model), vocab, trial.context_length, per_worker, budget,
                                 bf16=uses_bf16(trial, backend), dropout=trial.model.dropout,
-                                tie_embeddings=trial.model.tie_embeddings, backend=backend) or 1
+                                tie_embeddings=trial.model.tie_embeddings, backend=backend,
+                                shards=shards_of(trial, w)) or 1
         return m, per_worker // m
     if per_worker % t.micro_batch:
         raise ValueError(f"train.micro_batch {t.micro_batch} does not divide the {per_worker} windows each worker "
@@ -168,11 +191,30 @@ def micro_batches(trial: "TrialSpec", vocab: int, *, workers: int | None = None,
     return t.micro_batch, per_worker // t.micro_batch
 
 
+def shards_of(trial: "TrialSpec", workers: int | None = None) -> int:
+    """Over how many workers the trial's model state is sharded: its workers under FSDP, else 1 (DDP replicates)."""
+    return (workers or trial.resources.workers) if trial.resources.sharding == "fsdp" else 1
+
+
 def predict_trial(trial: "TrialSpec", vocab: int, micro: int, passes: int, backend: str = "cuda") -> MemoryEstimate:
     """Peak memory of one worker of the trial at this micro-batch."""
     return predict(resolve_shape(trial.model), vocab, trial.context_length, micro, passes=passes,
                    bf16=uses_bf16(trial, backend), dropout=trial.model.dropout,
-                   tie_embeddings=trial.model.tie_embeddings, backend=backend)
+                   tie_embeddings=trial.model.tie_embeddings, backend=backend, shards=shards_of(trial))
+
+
+def fewest_shards(trial: "TrialSpec", vocab: int, budget: int, most: int = 64) -> int | None:
+    """The fewest FSDP workers (each with its own GPU of `budget` bytes) whose per-worker peak fits, at a
+    micro-batch that divides the per-worker batch; None when even `most` do not."""
+    shape, global_batch = resolve_shape(trial.model), trial.train.batch_size * trial.train.grad_accum
+    for k in range(2, most + 1):
+        if trial.train.batch_size % k:
+            continue
+        if fitting_micro_batch(shape, vocab, trial.context_length, global_batch // k, budget,
+                               bf16=uses_bf16(trial), dropout=trial.model.dropout,
+                               tie_embeddings=trial.model.tie_embeddings, shards=k) is not None:
+            return k
+    return None
 
 
 @dataclass(frozen=True)
@@ -231,8 +273,11 @@ def refusal(trial: "TrialSpec", vocab: int, check: MemoryCheck) -> str:
             f"{check.source})")
     m = fitting_micro_batch(resolve_shape(trial.model), vocab, trial.context_length, per_worker, check.budget,
                             bf16=uses_bf16(trial), dropout=trial.model.dropout,
-                            tie_embeddings=trial.model.tie_embeddings)
+                            tie_embeddings=trial.model.tie_embeddings, shards=shards_of(trial))
     if m is not None:
         return f"{head}; set train.micro_batch: {m} (or auto) for model {trial.model.preset}"
+    k = fewest_shards(trial, vocab, int(check.gpu_bytes or check.budget))
+    shard = (f"; or shard it over GPUs: resources.sharding: fsdp with resources.workers: {k} (the fewest whole "
+             f"GPUs of this size it fits on, train.micro_batch: auto) for model {trial.model.preset}") if k else ""
     return (f"{head}; even one window per pass does not fit: give model {trial.model.preset} a larger "
-            f"resources.gpu share or a larger GPU")
+            f"resources.gpu share or a larger GPU" + shard)

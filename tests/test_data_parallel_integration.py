@@ -22,15 +22,18 @@ from test_faults_integration import kill_when, spec_dict
 pytestmark = pytest.mark.integration
 
 
-def dp_spec(name, workers=2):
+def dp_spec(name, workers=2, sharding="ddp"):
     raw = spec_dict(name, steps=60, direction=["forward"])
     raw["defaults"]["train"].update(eval_every=15, checkpoint_every=15)
-    raw["defaults"]["resources"] = {"cpu": 1, "workers": workers}
+    raw["defaults"]["resources"] = {"cpu": 1, "workers": workers, "sharding": sharding}
     return raw
 
 
-def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path, ray_dashboard):
-    raw = dp_spec("dp")
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path, ray_dashboard, sharding):
+    """DDP, and FSDP (each worker reports its own shards; Ray Train merges them into one checkpoint, which the
+    retry's workers read back)."""
+    raw = dp_spec("dp", sharding=sharding)
     (trial,) = expand(parse_sweep(raw))
     reference = train(trial, RecordingTracker(), data=prepare(trial.data, tmp_path / "ref")[0])  # one process
 
@@ -70,6 +73,10 @@ def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path,
     # Ray Train kept the run's checkpoints under the experiment, named by trial id
     dp_dirs = list((tmp_path / "r").glob(f"dp-*/data-parallel/{trial.trial_id}/checkpoint_*"))
     assert dp_dirs
+    if sharding == "fsdp":  # both workers' shards in each checkpoint, with their index and the rest of the state
+        for d in dp_dirs:
+            assert {p.name for p in (d / "shards").iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp"}
+            assert (d / "state.pt").exists() and (d / "meta.json").exists()
 
 
 def test_a_data_parallel_trial_that_cannot_fit_is_refused_on_a_local_ray(ray_dashboard):

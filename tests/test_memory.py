@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,48 @@ def test_run_refuses_before_anything_starts(tmp_path):
                   verbose=0, say=lambda _: None)
     assert not (tmp_path / "r" / "data").exists()
     assert tracking.SweepRuns(uri, "mem").trials() == []
+
+
+def test_sharding_divides_the_model_state_and_plan_names_the_fewest_workers_that_fit():
+    """gpt-1.6b at context 256 does not fit one 24 GB GPU even one window at a time (weights, gradients and AdamW
+    state alone are about 25 GB); sharded over k workers each holds 1/k of that state plus what it gathers, and
+    the refusal names the fewest whole GPUs it fits on."""
+    from aot_ray.gpu_memory import fewest_shards
+
+    shape = resolve_shape(ModelSpec(preset="gpt-1.6b"))
+    whole = predict(shape, 50257, 256, 1, dropout=0.1)
+    assert whole.total > 24 * GiB and 4 * whole.params > 24 * 10**9  # + its gradients and AdamW: about 26 GB
+    two, four = (predict(shape, 50257, 256, 1, dropout=0.1, shards=k) for k in (2, 4))
+    assert four.optimizer == whole.optimizer // 4 and two.optimizer == whole.optimizer // 2
+    assert four.total < two.total < whole.total and four.activations == whole.activations
+    raw = copy.deepcopy(SWEEP)
+    raw["data"] = {"p": {"kind": "primes", "digits": 3, "n_samples": 2000, "windows": "stream"}}
+    raw["grid"].update(model=["gpt-1.6b"], context_length=[64])
+    raw["defaults"]["resources"] = {"gpu": 1}
+    raw["defaults"]["train"].update(batch_size=16, grad_accum=1, micro_batch="auto")
+    t = expand(parse_sweep(raw))[0]
+    budget = 24 * GiB
+    check = check_trial(t, 50257, budget, "run.gpu_memory_gb")
+    assert check.fits is False
+    k = fewest_shards(t, 50257, budget)
+    assert k is not None and k >= 2
+    assert f"resources.sharding: fsdp with resources.workers: {k}" in refusal(t, 50257, check)
+    raw["defaults"]["resources"] = {"gpu": 1, "workers": k, "sharding": "fsdp"}
+    sharded = expand(parse_sweep(raw))[0]
+    assert check_trial(sharded, 50257, budget, "run.gpu_memory_gb").fits is True
+    if k > 2:  # one worker fewer does not fit
+        raw["defaults"]["resources"]["workers"] = k - 1 if 16 % (k - 1) == 0 else 2
+        fewer = expand(parse_sweep(raw))[0]
+        assert check_trial(fewer, 50257, budget, "run.gpu_memory_gb").fits is False
+
+
+def test_sizes_yaml_plans_the_papers_largest_model_sharded_on_24_gb_gpus(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "aot_ray.cli", "plan", "sweeps/sizes.yaml", "--json",
+                          "--storage", str(tmp_path / "s"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = [r for r in json.loads(out.stdout) if r["model"] == "gpt-1.6b"]
+    assert rows and all(r["memory"]["fits"] and r["memory"]["budget"] == 24 * GiB for r in rows)
+    assert all(r["resources"]["workers"] == 4 and r["gpu_hours"] > 0 for r in rows)

@@ -181,6 +181,10 @@ def _check_micro_batch(spec: SweepSpec, trial: Any) -> None:
 def _check_workers(spec: SweepSpec, trial: Any) -> None:
     workers, gpu = trial.resources.workers, trial.resources.gpu
     if workers == 1:
+        if trial.resources.sharding == "fsdp":
+            raise SpecError(_resources_path(spec, trial, "sharding"),
+                            f"fsdp shards the model over data-parallel workers; trial {trial.trial_id} has one: set "
+                            f"resources.workers to 2 or more (or sharding: ddp)")
         return
     if trial.train.batch_size % workers:
         raise SpecError(_resources_path(spec, trial, "workers"),

@@ -227,11 +227,15 @@ class ResourcesSpec:
 
     `workers` > 1 runs the trial data parallel (Ray Train's TorchTrainer inside the Tune trial, DDP over NCCL on
     GPUs, gloo on CPUs); `cpu`, `gpu` and `custom` are then what each worker asks for, and `train.batch_size`
-    stays the global batch, so the worker count does not change the result."""
+    stays the global batch, so the worker count does not change the result. `sharding: fsdp` shards parameters,
+    gradients and optimizer state over the workers (PyTorch's FSDP2 `fully_shard`, one unit per layer), for a
+    model that does not fit one GPU; its checkpoints are sharded (`torch.distributed.checkpoint`) and resume at
+    any worker count. Neither choice changes a trial's identity: the same steps, within fp32 rounding."""
 
     cpu: float = _num(1.0, gt=0)
     gpu: float = _num(0.0, ge=0)
     workers: int = _num(1, ge=1)
+    sharding: Literal["ddp", "fsdp"] = "ddp"
     custom: dict[str, float] = field(default_factory=dict)
 
 

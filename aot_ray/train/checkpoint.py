@@ -1,7 +1,9 @@
 """Checkpoints: everything a resume needs (model, optimizer, scheduler, step, RNG, data position, run id).
 
 A checkpoint is a folder written under a temporary name and renamed into place, so a reader never sees half
-of one; `state.pt` holds tensors and RNG states, `meta.json` the human-readable position and identity.
+of one; `state.pt` holds tensors and RNG states, `meta.json` the human-readable position and identity. A sharded
+(FSDP) trial's model and optimizer state is in `shards/` instead, written by every worker through
+`torch.distributed.checkpoint`, which reads it back at any worker count (one process included).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..publish import rename_into_place, staging
 
 STATE = "state.pt"
 META = "meta.json"
+SHARDS = "shards"  # a sharded (FSDP) trial's model and optimizer state: torch.distributed.checkpoint's files
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,6 +50,45 @@ def write(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path
         (tmp / META).write_text(json.dumps(meta, indent=2))
         rename_into_place(tmp, final, overwrite=True)
     return final
+
+
+def write_sharded(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
+                  meta: dict[str, Any], rank: int, shared: bool) -> Path:
+    """Every worker, together: the model and optimizer state sharded into `path`/shards (each worker its own
+    shards, the first their index too), the first worker `state.pt` (the rest of the state) and `meta.json`.
+    `shared`: all workers write one folder (a file system they share); else each writes a folder of its own and
+    what they report is merged into one checkpoint (Ray Train does)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.partial")
+    if rank == 0 or not shared:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()  # the folder exists before anyone writes to it
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))
+    if rank == 0:
+        torch.save(state, tmp / STATE)
+        (tmp / META).write_text(json.dumps({**meta, "sha256": _digest(tmp / STATE), "sharded": True}, indent=2))
+    dist.barrier()  # every shard is written before the folder is renamed into place
+    if rank == 0 or not shared:
+        rename_into_place(tmp, final, overwrite=True)
+    return final
+
+
+def read_sharded_into(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Load a sharded checkpoint's model and optimizer state into `model` and `opt`, sharded or not, at this
+    process's worker count (torch.distributed.checkpoint reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, opt)  # the layout to fill (the optimizer's initialised)
+    both = {"model": model_state, "optim": optim_state}
+    dcp.load(both, checkpoint_id=str(Path(path) / SHARDS))
+    set_state_dict(model, opt, model_state_dict=both["model"], optim_state_dict=both["optim"])
 
 
 class CorruptCheckpoint(RuntimeError):

@@ -85,9 +85,8 @@ def _optimizer_step(r: TrialSetup, step: int, batches: Prefetcher, prog: _Progre
     t = r.trial.train
     for m in range(r.batching.passes):
         x, y = batches.get(step, m)
-        sync = r.learner.net.no_sync() if r.hw.n_workers > 1 and m < r.batching.passes - 1 else contextlib.nullcontext()
         try:
-            with sync:
+            with r.learner.sync_grads(last_pass=m == r.batching.passes - 1):
                 with r.hw.autocast():
                     loss = r.learner.net(x, y)
                 r.hw.scaler.scale(loss / r.batching.passes).backward()
@@ -144,7 +143,7 @@ def _evaluate(r: TrialSetup) -> tuple[EvalResult, tuple[EvalResult, EvalResult] 
     too (its loss: their mean)."""
     def on(x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         return evaluate(r.learner.model, r.learner.objective.per_token, x, y, r.trial.train.eval_batch_size,
-                        r.hw.autocast)
+                        r.hw.autocast)  # under FSDP every worker evaluates: the gathers are collectives
 
     fw = on(r.d.val_inputs, r.d.val_targets)
     if r.d.val_backward is None:

@@ -97,13 +97,16 @@ def token_losses(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, rows: int | 
     return out.view(y.shape)
 
 
-def body_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Parameter]:
-    """(the module that makes hidden states, a function input_ids -> hidden states [B, T, d], the head weight)."""
+def body_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor],
+                                            Callable[[], torch.Tensor]]:
+    """(the module that makes hidden states, a function input_ids -> hidden states [B, T, d], a function -> the
+    head weight). The weight is looked up at each call: under FSDP the module holds a sharded parameter between
+    forwards and the gathered one during them."""
     if hasattr(model, "base_model") and hasattr(model, "lm_head"):  # transformers' GPT-2 and GPT-NeoX
         body = model.base_model
-        return body, lambda x: body(input_ids=x).last_hidden_state, model.lm_head.weight
+        return body, lambda x: body(input_ids=x).last_hidden_state, lambda: model.lm_head.weight
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):  # RecurrentLM
-        return model, model.hidden_states, model.lm_head.weight
+        return model, model.hidden_states, lambda: model.lm_head.weight
     raise TypeError(f"no hidden-state body and lm_head on {type(model).__name__}")
 
 
@@ -123,9 +126,13 @@ class LMObjective(nn.Module):
         object.__setattr__(self, "_hidden", torch.compile(hidden) if compile else hidden)
         object.__setattr__(self, "_head", head)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return fused_linear_cross_entropy(self._hidden(input_ids), self._head, targets)
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """The mean loss; with `per_token`, every token's loss (evaluation: no grad, the body run eagerly).
+        Under FSDP both go through here, so that the sharded parameters are gathered."""
+        if per_token:
+            with torch.no_grad():
+                return token_losses(self._eager_hidden(input_ids), self._head(), targets)
+        return fused_linear_cross_entropy(self._hidden(input_ids), self._head(), targets)
 
-    @torch.no_grad()
     def per_token(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return token_losses(self._eager_hidden(input_ids), self._head, targets)
+        return self(input_ids, targets, per_token=True)

@@ -71,11 +71,21 @@ class Learner:
     """The model, its objective and its optimizer."""
     model: torch.nn.Module
     objective: LMObjective
-    net: torch.nn.Module  # the objective, wrapped in DDP under data parallelism
+    net: torch.nn.Module  # the objective, wrapped in DDP under data parallelism (sharded in place under FSDP)
     opt: torch.optim.Optimizer
     sched: Any
     n_params: int
     flops_per_token: float  # for mfu
+    sharded: bool = False  # FSDP: parameters, gradients and optimizer state sharded over the workers
+
+    def sync_grads(self, last_pass: bool) -> contextlib.AbstractContextManager:
+        """Around one pass of a step: gradients are reduced across workers at the last pass only."""
+        if self.sharded:
+            self.net.set_requires_gradient_sync(last_pass)  # FSDP2's own switch (it keeps unreduced grads)
+            return contextlib.nullcontext()
+        if isinstance(self.net, DistributedDataParallel) and not last_pass:
+            return self.net.no_sync()
+        return contextlib.nullcontext()
 
 
 @dataclass
@@ -154,15 +164,38 @@ def _make_learner(trial: TrialSpec, data: Prepared, hw: Hardware) -> Learner:
     torch.manual_seed(seeds.derive(trial.seed, seeds.MODEL_INIT))
     vocab = data.vocab_size + (2 if trial.joint else 0)  # the joint model's two direction tokens
     model = build_model(trial.model, vocab, trial.context_length, data.bos_id).to(hw.device)
+    n_params = sum(p.numel() for p in model.parameters())  # before sharding: the whole model's
     objective = LMObjective(model, compile=hw.compiled)
     net: torch.nn.Module = objective
-    if hw.n_workers > 1:
+    sharded = hw.n_workers > 1 and trial.resources.sharding == "fsdp"
+    if sharded:
+        shard(objective)
+    elif hw.n_workers > 1:
         net = DistributedDataParallel(objective, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
-    opt = _optimizer(model, trial)
+    opt = _optimizer(model, trial)  # after sharding: over the shards
     return Learner(model=model, objective=objective, net=net, opt=opt,
-                    sched=make_scheduler(opt, trial.optim, trial.train.steps),
-                    n_params=sum(p.numel() for p in model.parameters()),
-                    flops_per_token=flops_per_token(trial, data.vocab_size))
+                    sched=make_scheduler(opt, trial.optim, trial.train.steps), n_params=n_params,
+                    flops_per_token=flops_per_token(trial, data.vocab_size), sharded=sharded)
+
+
+def layers_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated layers of a model (GPT-2's blocks, GPT-NeoX's layers): FSDP's units. A recurrent model has
+    none (its layers are one module)."""
+    body = getattr(model, "base_model", None)
+    for child in body.children() if body is not None else ():
+        if isinstance(child, torch.nn.ModuleList):
+            return list(child)
+    return []
+
+
+def shard(objective: LMObjective) -> None:
+    """FSDP2: each layer a unit of its own (gathered for its forward and backward, then freed), the rest
+    (embeddings, final norm, head) with the objective as the root, whose forward is where the loss is computed."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers_of(objective.model):
+        fully_shard(layer)
+    fully_shard(objective)
 
 
 def _restore_or_start(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None,
@@ -178,9 +211,16 @@ def _restore_or_start(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path
         meta.get("run_id"), int(meta.get("confirmed", meta["step"]))), skipped)
     step = 0
     if found is not None:
-        state, meta, _ = found
-        learner.model.load_state_dict(state["model"])
-        learner.opt.load_state_dict(state["optimizer"])
+        state, meta, path = found
+        if meta.get("sharded"):  # at any worker count: torch.distributed.checkpoint reshards
+            ckpt.read_sharded_into(path, learner.model, learner.opt)
+        elif learner.sharded:
+            raise ValueError(f"the checkpoint at step {meta['step']} of trial {trial.trial_id} was written without "
+                             f"sharding and cannot be resumed under resources.sharding: fsdp; resume it with "
+                             f"sharding: ddp (the trial's id is the same)")
+        else:
+            learner.model.load_state_dict(state["model"])
+            learner.opt.load_state_dict(state["optimizer"])
         learner.sched.load_state_dict(state["scheduler"])
         if state.get("scaler"):  # fp16's loss scale, so that the resumed steps are the uninterrupted ones
             hw.scaler.load_state_dict(state["scaler"])

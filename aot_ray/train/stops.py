@@ -41,20 +41,26 @@ def notice_posted(r: Any, stop_notice: Callable[[], bool]) -> bool:
 def save(r: Any, step: int, loss: float | None, on_report: Report | None, local_dir: Path | None,
           scratch: Path) -> Path | None:
     """Rank 0 writes a checkpoint at `step` (into `scratch` for `on_report` to persist, else into `local_dir`,
-    pruned there); it carries what the tracker has not yet seen confirmed in the store."""
-    if r.hw.rank != 0 or (on_report is None and local_dir is None):
+    pruned there); it carries what the tracker has not yet seen confirmed in the store. A sharded (FSDP) trial's
+    workers all write theirs (each its own shards), and each returns its folder."""
+    if (r.hw.rank != 0 and not r.learner.sharded) or (on_report is None and local_dir is None):
         return None
     carried = r.tracker.carry()
     learner = r.learner
-    state = {"model": learner.model.state_dict(), "optimizer": learner.opt.state_dict(),
-             "scheduler": learner.sched.state_dict(), "scaler": r.hw.scaler.state_dict(), "rng": ckpt.rng_state(),
+    state = {"scheduler": learner.sched.state_dict(), "scaler": r.hw.scaler.state_dict(), "rng": ckpt.rng_state(),
              "carried": carried}
     meta = {"trial_id": r.trial.trial_id, "step": step, "samples_seen": step * r.batching.global_batch,
             "tokens": step * r.batching.tokens_per_step, "run_id": r.tracker.run_id, "val_loss": loss}
     if carried is not None:
         meta["confirmed"] = carried["confirmed"]
-    path = ckpt.write((scratch if on_report is not None else local_dir) / f"step-{step:08d}", state, meta)
-    if on_report is None:
+    dest = (scratch if on_report is not None else local_dir) / f"step-{step:08d}"
+    if learner.sharded:
+        path = ckpt.write_sharded(dest, learner.model, learner.opt, state, meta, r.hw.rank,
+                                  shared=on_report is None)
+    else:
+        path = ckpt.write(dest, {"model": learner.model.state_dict(), "optimizer": learner.opt.state_dict(),
+                                 **state}, meta)
+    if on_report is None and r.hw.rank == 0:
         ckpt.prune(local_dir, r.trial.train.keep_checkpoints)
     return path
 
