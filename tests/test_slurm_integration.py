@@ -103,7 +103,9 @@ def assert_one_curve_each(db: Path, sweep: str, steps: int, n: int, log_every: i
     assert len({r.data.tags["trial_id"] for r in runs}) == n
     for r in runs:
         got = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
-        assert got == list(range(log_every, steps + 1, log_every)), r.data.tags["trial_id"]
+        # every logged step once; a stop with notice also logs the steps since the last log at the step it reached
+        assert set(range(log_every, steps + 1, log_every)) <= set(got) and len(got) == len(set(got)), \
+            r.data.tags["trial_id"]
     return runs
 
 
@@ -171,6 +173,18 @@ def test_a_time_limit_requeues_the_job_and_the_requeued_job_finishes_the_sweep(s
     assert log.count("requeued: the next run of it resumes the sweep") == 1
     assert "resuming 2 unfinished trial(s)" in log and "Traceback" not in log
     assert_one_curve_each(db, "limit", 20000, 2)
+    # at the warning each trial checkpointed at the step it had reached, and the requeued job resumed it there:
+    # no step trained twice (before: from the last due checkpoint, up to checkpoint_every 500 steps back)
+    said = re.search(r"stopping the sweep at each trial's current step; 2 of 2 running trial\(s\) checkpointed "
+                     r"\((.*?)\)", log)
+    assert said, log[-4000:]
+    stopped = {t: int(s) for t, s in re.findall(r"(\S+) at step (\d+)", said.group(1))}
+    c = tracking.client(f"sqlite:///{db}")
+    resumed = {r.data.tags["trial_id"]: int(c.get_metric_history(r.info.run_id, "resumed_from_step")[0].value)
+               for r in trial_runs(db, "limit")}
+    twice = {t: stopped[t] - resumed[t] for t in stopped}
+    print(f"steps trained twice per trial after the Slurm time limit: {sorted(twice.values())}")
+    assert set(stopped) == set(resumed) and all(0 <= n <= 1 for n in twice.values()), (stopped, resumed)
 
 
 def test_two_jobs_share_a_node_and_bad_input_is_one_line(slurm):
