@@ -170,18 +170,20 @@ class Live:
     def __init__(self, console: Any = None) -> None:
         from rich.progress import BarColumn, Progress as Bar, TextColumn
 
-        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                       TextColumn("{task.fields[rest]}"), transient=True, console=console)
+        # narrow enough for an 80-column terminal: the trials, a short bar of the planned tokens, speed and ETA
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(bar_width=16),
+                       TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[rest]}"), transient=True,
+                       console=console)
         self.task = self.bar.add_task("starting", total=1, rest="")
         self.bar.start()
 
     def show(self, f: Figures) -> None:
         total = f.finished + f.running + f.pending + f.failed
-        rate = f"{_count(f.tokens_per_s)} tokens/s" if f.tokens_per_s else "throughput not yet known"
-        eta = f"ETA {_duration(f.eta_s)}" if f.eta_s is not None else ""
+        rate = f"{_count(f.tokens_per_s)} tok/s" if f.tokens_per_s else "speed not known yet"
+        eta = f", ETA {_duration(f.eta_s)}" if f.eta_s is not None else ""
         self.bar.update(self.task, total=max(f.tokens_total, 1), completed=f.tokens_done,
                         description=f"{f.finished}/{total} trials, {f.running} running, {f.failed} failed",
-                        rest=f"{_count(f.tokens_done)}/{_count(f.tokens_total)} tokens | {rate} | {eta}")
+                        rest=f"{rate}{eta}")
 
     def close(self) -> None:
         self.bar.stop()
