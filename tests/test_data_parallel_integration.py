@@ -71,7 +71,7 @@ def test_worker_killed_mid_run_resumes_and_ends_where_one_process_ends(tmp_path,
     assert val[-1][1] == pytest.approx(reference.val_loss, abs=1e-4)
     assert out.report["rows"][0]["val_loss"] == pytest.approx(reference.val_loss, abs=1e-4)
     # Ray Train kept the run's checkpoints under the experiment, named by trial id
-    dp_dirs = list((tmp_path / "r").glob(f"dp-*/data-parallel/{trial.trial_id}/checkpoint_*"))
+    dp_dirs = [p for p in (tmp_path / "r").glob(f"dp-*/data-parallel/{trial.trial_id}/checkpoint_*") if p.is_dir()]
     assert dp_dirs
     if sharding == "fsdp":  # both workers' shards in each checkpoint, with their index and the rest of the state
         for d in dp_dirs:
