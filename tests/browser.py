@@ -7,22 +7,29 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from typing import Any
 
+from ports import free_port
+
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def answers(url: str, timeout_s: float) -> bool:
+    """Whether `url` answers an HTTP GET within `timeout_s` (asked again every 0.3 s until then)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.3)
+    return False
 
 
 class Browser:
@@ -30,7 +37,7 @@ class Browser:
     JavaScript expression `until` to be truthy, and returns `read` (a JavaScript expression) evaluated there."""
 
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.profile = tempfile.mkdtemp(prefix="aot-chromium-")
         self.proc = subprocess.Popen(
             [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
@@ -38,15 +45,9 @@ class Browser:
              f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/version", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        self.close()
-        raise RuntimeError("chromium did not open its DevTools port")
+        if not answers(f"http://127.0.0.1:{self.port}/json/version", 60):
+            self.close()
+            raise RuntimeError("chromium did not open its DevTools port")
 
     def __enter__(self) -> "Browser":
         return self

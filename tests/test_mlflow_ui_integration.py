@@ -4,12 +4,8 @@ points at (the training-runs layout, with the sweep's parent run), the parent ru
 the report's headline), and report.html (text and a figure that decodes). Skips where Chromium is absent."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +13,8 @@ import yaml
 from aot_ray import sweep, tracking
 from aot_ray.tracking.store import experiment_page
 
-from browser import Browser, chromium
+from browser import Browser, answers, chromium
+from ports import free_port
 
 # .ci/run installs Chromium and sets AOT_BROWSER_TEST=require: there it must run, not skip
 pytestmark = [pytest.mark.integration,
@@ -35,12 +32,6 @@ RAW = {
 }
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, ray_local):
     """(UI base address, experiment id, parent run id) of a finished sweep served by a real `mlflow ui`."""
@@ -51,19 +42,12 @@ def served(tmp_path_factory, ray_local):
     out = sweep.run(sweep.resolve(str(f), tracking_uri=uri, storage=str(tmp / "r")), verbose=0, say=lambda _: None)
     assert len(out.ran) == 4 and not out.failed
     parent = tracking.SweepRuns(uri, RAW["name"]).parent()
-    port = _port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                            "--port", str(port)], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                           env={**os.environ, "MLFLOW_ENABLE_WORKSPACES": "false"})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not answers(f"{base}/health", 120):
         ui.kill()
         pytest.fail("mlflow ui did not answer /health")
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from ..spec.schema import DatasetSpec, LinearData, PrimesData, prime_sieve, split_sizes
+from ..spec.primes import prime_sieve
+from ..spec.schema import DatasetSpec, LinearData, PrimesData, split_sizes
 
 ENUMERATE_LIMIT = 20_000_000  # below this many possible lines, sample without replacement from all of them
 ALPHABETS = {"primes": "0123456789*= \n", "linear": "01: \n"}

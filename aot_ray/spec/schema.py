@@ -6,11 +6,11 @@ including values that come from grid axes, and name the exact YAML path of a bad
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from . import orders
+from .primes import count_primes_below
 
 Direction = Literal["forward", "backward"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward")
@@ -21,22 +21,6 @@ def _num(default: Any, **limits: float) -> Any:
 
 
 # ---------------------------------------------------------------- data
-
-
-def prime_sieve(n: int) -> bytearray:
-    """sieve[i] == 1 exactly when i < n is prime (Eratosthenes; n is at most 10**6 here). The one sieve: the
-    spec counts distinct lines with it, the generator draws primes from it."""
-    sieve = bytearray([1]) * n
-    sieve[:2] = bytes(min(n, 2))
-    for p in range(2, math.isqrt(max(n - 1, 0)) + 1):
-        if sieve[p]:
-            sieve[p * p :: p] = bytes(len(range(p * p, n, p)))
-    return sieve
-
-
-def count_primes_below(n: int) -> int:
-    """The number of primes below n."""
-    return sum(prime_sieve(n))
 
 
 @dataclass(frozen=True, kw_only=True)
