@@ -74,3 +74,43 @@ def test_a_stop_request_seen_by_rank_0_stops_every_worker(tmp_path):
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["steps"] == r1["steps"] == 10
     assert r0["val_loss"] == r1["val_loss"]
+
+
+def _drained_worker(rank: int, world: int, tmp: str) -> None:
+    """Rank 1 alone is on a draining node: its drain notice appears after its 7th step."""
+    from aot_ray.errors import StopRequested
+    from aot_ray.train.tracker_api import NOTICE_MOVE, STOP_WHY, STOPPED_AT
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+    calls = {"n": 0}
+
+    def notice() -> int:
+        calls["n"] += 1
+        return NOTICE_MOVE if rank == 1 and calls["n"] >= 7 else 0
+
+    reports = []
+    try:
+        (trial,) = expand(parse_sweep(SPEC))
+        data = prepare(trial.data, Path(tmp) / "store")[0]
+        try:
+            train(trial, RecordingTracker(), data=data, on_report=lambda m, p: reports.append(m), stop_notice=notice)
+        except StopRequested as e:
+            stopped = str(e)
+        last = reports[-1]
+        Path(tmp, f"rank{rank}.json").write_text(json.dumps({
+            "stopped_at": last.get(STOPPED_AT), "why": last.get(STOP_WHY), "said": stopped}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_drain_notice_seen_by_any_rank_stops_every_worker_at_the_same_step(tmp_path):
+    """Each worker looks for the drain notice of its own node: the one that sees it tells the others (the largest
+    code wins), so all checkpoint at the same step and report that the trial moves."""
+    from aot_ray.train.tracker_api import NOTICE_MOVE
+
+    mp.spawn(_drained_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["stopped_at"] == r1["stopped_at"] == 7 and r0["why"] == r1["why"] == NOTICE_MOVE
+    assert "its node is draining" in r0["said"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ray_nodes import RayNodes
 from test_faults_integration import spec_dict
 from test_outage_integration import free_port, start_server, stop_server
 
@@ -22,22 +23,18 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("head")
-    # one auth mode for every Ray process of the test: the head, the drivers and the job client
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    port, dash = free_port(), free_port()
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(dash), "--disable-usage-stats"], check=True, env=env,
-                   capture_output=True, timeout=120)
-    mport = free_port()
-    server = start_server(tmp, mport)
+    nodes, dash = RayNodes(), free_port()
     try:
-        yield {"env": env, "address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}",
-               "mlflow": f"http://127.0.0.1:{mport}", "tmp": tmp}
+        nodes.head(2, dashboard_port=dash)
+        mport = free_port()
+        server = start_server(tmp, mport)
+        try:
+            yield {"env": nodes.env, "address": nodes.address, "dashboard": f"http://127.0.0.1:{dash}",
+                   "mlflow": f"http://127.0.0.1:{mport}", "tmp": tmp}
+        finally:
+            stop_server(server)
     finally:
-        stop_server(server)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        nodes.stop()  # this test's Ray alone
 
 
 def rest(base, path, body=None):

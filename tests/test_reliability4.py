@@ -557,3 +557,73 @@ def test_a_graceful_stop_waits_for_checkpoints_and_exits_at_the_deadline_if_tune
         threading.Timer(0.3, stop._tune_ended.set).start()
         stop.stop("store lost", time.monotonic() + 5)
     assert exited == [] and said == ["aot-ray: store lost: stopping the sweep before its lease expires"]
+
+
+def test_a_notice_check_answers_the_largest_code_posted(tmp_path):
+    """A trial's look at the sweep's stop notice and its node's drain notice: a drain asks it to move, the
+    sweep's stop wins where both are posted, a data-parallel worker looks at its own node and its driver's."""
+    from aot_ray.execution.data_parallel import _notices
+    from aot_ray.execution.drains import drain_path
+    from aot_ray.execution.notices import notice_check, stop_path
+    from aot_ray.train.tracker_api import NOTICE_MOVE, NOTICE_STOP
+
+    root = str(tmp_path)
+    look = notice_check({stop_path(root): NOTICE_STOP, drain_path(root, "ab12"): NOTICE_MOVE}, every_s=0.0)
+    assert look() == 0
+    Path(drain_path(root, "ab12")).parent.mkdir()
+    Path(drain_path(root, "cd34")).write_text("{}")  # another node's
+    assert look() == 0
+    Path(drain_path(root, "ab12")).write_text("{}")
+    assert look() == NOTICE_MOVE
+    Path(stop_path(root)).write_text("{}")
+    assert look() == NOTICE_STOP
+    worker = _notices(root, "cd34", "ef56")  # its driver's node drains
+    assert worker() == NOTICE_STOP
+    Path(stop_path(root)).unlink()
+    assert _notices(root, "cd34", "ef56")() == NOTICE_MOVE and _notices(root, None, "ef56")() == 0
+    with pytest.raises(Exception, match="Ray node id"):
+        drain_path(root, "../x")
+
+
+def test_the_drain_watch_posts_each_draining_node_once_and_clears_an_earlier_drivers_notices(tmp_path):
+    from aot_ray.execution.drains import DRAIN_DIR, DrainWatch, drain_path
+
+    root = str(tmp_path)
+    (tmp_path / DRAIN_DIR).mkdir()
+    (tmp_path / DRAIN_DIR / "old").write_text("{}")  # a node of an earlier driver's sweep: gone by now
+    states = [{}, {"n1": "10.0.0.7"}, {"n1": "10.0.0.7"}, {"n1": "10.0.0.7", "n2": "10.0.0.8"}]
+    said = []
+    watch = DrainWatch(root, "gcs:1", said.append, poll_s=3600, nodes=lambda gcs: states.pop(0))
+    with watch:  # its first look happens at once, on its thread
+        deadline = time.time() + 10
+        while states and len(states) == 4 and time.time() < deadline:
+            time.sleep(0.05)
+        assert not (tmp_path / DRAIN_DIR / "old").exists()
+        assert watch.look() == ["n1"] and watch.look() == [] and watch.look() == ["n2"]
+    assert json.loads(Path(drain_path(root, "n1")).read_text())["address"] == "10.0.0.7"
+    assert len(said) == 2 and "node n1 (10.0.0.7) is draining" in said[0]
+
+
+def test_the_sweep_scheduler_pauses_a_trial_that_moves_and_starts_paused_trials_first():
+    pytest.importorskip("ray")
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from aot_ray.execution.drains import move_off_draining_nodes
+    from aot_ray.train.tracker_api import NOTICE_MOVE, NOTICE_STOP, STOP_WHY, STOPPED_AT
+
+    sched = move_off_draining_nodes()
+    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_MOVE}) == TrialScheduler.PAUSE
+    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_STOP}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, None, {"step": 5}) == TrialScheduler.CONTINUE
+
+    class Controller:  # what a scheduler is given: the trials, in order
+        def __init__(self, statuses):
+            self.trials = [type("T", (), {"status": s, "name": i})() for i, s in enumerate(statuses)]
+
+        def get_trials(self):
+            return self.trials
+
+    assert sched.choose_trial_to_run(Controller([Trial.PENDING, Trial.PAUSED])).name == 1
+    assert sched.choose_trial_to_run(Controller([Trial.RUNNING, Trial.PENDING])).name == 1
+    assert sched.choose_trial_to_run(Controller([Trial.RUNNING, Trial.TERMINATED])) is None

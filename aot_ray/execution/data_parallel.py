@@ -14,7 +14,9 @@ from .. import storage
 from ..errors import AotError, StopRequested
 from ..spec.schema import TrialSpec
 from ..tracking import NODE, WORKERS, SweepContext, TrialTracker, client, run_holds
-from .notices import notice_check, wait_to_be_stopped
+from ..train.tracker_api import NOTICE_MOVE, NOTICE_STOP
+from .drains import drain_path
+from .notices import notice_check, stop_path, wait_to_be_stopped
 
 
 def worker_resources(trial: TrialSpec) -> dict[str, float]:
@@ -82,7 +84,7 @@ def _dp_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
 
     checkpoint = ray.train.get_checkpoint()
-    notice = notice_check(config["stop_file"]) if config.get("stop_file") else None
+    notice = _notices(config.get("root", ""), config.get("host_node"), ray.get_runtime_context().get_node_id())
     run = functools.partial(train_tracked, trial, tracker, data=config["data"], on_report=report,
                             interrupts_resume=False, closes_run=rank == 0,  # the other ranks' trackers only follow
                             stop_notice=notice)
@@ -103,18 +105,28 @@ def _dp_worker(config: dict[str, Any]) -> None:
         wait_to_be_stopped()
 
 
-def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str,
-                      stop_file: str | None = None) -> None:
+def _notices(root: str, host_node: str | None, node: str) -> Any:
+    """A worker's look for the sweep's stop notice and the drain notices of its own node and of the node of the
+    Tune process that drives its run (were that one to go, the whole run would)."""
+    if not root:
+        return None
+    drains = {drain_path(root, n): NOTICE_MOVE for n in {node, host_node} if n}
+    return notice_check({stop_path(root): NOTICE_STOP, **drains})
+
+
+def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str, root: str = "",
+                      host_node: str | None = None) -> None:
     """A data-parallel trial: a Ray Train run named after the trial under `dp_root`, its metrics forwarded to
-    Tune. A retry of the Tune trial (or a resumed sweep) starts a run of the same name, which Ray Train resumes
-    from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone."""
+    Tune. A retry of the Tune trial (or a resumed sweep, or a move off a draining node) starts a run of the same
+    name, which Ray Train resumes from its latest checkpoint; the sweep's `max_failures` is spent by Tune alone.
+    `root`: the Tune experiment's folder, where the notices are; `host_node`: the node of this Tune process."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
         _dp_worker,
-        train_loop_config={"trial": trial, "ctx": ctx, "data": data, "stop_file": stop_file},
+        train_loop_config={"trial": trial, "ctx": ctx, "data": data, "root": root, "host_node": host_node},
         torch_config=TorchConfig(backend="nccl" if trial.resources.gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=trial.resources.workers, use_gpu=bool(trial.resources.gpu),

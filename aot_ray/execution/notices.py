@@ -4,8 +4,10 @@
   resume), and the step a trial checkpointed at when it stopped because it was asked to (`STOPPED_AT`). The Tune
   callback `TrialNotes` prints the first and counts the second: a dict lookup per result.
 - The driver to its trials: the stop notice, a file in the Tune experiment's folder in storage (every node that
-  runs a trial reaches it; no Ray, no tracking store needed). A trainer looks for it at its logged steps, at most
-  every few seconds (`notice_check`); once there, it checkpoints at that step, reports it and waits to be stopped.
+  runs a trial reaches it; no Ray, no tracking store needed), and a drain notice per draining node (`drains`).
+  A trainer looks for them after every step, touching storage at most every few seconds (`notice_check`); once
+  one is there, it checkpoints at that step, reports it with the reason and waits to be stopped (or, on a
+  draining node, paused and started again elsewhere).
 
 `GracefulStop` is how a driver that lost its lease (its tracking store gone for too long) ends its sweep before
 the lease expires: post the notice, wait for the running trials' checkpoints, stop Tune, and if Tune has not
@@ -23,7 +25,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .. import storage
-from ..train.tracker_api import NOTE, STOPPED_AT
+from ..train.tracker_api import NOTE, NOTICE_MOVE, NOTICE_STOP, STOP_WHY, STOPPED_AT
 from .interrupt import stop_tune
 
 STOP_FILE = ".aot-stop"
@@ -35,19 +37,23 @@ def stop_path(experiment_path: str) -> str:
     return storage.join(experiment_path, STOP_FILE)
 
 
-def notice_check(path: str, every_s: float | None = None) -> Callable[[], bool]:
-    """The trainer's look for the stop notice at `path`: a stat at most every `every_s` seconds (2 on a disk, 10
-    on a bucket), never an error (a storage hiccup is "not yet")."""
-    every = every_s if every_s is not None else (10.0 if storage.is_remote(path) else 2.0)
-    state = {"at": -every, "posted": False}
+def notice_check(paths: str | dict[str, int], every_s: float | None = None) -> Callable[[], int]:
+    """The trainer's look for the driver's notices: `paths` maps each notice file to what it asks (a single path:
+    the sweep's stop notice, NOTICE_STOP); a stat of each at most every `every_s` seconds (2 on a disk, 10 on a
+    bucket), never an error (a storage hiccup is "not yet"). Answers the largest code posted, else 0."""
+    wanted = {paths: NOTICE_STOP} if isinstance(paths, str) else dict(paths)
+    every = every_s if every_s is not None else (10.0 if any(map(storage.is_remote, wanted)) else 2.0)
+    state = {"at": -every, "posted": 0}
 
-    def posted() -> bool:
+    def posted() -> int:
         now = time.monotonic()
-        if not state["posted"] and now - state["at"] >= every:
+        if now - state["at"] >= every and state["posted"] < max(wanted.values(), default=0):
             state["at"] = now
-            with contextlib.suppress(Exception):
-                state["posted"] = storage.exists(path)
-        return bool(state["posted"])
+            for path, code in wanted.items():
+                if code > state["posted"]:
+                    with contextlib.suppress(Exception):
+                        state["posted"] = code if storage.exists(path) else state["posted"]
+        return state["posted"]
 
     return posted
 
@@ -80,6 +86,7 @@ class StopNotice:
     def started(self, trial_id: str) -> None:
         with self._cond:
             self.running.add(trial_id)
+            self.acks.pop(trial_id, None)  # a trial that moved off a draining node runs again: a stop waits for it
 
     def ended(self, trial_id: str) -> None:
         with self._cond:
@@ -129,7 +136,12 @@ def trial_notes(say: Callable[[str], None] = print, notice: StopNotice | None = 
             tid = trial.config.get("trial_id", str(trial))
             if result.get(NOTE):
                 self.say(f"trial {tid}: {result[NOTE]}")
-            if result.get(STOPPED_AT) is not None and self.notice is not None:
+            if result.get(STOPPED_AT) is None:
+                return
+            if result.get(STOP_WHY) == NOTICE_MOVE:
+                self.say(f"trial {tid}: checkpointed at step {int(result[STOPPED_AT])}, its node is draining; it "
+                         f"goes on from there on another node")
+            if self.notice is not None:
                 self.notice.ack(tid, int(result[STOPPED_AT]))
 
     return TrialNotes(say, notice)

@@ -23,6 +23,8 @@ from ..storage import Storage, under
 from ..tracking import ERROR, NODE, SweepContext, SweepRuns, TrialTracker, find_trial_run, retry
 from . import tune_state
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
+from ..train.tracker_api import NOTICE_MOVE, NOTICE_STOP
+from .drains import DrainWatch, drain_path, move_off_draining_nodes
 from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped
 from .tune_state import trial_checkpoints
 
@@ -64,14 +66,16 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
         tune.report({"step": int(m.get("stopped_at_step", trial.train.steps)),
                      "val_loss": m.get("final_val_loss", m.get("val_loss")), "finished_earlier": 1})
         return
-    notice = notice_check(stop_path(root)) if root else None
-    if trial.resources.workers > 1:
-        run_data_parallel(trial, ctx, data[trial.trial_id], dp_root, stop_path(root) if root else None)
-        return
-    tracker = TrialTracker(ctx, trial)
     import ray
 
-    tracker.extra_tags[NODE] = ray.get_runtime_context().get_node_id()
+    node = ray.get_runtime_context().get_node_id()
+    if trial.resources.workers > 1:
+        run_data_parallel(trial, ctx, data[trial.trial_id], dp_root, root, node)
+        return
+    # the sweep's stop notice, and the drain notice of this trial's node
+    notice = notice_check({stop_path(root): NOTICE_STOP, drain_path(root, node): NOTICE_MOVE}) if root else None
+    tracker = TrialTracker(ctx, trial)
+    tracker.extra_tags[NODE] = node
     where = under(root, trial.trial_id, what="trial id")
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
@@ -168,6 +172,7 @@ class TuneJob:
     say: Any = print
     start_over: frozenset[str] = frozenset()
     stop: GracefulStop | None = None
+    on_cluster: bool = False
 
     @property
     def path(self) -> str:
@@ -199,13 +204,22 @@ def run_trials(job: TuneJob) -> tuple[list[TrialOutcome], bool]:
     one_line_tune_errors()
     try:
         with environ(tune_output(job.verbose)), \
-                (job.stop.tune(notice) if job.stop else contextlib.nullcontext()):
+                (job.stop.tune(notice) if job.stop else contextlib.nullcontext()), _drain_watch(job):
             grid = _tuner(job, from_storage, notice).fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
         job.say(f"Tune's results could not be read ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}); the trials' outcomes are MLflow's")
         return outcomes_from_mlflow(job.ctx, job.pending), resumed
     return [_outcome(result) for result in grid], resumed
+
+
+def _drain_watch(job: TuneJob) -> Any:
+    """On a cluster, the watch over its nodes' drains while the grid runs."""
+    if not job.on_cluster:
+        return contextlib.nullcontext()
+    import ray
+
+    return DrainWatch(job.path, ray.get_runtime_context().gcs_address, job.say)
 
 
 def _set_aside_unreadable(path: str, say: Any) -> None:
@@ -257,7 +271,10 @@ def _tuner(job: TuneJob, from_storage: frozenset[str], notice: StopNotice) -> An
         param_space={"trial_id": tune.grid_search([t.trial_id for t in job.pending])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=run.max_concurrent_trials,
-            reuse_actors=True,  # saves the torch/transformers import per trial
+            # saves the torch/transformers import per trial; not on a cluster, where the actor a trial leaves
+            # might be on a draining node and Tune would start the next trial (or the same one) there
+            reuse_actors=not job.on_cluster,
+            scheduler=move_off_draining_nodes(),
             trial_name_creator=name_of,
             trial_dirname_creator=name_of,
         ),

@@ -79,6 +79,7 @@ class _Driver:
     say: Say
     stopper: GracefulStop
     prepared: dict = field(default_factory=dict)  # data hash -> (path, built, manifest), once prepared
+    own_ray: bool = True  # whether this driver started its Ray (else a cluster's, whose nodes may drain)
 
     def drive(self) -> tuple[list[Any], list[str], dict]:
         """(outcomes, skipped trial ids, prepared data)."""
@@ -88,6 +89,7 @@ class _Driver:
                          dashboard=any(t.resources.workers > 1 for t in sp.trials),
                          owner=content_hash([sweep.uri, sweep.name, sweep.storage.root]), say=self.say,
                          log_to_driver=verbose > 1) as own_ray:  # but --verbose: trainers' lines stay in Ray's logs
+            self.own_ray = own_ray
             self._check_cluster(sp, own_ray)
             self.prepared = self._prepare(sp)
             self.lease.acquire()  # taken where the sweep's runs are opened: nothing before it writes to the store
@@ -149,7 +151,7 @@ class _Driver:
                       experiment=f"{spec.name}-{ctx.parent_run_id[:8]}-"
                                  f"{content_hash(sorted(t.trial_id for t in trials))}",
                       run=self.run_spec, restart_errored=self.opts.restart_errored, verbose=self.opts.verbose,
-                      say=self.say, start_over=start_over, stop=self.stopper)
+                      say=self.say, start_over=start_over, stop=self.stopper, on_cluster=not self.own_ray)
         progress = Progress(ctx, trials, self.run_spec.progress_every_s, self.say, spec.run.gpu_tflops,
                             self.run_spec.stall_warning_s, live=self.opts.verbose == 1 and sys.stdout.isatty())
         progress.start()  # its own thread: Tune's loop never waits on it

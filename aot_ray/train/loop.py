@@ -230,7 +230,7 @@ class _Reporting:
     on_report: Report | None
     local_dir: Path | None
     scratch: Path
-    stop_notice: Callable[[], bool] | None
+    stop_notice: Callable[[], int] | None
 
 
 def _steps(r: TrialSetup, prog: _Progress, batches: Prefetcher, out: _Reporting) -> int:
@@ -254,10 +254,11 @@ def _steps(r: TrialSetup, prog: _Progress, batches: Prefetcher, out: _Reporting)
             _log_train_loss(r, step, prog)
         # the driver's stop notice, looked for between any two steps (a clock read; the file at most every few
         # seconds): the trial checkpoints at the step it reached, so a resume trains no step twice
-        if step < t.steps and out.stop_notice is not None and notice_posted(r, out.stop_notice):
+        why = notice_posted(r, out.stop_notice) if step < t.steps and out.stop_notice is not None else 0
+        if why:
             if not logged:
                 _log_train_loss(r, step, prog)  # the steps since the last log: no trained step goes unlogged
-            stop_now(r, step, out.on_report, out.local_dir, out.scratch)
+            stop_now(r, step, why, out.on_report, out.local_dir, out.scratch)
         if prog.compile_seconds is None:
             # the first step compiles the model: its time is logged apart and kept out of tokens/s
             prog.compile_seconds = now() - segment
@@ -284,7 +285,7 @@ def train(
     data: Prepared | str | Path,
     on_report: Report | None = None,
     workdir: str | Path | None = None,
-    stop_notice: Callable[[], bool] | None = None,
+    stop_notice: Callable[[], int] | None = None,
 ) -> TrainResult:
     """Train one trial on prepared `data` (a folder made by `data.prepare`); resume from `checkpoint` when given
     (a folder, or candidate folders newest first: an unreadable one falls back to the next).
@@ -293,8 +294,9 @@ def train(
     slice of every batch (`train.batch_size` is the global batch, so results do not depend on the worker count);
     rank 0 alone logs and writes checkpoints, and every rank calls `on_report`. Validation metrics go to `on_report` with a
     checkpoint folder (Ray Tune's adapter persists it); without `on_report`, checkpoints go under `workdir`.
-    `stop_notice`: asked after every step (cheap: it looks at most every few seconds); once it says so the trial
-    checkpoints at that step, reports it (STOPPED_AT) and raises StopRequested."""
+    `stop_notice`: asked after every step (cheap: it looks at most every few seconds); once it answers non-zero
+    (NOTICE_STOP: the sweep stops; NOTICE_MOVE: the node is draining) the trial checkpoints at that step, reports
+    it (STOPPED_AT, STOP_WHY) and raises StopRequested."""
     r = setup_trial(trial, tracker, checkpoint, data)
     prog = _Progress(loss_sum=torch.zeros((), device=r.hw.device), compile_seconds=None if r.hw.compiled else 0.0)
     batches = _batches(r)

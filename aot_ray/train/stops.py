@@ -1,6 +1,7 @@
 """How a trial ends before its last step, and the checkpoint it leaves: the sweep's sign test settled its pair (a
-tag its tracker reads, at an evaluation), or its driver asks it to stop (`stop_notice`: the driver lost its
-tracking store; the trial checkpoints at once and raises StopRequested). `save` writes a trial's checkpoint, with
+tag its tracker reads, at an evaluation), or its driver asks it to stop (`stop_notice`: the sweep stops, on a
+signal or a lost tracking store, or the trial's node is draining and the trial moves; the trial checkpoints at
+once, reports why and raises StopRequested). `save` writes a trial's checkpoint, with
 what its tracker has not yet seen confirmed in the store, so that a resume leaves no gap in the run."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.distributed as dist
 
 from ..errors import StopRequested
 from . import checkpoint as ckpt
-from .tracker_api import STOPPED_AT, Tracker
+from .tracker_api import NOTICE_MOVE, STOP_WHY, STOPPED_AT, Tracker
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -28,13 +29,14 @@ def sign_stop_at(tracker: Tracker, n_workers: int, device: torch.device) -> int 
     return at
 
 
-def notice_posted(r: Any, stop_notice: Callable[[], bool]) -> bool:
-    """Whether the driver asks its trials to stop: rank 0 looks, and tells the other ranks (all stop alike)."""
-    posted = bool(stop_notice()) if r.hw.rank == 0 else False
+def notice_posted(r: Any, stop_notice: Callable[[], int]) -> int:
+    """What the driver asks of the trial (0: nothing; NOTICE_MOVE or NOTICE_STOP): every rank looks (a drain
+    notice is its own node's), and under data parallelism the largest code wins on all ranks (all stop alike)."""
+    posted = int(stop_notice())
     if r.hw.n_workers > 1:
-        flag = torch.tensor([int(posted)], dtype=torch.long, device=r.hw.device)
-        dist.broadcast(flag, src=0)
-        posted = bool(flag.item())
+        flag = torch.tensor([posted], dtype=torch.long, device=r.hw.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        posted = int(flag.item())
     return posted
 
 
@@ -65,11 +67,15 @@ def save(r: Any, step: int, loss: float | None, on_report: Report | None, local_
     return path
 
 
-def stop_now(r: Any, step: int, on_report: Report | None, local_dir: Path | None, scratch: Path) -> None:
-    """The driver asked its trials to stop (`stop_notice`): checkpoint at this step, hand it over, and stop."""
+def stop_now(r: Any, step: int, why: int, on_report: Report | None, local_dir: Path | None,
+             scratch: Path) -> None:
+    """The driver asked the trial to stop (`stop_notice` said `why`): checkpoint at this step, hand it over with
+    the reason, and stop."""
     r.tracker.flush()  # what the store still takes; the checkpoint carries the rest
     path = save(r, step, None, on_report, local_dir, scratch)
     if on_report is not None:
         # the driver says it
-        on_report({"step": step, "tokens": step * r.batching.tokens_per_step, STOPPED_AT: step}, path)
-    raise StopRequested(f"trial {r.trial.trial_id} stopped at step {step}, as its driver asked (checkpointed)")
+        on_report({"step": step, "tokens": step * r.batching.tokens_per_step, STOPPED_AT: step, STOP_WHY: why},
+                  path)
+    what = "its node is draining; it moves" if why == NOTICE_MOVE else "as its driver asked"
+    raise StopRequested(f"trial {r.trial.trial_id} stopped at step {step}, {what} (checkpointed)")

@@ -23,7 +23,7 @@ def set_threads(trial: TrialSpec) -> None:
 
 def train_tracked(trial: TrialSpec, tracker: Tracker, checkpoint: str | Path | list[str | Path] | None, *,
                   data: str | Path, on_report: Report | None = None, interrupts_resume: bool = True,
-                  closes_run: bool = True, stop_notice: Callable[[], bool] | None = None) -> TrainResult:
+                  closes_run: bool = True, stop_notice: Callable[[], int] | None = None) -> TrainResult:
     """`train`, then the run closed. `interrupts_resume`: KeyboardInterrupt / SystemExit close it KILLED (the
     sweep resumes it), not FAILED; so does StopRequested (the driver's stop notice), whatever `interrupts_resume`.
     `closes_run` False: a worker that only follows (a data-parallel rank > 0)."""

@@ -9,6 +9,10 @@ from typing import Any, Protocol
 NOTE = "aot_note"
 # a key of the report of a trial that stopped because its driver asked (`stop_notice`): the step it checkpointed at
 STOPPED_AT = "aot_stopped_at"
+# ... and why it stopped (what its `stop_notice` said): the sweep stops (NOTICE_STOP), or the trial's node is
+# draining and the trial moves to another node (NOTICE_MOVE); a larger code wins where both are posted
+STOP_WHY = "aot_stop_why"
+NOTICE_MOVE, NOTICE_STOP = 1, 2
 
 
 class Tracker(Protocol):
