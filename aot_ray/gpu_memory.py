@@ -196,11 +196,12 @@ def shards_of(trial: "TrialSpec", workers: int | None = None) -> int:
     return (workers or trial.resources.workers) if trial.resources.sharding == "fsdp" else 1
 
 
-def predict_trial(trial: "TrialSpec", vocab: int, micro: int, passes: int, backend: str = "cuda") -> MemoryEstimate:
-    """Peak memory of one worker of the trial at this micro-batch."""
+def predict_trial(trial: "TrialSpec", vocab: int, micro: int, passes: int, backend: str = "cuda",
+                  workers: int | None = None) -> MemoryEstimate:
+    """Peak memory of one worker of the trial at this micro-batch (over `workers`, else its own worker count)."""
     return predict(resolve_shape(trial.model), vocab, trial.context_length, micro, passes=passes,
                    bf16=uses_bf16(trial, backend), dropout=trial.model.dropout,
-                   tie_embeddings=trial.model.tie_embeddings, backend=backend, shards=shards_of(trial))
+                   tie_embeddings=trial.model.tie_embeddings, backend=backend, shards=shards_of(trial, workers))
 
 
 def fewest_shards(trial: "TrialSpec", vocab: int, budget: int, most: int = 64) -> int | None:

@@ -77,3 +77,18 @@ def test_a_sharded_checkpoint_resumes_exactly_with_two_workers_and_in_one_proces
     one = train(trial, tracker, [at_10], data=data, workdir=tmp_path / "ckpt-one")
     assert abs(one.val_loss - straight["val_loss"]) < 1e-4
     assert [s for s, _ in tracker.metrics["resumed_from_step"]] == [10]
+
+
+def test_the_benchmark_s_fsdp_line_runs_on_cpu_processes():
+    """`python -m aot_ray.bench --fsdp N`: the GPU benchmark's FSDP line (gpt-1.6b over the machine's GPUs, NCCL),
+    here with gloo over 2 CPU processes and a small preset: the same code path, a line with its figures."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "aot_ray.bench", "--device", "cpu", "--fsdp", "2", "--preset", "tiny",
+                        "--context", "32", "--batch", "8", "--steps", "8", "--vocab", "500"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = p.stdout.strip().splitlines()[-1]
+    assert line.startswith("tiny FSDP over 2 processes: ") and " per worker" in line, p.stdout
+    assert float(line.split(": ")[1].split(" tokens/s")[0].replace(",", "")) > 0

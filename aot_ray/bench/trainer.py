@@ -4,6 +4,7 @@
     python -m aot_ray.bench --device cuda        # GPU: gpt-405m, context 256, global batch 180, bf16,
                                                  #      against a compiled plain loop (fused AdamW), with MFU
     python -m aot_ray.bench --device cuda --preset gpt-5m --pack 4 --memory
+    python -m aot_ray.bench --device cuda --fsdp 0               # gpt-1.6b, FSDP2 over every GPU (sharded.py)
 
 CPU: both sides train the same GPT-2 preset from the same initialisation on windows of the same prepared data;
 the plain loop is forward, cross-entropy, backward, AdamW, eager. Runs alternate and the medians are compared
@@ -45,7 +46,7 @@ PERMUTED = "middle_out"  # the order the CPU benchmark times against forward (an
 
 
 def bench_trial(preset: str, context: int, batch: int, steps: int, device: str, micro: int | str | None = None,
-                gpu: float = 0.0, vocab: int | None = None, order: str = "forward"):
+                gpu: float = 0.0, vocab: int | None = None, order: str = "forward", fsdp: bool = False):
     data = {"kind": "primes", "digits": 3, "n_samples": 12000, "windows": "stream"}  # any context
     if vocab:  # stands for the random-token data the GPU mode builds (identity and memory model need a vocab)
         data = {"kind": "text", "paths": ["random"], "tokenizer": {"vocab_size": vocab}}
@@ -57,7 +58,8 @@ def bench_trial(preset: str, context: int, batch: int, steps: int, device: str, 
             # one validation at the end (not timed), no checkpoints: pure training throughput
             "train": {"steps": steps, "batch_size": batch, "eval_every": steps, "log_every": 10,
                       "checkpoint_every": 0, "eval_windows": 8, "device": device, "micro_batch": micro},
-            "resources": {"gpu": gpu},
+            # FSDP's trial: sharded over the benchmark's process group, whatever its size (workers is its spec's)
+            "resources": {"gpu": gpu, **({"workers": 2, "sharding": "fsdp"} if fsdp else {})},
         },
         "grid": {"dataset": ["d"], "model": [preset], "context_length": [context], "direction": [order]},
     }
@@ -175,13 +177,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS)
     ap.add_argument("--pack", type=int, default=0, help="GPU mode: N trainer processes sharing the GPU")
     ap.add_argument("--memory", action="store_true", help="GPU mode: predicted against measured peak memory")
+    ap.add_argument("--fsdp", type=int, metavar="N", help="the FSDP line (sharded.py): preset gpt-1.6b sharded over "
+                    "N processes, one per GPU (0: every GPU); on the CPU, N gloo processes")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    if device.type == "cuda":
+    if args.fsdp is not None:
+        fsdp_main(args, device)
+    elif device.type == "cuda":
         gpu_main(args, device)
     else:
         cpu_main(args, device)
+
+
+def fsdp_main(args, device: torch.device) -> None:
+    from .sharded import PRESET, fsdp_line
+
+    world = args.fsdp or (torch.cuda.device_count() if device.type == "cuda" else 2)
+    preset, context, batch = args.preset or PRESET, args.context or 256, args.batch or 64
+    steps = args.steps or 20
+    micro = args.micro if args.micro == "auto" else int(args.micro)
+    trial = bench_trial(preset, context, batch, steps, device.type, micro=micro if device.type == "cuda" else None,
+                        vocab=args.vocab, fsdp=True)
+    print(f"device {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, preset {preset}, context "
+          f"{context}, global batch {batch}, vocab {args.vocab}, {steps} steps, FSDP2 over {world}", flush=True)
+    print(fsdp_line(trial, args.vocab, max(200_000, 4 * batch * context * steps), world, args.peak_tflops))
 
 
 def cpu_main(args, device: torch.device) -> None:

@@ -167,7 +167,9 @@ def _make_learner(trial: TrialSpec, data: Prepared, hw: Hardware) -> Learner:
     n_params = sum(p.numel() for p in model.parameters())  # before sharding: the whole model's
     objective = LMObjective(model, compile=hw.compiled)
     net: torch.nn.Module = objective
-    sharded = hw.n_workers > 1 and trial.resources.sharding == "fsdp"
+    # FSDP under any process group (one of a single rank too: the benchmark's FSDP line on one GPU)
+    sharded = trial.resources.sharding == "fsdp" and torch.distributed.is_available() and \
+        torch.distributed.is_initialized()
     if sharded:
         shard(objective)
     elif hw.n_workers > 1:
