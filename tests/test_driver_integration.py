@@ -98,24 +98,25 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert interrupted.info.status == "FINISHED" and resumed and resumed[0] >= 50 - 25 and resumed[0] % 25 == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path, sig):
-    """Ctrl-C (SIGINT) or SIGTERM while trials train: Tune saves its state, the driver exits 130 saying how to
-    resume, the parent and the unfinished trial runs are KILLED with tag aot.interrupted (not FAILED or
-    FINISHED, no aot.error); the same command then finishes them (checked after SIGINT: both signals take the same
-    path), and a finished run carries no error tag."""
+def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path):
+    """SIGTERM while trials train (Ctrl-C takes the same path: `interrupt`'s tests, and Slurm's `scancel
+    --signal=INT` in test_slurm_integration): every running trial checkpoints at the step it reached, Tune saves
+    its state, the driver exits 130 saying how to resume, the parent and the unfinished trial runs are KILLED with
+    tag aot.interrupted (not FAILED or FINISHED, no aot.error); the same command then finishes them, from the
+    step each stopped at (even with Tune's newest state file cut off), and a finished run carries no error tag."""
+    sig = signal.SIGTERM
     raw = spec_dict("intr", steps=1200)  # long enough to be running when the signal comes on a quiet machine
     uri, cmd, env = driver_command(tmp_path, raw)
     c = tracking.client(uri)
     # not quiet: the resumed run below is, and must stay so
     first = start_loud_and_wait(tmp_path, cmd, env, lambda: any(
         c.get_metric_history(r.info.run_id, "val_loss") for r in tracking.SweepRuns(uri, "intr").trials()))
-    if sig == signal.SIGINT:  # while it runs: a second driver is refused in one line, status names the first
-        again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-        assert again.returncode == 2 and "is already being run by aot-ray run on" in again.stderr, again.stderr
-        assert len(again.stderr.strip().splitlines()) == 1
-        st = subprocess.run([*cmd[:3], "status", *cmd[4:7]], capture_output=True, text=True, timeout=120, env=env)
-        assert st.returncode == 0 and f"(pid {first.pid})" in st.stdout, st.stdout + st.stderr
+    # while it runs: a second driver is refused in one line, status names the first
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 2 and "is already being run by aot-ray run on" in again.stderr, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    st = subprocess.run([*cmd[:3], "status", *cmd[4:7]], capture_output=True, text=True, timeout=120, env=env)
+    assert st.returncode == 0 and f"(pid {first.pid})" in st.stdout, st.stdout + st.stderr
     first.send_signal(sig)
     rc = first.wait(180)
     log = (tmp_path / "first.log").read_text()
@@ -134,43 +135,29 @@ def test_interrupted_sweep_exits_130_marks_runs_interrupted_and_resumes(tmp_path
             for r in trials if r.info.status == "KILLED"}
     assert "running trial(s) checkpointed" in log and "at each trial's current step" in log, log[-3000:]
 
-    def retrained() -> dict[str, int]:
-        """Steps each stopped trial trains twice: from the checkpoint it resumed at to the last it had trained."""
-        out = {}
-        for run_id, step in last.items():
-            resumed = [m.value for m in c.get_metric_history(run_id, "resumed_from_step")]
-            out[run_id] = step - int(resumed[0])
-        print(f"steps trained twice per stopped trial ({signal.Signals(sig).name}): {sorted(out.values())}")
-        return out
-
-    if sig == signal.SIGTERM:
-        # Tune's state is a cache: cut its newest file off (as a full disk does) and the sweep still resumes
-        exp_dir = next(p for p in (tmp_path / "r").iterdir() if p.name.startswith("intr-"))
-        newest = max(exp_dir.glob("experiment_state-*.json"))
-        newest.write_bytes(newest.read_bytes()[:100])
-        second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-        said = [ln for ln in second.stdout.splitlines() if "is unreadable" in ln]
-        assert len(said) == 1 and newest.name in said[0] and "set aside" in said[0]
-        runs = c.search_runs([exp.experiment_id])
-        trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
-        assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
-        for r in trials:
-            resumed = [m.value for m in c.get_metric_history(r.info.run_id, "resumed_from_step")]
-            assert resumed and resumed[0] > 0  # from its newest checkpoint, not from scratch
-            steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
-            assert set(range(5, 1201, 5)) <= set(steps) and len(steps) == len(set(steps))  # + the stop's own step
-        assert all(n <= 1 for n in retrained().values())  # checkpointed at the step it reached
-        return
-
+    # Tune's state is a cache: cut its newest file off (as a full disk does) and the sweep still resumes
+    exp_dir = next(p for p in (tmp_path / "r").iterdir() if p.name.startswith("intr-"))
+    newest = max(exp_dir.glob("experiment_state-*.json"))
+    newest.write_bytes(newest.read_bytes()[:100])
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Trial status" in log and "Trial status" not in second.stdout + second.stderr  # --quiet kept on resume
-    assert all(n <= 1 for n in retrained().values())
+    said = [ln for ln in second.stdout.splitlines() if "is unreadable" in ln]
+    assert len(said) == 1 and newest.name in said[0] and "set aside" in said[0]
     runs = c.search_runs([exp.experiment_id])
     trials = [r for r in runs if r.data.tags.get("aot.role") == "trial"]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert all("aot.error" not in r.data.tags and "aot.interrupted" not in r.data.tags for r in trials)
+    for r in trials:
+        resumed = [m.value for m in c.get_metric_history(r.info.run_id, "resumed_from_step")]
+        assert resumed and resumed[0] > 0  # from its newest checkpoint, not from scratch
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train_loss"))
+        assert set(range(5, 1201, 5)) <= set(steps) and len(steps) == len(set(steps))  # + the stop's own step
+    # steps each stopped trial trains twice: from the checkpoint it resumed at to the last it had trained
+    twice = {run_id: step - int(c.get_metric_history(run_id, "resumed_from_step")[0].value)
+             for run_id, step in last.items()}
+    print(f"steps trained twice per stopped trial ({signal.Signals(sig).name}): {sorted(twice.values())}")
+    assert all(n <= 1 for n in twice.values())  # checkpointed at the step it reached
     parent = next(r for r in runs if r.data.tags.get("aot.role") == "sweep")
     assert parent.info.status == "FINISHED" and "aot.interrupted" not in parent.data.tags
 
