@@ -130,6 +130,14 @@ def read_text(path: str) -> str:
         return f.read()
 
 
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` (a file on a disk or in a bucket), making its folder first."""
+    fs, p = filesystem(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    with fs.open(p, "wt", encoding="utf-8") as f:
+        f.write(text)
+
+
 def remove_tree(path: str) -> None:
     fs, p = filesystem(path)
     if fs.exists(p):

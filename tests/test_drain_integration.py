@@ -15,6 +15,7 @@ import yaml
 from aot_ray import tracking
 from ray_nodes import RayNodes
 from test_faults_integration import spec_dict
+from test_reliability_integration import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +39,12 @@ sys.stdin.read()  # until the test closes it: the actor ends with this driver
 """
 
 
-def _wait(check, timeout, what, log=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            got = check()
-        except Exception:
-            got = None
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"{what} within {timeout} s" + (f"\n{log.read_text()[-3000:]}" if log else ""))
+def _wait(check, timeout, what, log):
+    """`wait_for`, with the end of the driver's log when it times out."""
+    try:
+        return wait_for(check, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
 
 
 def test_a_drained_node_s_trial_checkpoints_and_moves_to_the_other_node(tmp_path):
@@ -80,7 +76,7 @@ def test_a_drained_node_s_trial_checkpoints_and_moves_to_the_other_node(tmp_path
             steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_loss")]
             return run if steps and max(steps) >= step else None
 
-        run = _wait(lambda: running_at(25), 240, "the trial never reached step 25", log)
+        run = _wait(lambda: running_at(25), 240, "the trial's evaluation at step 25", log)
         assert run.data.tags["aot.node"] == ids["other"]  # the head's CPU is held
         drained = nodes.ray("drain-node", "--address", nodes.address, "--node-id", ids["other"], "--reason",
                             "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot preemption (test)",
@@ -90,7 +86,7 @@ def test_a_drained_node_s_trial_checkpoints_and_moves_to_the_other_node(tmp_path
         blocker.stdin.close()  # the head's CPU is free: the trial's only place once its node drains
         blocker.wait(60)
         said = _wait(lambda: [ln for ln in log.read_text().splitlines() if "its node is draining" in ln], 60,
-                     "the trial never checkpointed for the drain", log)
+                     "the trial's checkpoint for the drain", log)
         stopped_at = int(said[0].split("checkpointed at step ")[1].split(",")[0])
         assert driver.wait(300) == 0, log.read_text()[-3000:]
     finally:

@@ -562,8 +562,7 @@ def test_a_graceful_stop_waits_for_checkpoints_and_exits_at_the_deadline_if_tune
 def test_a_notice_check_answers_the_largest_code_posted(tmp_path):
     """A trial's look at the sweep's stop notice and its node's drain notice: a drain asks it to move, the
     sweep's stop wins where both are posted, a data-parallel worker looks at its own node and its driver's."""
-    from aot_ray.execution.data_parallel import _notices
-    from aot_ray.execution.drains import drain_path
+    from aot_ray.execution.drains import drain_path, trial_notice
     from aot_ray.execution.notices import notice_check, stop_path
     from aot_ray.train.tracker_api import NOTICE_MOVE, NOTICE_STOP
 
@@ -577,10 +576,10 @@ def test_a_notice_check_answers_the_largest_code_posted(tmp_path):
     assert look() == NOTICE_MOVE
     Path(stop_path(root)).write_text("{}")
     assert look() == NOTICE_STOP
-    worker = _notices(root, "cd34", "ef56")  # its driver's node drains
+    worker = trial_notice(root, "ef56", "cd34")  # a data-parallel worker: its driver's node drains
     assert worker() == NOTICE_STOP
     Path(stop_path(root)).unlink()
-    assert _notices(root, "cd34", "ef56")() == NOTICE_MOVE and _notices(root, None, "ef56")() == 0
+    assert trial_notice(root, "ef56", "cd34")() == NOTICE_MOVE and trial_notice(root, "ef56", None)() == 0
     with pytest.raises(Exception, match="Ray node id"):
         drain_path(root, "../x")
 

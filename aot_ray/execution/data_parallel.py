@@ -14,9 +14,8 @@ from .. import storage
 from ..errors import AotError, StopRequested
 from ..spec.schema import TrialSpec
 from ..tracking import NODE, WORKERS, SweepContext, TrialTracker, client, run_holds
-from ..train.tracker_api import NOTICE_MOVE, NOTICE_STOP
-from .drains import drain_path
-from .notices import notice_check, stop_path, wait_to_be_stopped
+from .drains import trial_notice
+from .notices import wait_to_be_stopped
 
 
 def worker_resources(trial: TrialSpec) -> dict[str, float]:
@@ -84,7 +83,8 @@ def _dp_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)  # every rank calls it: it is a collective
 
     checkpoint = ray.train.get_checkpoint()
-    notice = _notices(config.get("root", ""), config.get("host_node"), ray.get_runtime_context().get_node_id())
+    root = config.get("root", "")
+    notice = trial_notice(root, ray.get_runtime_context().get_node_id(), config.get("host_node")) if root else None
     run = functools.partial(train_tracked, trial, tracker, data=config["data"], on_report=report,
                             interrupts_resume=False, closes_run=rank == 0,  # the other ranks' trackers only follow
                             stop_notice=notice)
@@ -103,15 +103,6 @@ def _dp_worker(config: dict[str, Any]) -> None:
             run(None)
     except StopRequested:
         wait_to_be_stopped()
-
-
-def _notices(root: str, host_node: str | None, node: str) -> Any:
-    """A worker's look for the sweep's stop notice and the drain notices of its own node and of the node of the
-    Tune process that drives its run (were that one to go, the whole run would)."""
-    if not root:
-        return None
-    drains = {drain_path(root, n): NOTICE_MOVE for n in {node, host_node} if n}
-    return notice_check({stop_path(root): NOTICE_STOP, **drains})
 
 
 def run_data_parallel(trial: TrialSpec, ctx: SweepContext, data: str, dp_root: str, root: str = "",

@@ -29,7 +29,8 @@ import time
 from typing import Any, Callable
 
 from .. import storage
-from ..train.tracker_api import NOTICE_MOVE, STOP_WHY
+from ..train.tracker_api import NOTICE_MOVE, NOTICE_STOP, STOP_WHY
+from .notices import notice_check, stop_path
 
 DRAIN_DIR = ".aot-drain"
 POLL_S = 2.0  # the driver's look at the node states: one GCS call (a few ms)
@@ -38,6 +39,14 @@ POLL_S = 2.0  # the driver's look at the node states: one GCS call (a few ms)
 def drain_path(experiment_path: str, node_id: str) -> str:
     """The drain notice of one node (its Ray node id in hex) for the trials of one Tune experiment."""
     return storage.under(storage.join(experiment_path, DRAIN_DIR), node_id, what="Ray node id")
+
+
+def trial_notice(experiment_path: str, *nodes: str | None) -> Callable[[], int]:
+    """A trial's look for its notices: the sweep's stop notice (NOTICE_STOP) and the drain notices of the nodes
+    it runs on (NOTICE_MOVE): a trial's own node; a data-parallel worker's, and the node of the Tune process that
+    drives its run (were that one to go, the whole run would)."""
+    drains = {drain_path(experiment_path, n): NOTICE_MOVE for n in set(nodes) if n}
+    return notice_check({stop_path(experiment_path): NOTICE_STOP, **drains})
 
 
 def draining_nodes(gcs_address: str) -> dict[str, str]:
@@ -88,11 +97,8 @@ class DrainWatch:
         """One look: post the notices of nodes newly draining; returns their ids."""
         new = {n: ip for n, ip in self.nodes(self.gcs).items() if n not in self.posted}
         for node, ip in sorted(new.items()):
-            path = drain_path(self.path, node)
-            storage.make_dirs(storage.join(self.path, DRAIN_DIR))
-            fs, p = storage.filesystem(path)
-            with fs.open(p, "w") as f:
-                f.write(json.dumps({"node": node, "address": ip, "seen": time.time()}))
+            storage.write_text(drain_path(self.path, node),
+                               json.dumps({"node": node, "address": ip, "seen": time.time()}))
             self.posted.add(node)
             self.say(f"aot-ray: node {node[:8]} ({ip}) is draining: its trials checkpoint at their current step "
                      f"and move to other nodes")

@@ -68,7 +68,7 @@ class StopNotice:
     """The stop notice of one Tune experiment, and what its trials answered."""
 
     def __init__(self, experiment_path: str) -> None:
-        self.folder, self.path = experiment_path, stop_path(experiment_path)
+        self.path = stop_path(experiment_path)
         self._cond = threading.Condition()
         self.running: set[str] = set()
         self.acks: dict[str, int] = {}  # trial id -> the step it checkpointed at
@@ -78,10 +78,7 @@ class StopNotice:
         storage.remove_tree(self.path)
 
     def post(self, why: str) -> None:
-        storage.make_dirs(self.folder)
-        fs, p = storage.filesystem(self.path)
-        with fs.open(p, "w") as f:
-            f.write(json.dumps({"why": why, "at": time.time(), "pid": os.getpid()}))
+        storage.write_text(self.path, json.dumps({"why": why, "at": time.time(), "pid": os.getpid()}))
 
     def started(self, trial_id: str) -> None:
         with self._cond:

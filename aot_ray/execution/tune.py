@@ -23,9 +23,8 @@ from ..storage import Storage, under
 from ..tracking import ERROR, NODE, SweepContext, SweepRuns, TrialTracker, find_trial_run, retry
 from . import tune_state
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from ..train.tracker_api import NOTICE_MOVE, NOTICE_STOP
-from .drains import DrainWatch, drain_path, move_off_draining_nodes
-from .notices import GracefulStop, StopNotice, notice_check, stop_path, trial_notes, wait_to_be_stopped
+from .drains import DrainWatch, move_off_draining_nodes, trial_notice
+from .notices import GracefulStop, StopNotice, trial_notes, wait_to_be_stopped
 from .tune_state import trial_checkpoints
 
 
@@ -72,8 +71,7 @@ def _trainable(config: dict[str, Any], trials: dict[str, TrialSpec], ctx: SweepC
     if trial.resources.workers > 1:
         run_data_parallel(trial, ctx, data[trial.trial_id], dp_root, root, node)
         return
-    # the sweep's stop notice, and the drain notice of this trial's node
-    notice = notice_check({stop_path(root): NOTICE_STOP, drain_path(root, node): NOTICE_MOVE}) if root else None
+    notice = trial_notice(root, node) if root else None  # the sweep's stop notice, and its node's drain notice
     tracker = TrialTracker(ctx, trial)
     tracker.extra_tags[NODE] = node
     where = under(root, trial.trial_id, what="trial id")
