@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
@@ -165,6 +166,26 @@ def test_the_store_watch_stops_a_driver_whose_sqlite_file_is_gone(tmp_path, monk
         while not lost and time.monotonic() < deadline:
             time.sleep(0.05)
     assert lost == [f"database file {tmp_path}/m.db was deleted"] and held.lost == lost[0]
+
+
+def test_a_deleted_store_recreated_empty_by_a_late_write_still_reads_as_deleted(tmp_path):
+    """SQLite creates a missing file on the next connection: a store deleted under a running sweep is often back,
+    empty, before the watch looks. A file that holds another MLflow store is a replacement."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracking.client(uri).search_experiments()  # creates the store
+    before = L.sqlite_identity(uri)
+    (tmp_path / "m.db").unlink()
+    sqlite3.connect(tmp_path / "m.db").execute("CREATE TABLE t (x)").connection.close()  # a stray late write
+    assert L.sqlite_gone(uri, before) == (f"database file {tmp_path}/m.db was deleted (a write after that left an "
+                                          f"empty file in its place)")
+    (tmp_path / "m.db").unlink()
+    (tmp_path / "m.db").touch()  # an empty file: no tables at all
+    assert "was deleted" in L.sqlite_gone(uri, before)
+    other = f"sqlite:///{tmp_path}/other.db"
+    tracking.client(other).search_experiments()
+    os.replace(tmp_path / "other.db", tmp_path / "m.db")
+    assert L.sqlite_gone(uri, before) == f"database file {tmp_path}/m.db was replaced by another file"
+    assert not list(tmp_path.glob("*.db-journal"))  # the watch's read created nothing
 
 
 @pytest.mark.slow  # seconds: the full suite runs it

@@ -17,9 +17,11 @@ of two drivers started together, the one whose write landed last holds the lease
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -163,10 +165,21 @@ def sqlite_gone(uri: str, identity: tuple[int, int] | None) -> str | None:
     if now is None:
         return f"database file {db} was deleted"
     if now != identity:
+        if not _holds_runs(db):  # SQLite opened a new, empty file for a write that came after the deletion
+            return f"database file {db} was deleted (a write after that left an empty file in its place)"
         return f"database file {db} was replaced by another file"
     if not store_writable(uri):
         return f"database file {db} is no longer writable"
     return None
+
+
+def _holds_runs(db: Path) -> bool:
+    """Whether an SQLite file holds an MLflow store (its experiments table), read without creating anything."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)) as con:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE name = 'experiments'").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 class Lease:
