@@ -68,3 +68,40 @@ def test_the_lease_is_renewed_while_held(tmp_path, monkeypatch):
         first = L.holder(uri, "sw").renewed
         time.sleep(0.6)
         assert L.holder(uri, "sw").renewed > first
+
+
+def test_at_the_start_a_slow_store_is_waited_for_and_a_silent_one_is_one_line(tmp_path, monkeypatch):
+    """Before anything runs, one lease call may take up to the patience (a server still warming up on a busy
+    node answered the first call in more than IO_TIMEOUT_S); a server that never answers is one TrackingError
+    naming it, not a traceback."""
+    import socket
+
+    from aot_ray.errors import TrackingError
+
+    monkeypatch.setattr(L, "IO_TIMEOUT_S", 0.2)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    raw = L._raw
+
+    def slow(*a):
+        time.sleep(0.5)  # over IO_TIMEOUT_S, under the patience
+        return raw(*a)
+
+    monkeypatch.setattr(L, "_raw", slow)
+    with L.Lease(uri, "sw", patience_s=3) as held:
+        held.acquire()
+        assert L.holder(uri, "sw", timeout=3).token == held.token
+    monkeypatch.setattr(L, "_raw", raw)
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(TrackingError, match=rf"the tracking store {uri} did not answer within 1 s, before "
+                                                rf"anything started; check that it is up"):
+            with L.Lease(uri, "sw", patience_s=1):
+                pass
+        assert time.monotonic() - t0 < 5
+    finally:
+        silent.close()

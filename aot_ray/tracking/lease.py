@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import AotError
+from ..errors import AotError, TrackingError
 from .runs import SweepRuns
 from .store import client, reason, sqlite_path, store_exists, store_writable
 
@@ -128,9 +128,9 @@ def _raw(uri: str, sweep: str) -> tuple[dict, float] | None:
         return None
 
 
-def holder(uri: str, sweep: str, now: float | None = None) -> Holder | None:
+def holder(uri: str, sweep: str, now: float | None = None, timeout: float | None = None) -> Holder | None:
     """The driver holding the sweep's lease, or None (no lease, released, expired, or its process gone)."""
-    raw = bounded(lambda: _raw(uri, sweep))
+    raw = bounded(lambda: _raw(uri, sweep), timeout)
     if raw is None:
         return None
     info, renewed = raw
@@ -200,37 +200,50 @@ class Lease:
         self.on_lost = on_lost
         self.lost: str | None = None  # why the lease was given up, once it was
         self._since = time.time()
+        self._at_start_s = max(IO_TIMEOUT_S, self.patience_s)  # one call's bound while nothing runs yet
 
     def _info(self) -> str:
         return json.dumps({"token": self.token, "who": self.who, "since": self._since, "host": socket.gethostname(),
                            "pid": os.getpid(), "start": _start_ticks(os.getpid())})
 
-    def _write(self, with_info: bool) -> float:
+    def _write(self, with_info: bool, timeout: float | None = None) -> float:
         """Write the lease (`with_info`: who holds it too) stamped now; returns the stamp's time.monotonic."""
 
         c = client(self.uri)
-        exp_id = bounded(lambda: SweepRuns(self.uri, self.sweep).experiment(create=True))
+        exp_id = bounded(lambda: SweepRuns(self.uri, self.sweep).experiment(create=True), timeout)
         stamp, at = time.time(), time.monotonic()
         if with_info:
-            bounded(lambda: c.set_experiment_tag(exp_id, LEASE, self._info()))
-        bounded(lambda: c.set_experiment_tag(exp_id, RENEWED, repr(stamp)))
+            bounded(lambda: c.set_experiment_tag(exp_id, LEASE, self._info()), timeout)
+        bounded(lambda: c.set_experiment_tag(exp_id, RENEWED, repr(stamp)), timeout)
         return at
 
     def _refuse(self, h: Holder) -> AotError:
         return AotError(f"sweep {self.sweep!r} is already being run by {h.describe()}; wait for it to end or stop "
                         f"it (a driver that died loses its lease {TTL_S:.0f} s after its last renewal)")
 
+    def _unanswered(self) -> TrackingError:
+        return TrackingError(f"the tracking store {self.uri} did not answer within {self._at_start_s:.0f} s, before "
+                             f"anything started; check that it is up, or pass another --tracking-uri, then run the "
+                             f"same command again")
+
     def check(self) -> None:
-        """Refuse when another driver holds the lease (reads only: creates no experiment)."""
-        h = holder(self.uri, self.sweep)
+        """Refuse when another driver holds the lease (reads only: creates no experiment). Before anything
+        started, a slow store (a server still warming up on a busy node) is waited for up to the patience."""
+        try:
+            h = holder(self.uri, self.sweep, timeout=self._at_start_s)
+        except TimeoutError:
+            raise self._unanswered() from None
         if h is not None and h.token != self.token:
             raise self._refuse(h)
 
     def acquire(self) -> None:
         self.check()
-        stamped = self._write(with_info=True)
-        time.sleep(SETTLE_S)  # another driver that read the same empty lease may have written after us
-        h = holder(self.uri, self.sweep)
+        try:
+            stamped = self._write(with_info=True, timeout=self._at_start_s)
+            time.sleep(SETTLE_S)  # another driver that read the same empty lease may have written after us
+            h = holder(self.uri, self.sweep, timeout=self._at_start_s)
+        except TimeoutError:
+            raise self._unanswered() from None
         if h is None or h.token != self.token:
             if h is None:
                 raise AotError(f"could not take the lease of sweep {self.sweep!r} in {self.uri}; try again")
