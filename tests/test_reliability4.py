@@ -603,18 +603,13 @@ def test_the_drain_watch_posts_each_draining_node_once_and_clears_an_earlier_dri
     assert len(said) == 2 and "node n1 (10.0.0.7) is draining" in said[0]
 
 
-def test_the_sweep_scheduler_pauses_a_trial_that_moves_and_starts_paused_trials_first():
+def test_the_sweep_scheduler_pauses_a_trial_on_either_notice_and_starts_paused_trials_first_unless_stopping():
     pytest.importorskip("ray")
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from aot_ray.execution.drains import move_off_draining_nodes
+    from aot_ray.execution.drains import pause_on_notice
     from aot_ray.train.tracker_api import NOTICE_MOVE, NOTICE_STOP, STOP_WHY, STOPPED_AT
-
-    sched = move_off_draining_nodes()
-    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_MOVE}) == TrialScheduler.PAUSE
-    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_STOP}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(None, None, {"step": 5}) == TrialScheduler.CONTINUE
 
     class Controller:  # what a scheduler is given: the trials, in order
         def __init__(self, statuses):
@@ -623,6 +618,13 @@ def test_the_sweep_scheduler_pauses_a_trial_that_moves_and_starts_paused_trials_
         def get_trials(self):
             return self.trials
 
+    sched = pause_on_notice()
+    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_MOVE}) == TrialScheduler.PAUSE
+    assert sched.on_trial_result(None, None, {"step": 5}) == TrialScheduler.CONTINUE
     assert sched.choose_trial_to_run(Controller([Trial.PENDING, Trial.PAUSED])).name == 1
     assert sched.choose_trial_to_run(Controller([Trial.RUNNING, Trial.PENDING])).name == 1
     assert sched.choose_trial_to_run(Controller([Trial.RUNNING, Trial.TERMINATED])) is None
+    # the sweep's stop: the trial's actor goes at once, and nothing starts again, paused or pending
+    assert sched.on_trial_result(None, None, {STOPPED_AT: 40, STOP_WHY: NOTICE_STOP}) == TrialScheduler.PAUSE
+    assert sched.choose_trial_to_run(Controller([Trial.PENDING, Trial.PAUSED])) is None
+    assert pause_on_notice().choose_trial_to_run(Controller([Trial.PENDING])).name == 0  # one per sweep

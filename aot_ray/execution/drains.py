@@ -12,7 +12,7 @@ goes once its work has ended (or at the deadline, when its provider takes it).
   a stat at most every few seconds). A data-parallel trial's workers look for their own nodes' files and for the
   node of the Tune process that drives them.
 - Once there, the trial checkpoints at the step it reached and reports it (NOTICE_MOVE), and the sweep's Tune
-  scheduler (`MoveOffDrainingNodes`) answers that report with PAUSE: Tune keeps the checkpoint and stops the
+  scheduler (`pause_on_notice`) answers that report with PAUSE: Tune keeps the checkpoint and stops the
   trial's actor, without counting a failure (`run.max_failures` is for errors), and starts the trial again, first
   among those waiting, wherever Ray has room, which is never the draining node. The trial resumes from that
   checkpoint into the same MLflow run: no step is trained twice.
@@ -105,22 +105,32 @@ class DrainWatch:
         return sorted(new)
 
 
-def move_off_draining_nodes() -> Any:
-    """The sweep's Tune scheduler: Tune's FIFO scheduling, but a trial that reports it checkpointed on a
-    draining node (NOTICE_MOVE) is paused, and paused trials start again before trials that never ran."""
+def pause_on_notice() -> Any:
+    """The sweep's Tune scheduler: Tune's FIFO scheduling, but a trial that reports it checkpointed on a notice
+    is paused: Tune then stops its actor at once (a trial left to run would get another `train` call, which
+    blocks the actor's stop until Tune's 10 s force-kill at the end). On a draining node's notice (NOTICE_MOVE)
+    paused trials start again, before trials that never ran, on other nodes; once one trial answered the sweep's
+    stop notice (NOTICE_STOP) no trial starts any more, paused or pending: the sweep is stopping."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    class MoveOffDrainingNodes(FIFOScheduler):
+    class PauseOnNotice(FIFOScheduler):
+        stopping = False
+
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            if result.get(STOP_WHY) == NOTICE_MOVE:
+            why = result.get(STOP_WHY)
+            if why == NOTICE_STOP:
+                self.stopping = True
+            if why in (NOTICE_MOVE, NOTICE_STOP):
                 return TrialScheduler.PAUSE
             return super().on_trial_result(tune_controller, trial, result)
 
         def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            if self.stopping:
+                return None
             for trial in tune_controller.get_trials():
                 if trial.status == Trial.PAUSED:  # it holds progress, and its place on a node it had to leave
                     return trial
             return super().choose_trial_to_run(tune_controller)
 
-    return MoveOffDrainingNodes()
+    return PauseOnNotice()

@@ -23,7 +23,7 @@ from ..storage import Storage, under
 from ..tracking import ERROR, NODE, SweepContext, SweepRuns, TrialTracker, find_trial_run, retry
 from . import tune_state
 from .data_parallel import drop_data_parallel_runs, run_data_parallel
-from .drains import DrainWatch, move_off_draining_nodes, trial_notice
+from .drains import DrainWatch, pause_on_notice, trial_notice
 from .notices import GracefulStop, StopNotice, trial_notes, wait_to_be_stopped
 from .tune_state import trial_checkpoints
 
@@ -201,7 +201,7 @@ def run_trials(job: TuneJob) -> tuple[list[TrialOutcome], bool]:
     from_storage = _resume_from_storage(job, resumed)
     one_line_tune_errors()
     try:
-        with environ(tune_output(job.verbose)), \
+        with environ(tune_output(job.verbose)), quiet_tune_stop(job.verbose), \
                 (job.stop.tune(notice) if job.stop else contextlib.nullcontext()), _drain_watch(job):
             grid = _tuner(job, from_storage, notice).fit()
     except Exception as e:  # Tune's own records unreadable (its error files cut off by a full disk, say)
@@ -272,7 +272,7 @@ def _tuner(job: TuneJob, from_storage: frozenset[str], notice: StopNotice) -> An
             # saves the torch/transformers import per trial; not on a cluster, where the actor a trial leaves
             # might be on a draining node and Tune would start the next trial (or the same one) there
             reuse_actors=not job.on_cluster,
-            scheduler=move_off_draining_nodes(),
+            scheduler=pause_on_notice(),
             trial_name_creator=name_of,
             trial_dirname_creator=name_of,
         ),
@@ -309,6 +309,30 @@ class _OneLine(logging.Filter):
             record.msg = f"{head[0] if head else ''} {lines[-1] if lines else ''}".strip()
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
+
+
+class _StopSaid(logging.Filter):
+    """What Tune logs when it is stopped (the signal, the trials it leaves unfinished, `Tuner.restore(...)` to
+    resume): the driver has said what each trial kept and that the same command resumes, so below --verbose
+    Tune's own account, with its resume advice that does not apply, is left out."""
+
+    LINES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted",
+             "Training has been interrupted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.LINES)
+
+
+@contextlib.contextmanager
+def quiet_tune_stop(verbose: int) -> Iterator[None]:
+    """`_StopSaid` on Tune's own logger for one fit, below --verbose."""
+    log, quiet = logging.getLogger("ray.tune.tune"), _StopSaid()
+    if verbose < 2:
+        log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def one_line_tune_errors() -> None:
