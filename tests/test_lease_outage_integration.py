@@ -1,5 +1,6 @@
 """One driver per sweep, whatever the tracking server does (reliability round 4): a real `mlflow server` is
-SIGKILLed under a running `aot-ray run` for longer than the lease, then restarted on the same database.
+SIGKILLed under a running `aot-ray run` and stays down until that driver has given up, then is restarted on the
+same database.
 
 The first driver stops its sweep on its own before its lease could expire, its trials checkpoint first and it
 says so in one line; a second driver started during the outage is refused; the same command once the server is
@@ -55,7 +56,7 @@ def _wait(check, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_tracking_outage_longer_than_the_lease_never_lets_two_drivers_run_one_sweep(tmp_path):
+def test_a_tracking_outage_never_lets_two_drivers_run_one_sweep(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
@@ -88,7 +89,8 @@ def test_a_tracking_outage_longer_than_the_lease_never_lets_two_drivers_run_one_
         errors = [ln for ln in out.splitlines() if ln.startswith("aot-ray: error:")]
         assert len(errors) == 1 and "is lost" in errors[0], errors
 
-        time.sleep(max(0.0, L.TTL_S + 10 - (time.monotonic() - killed)))  # an outage longer than the lease
+        # the server comes back as soon as the first driver ended: what the lease's expiry adds after that (a
+        # driver elsewhere may take it) is test_lease's; waiting out the TTL here would cost a minute and test nothing
         server = start_server(tmp_path, port)
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

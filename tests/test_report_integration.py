@@ -119,52 +119,13 @@ STOP_SWEEP = {
 }
 
 
-def test_stop_on_sign_ends_the_cell_early_and_the_report_compares_it_at_the_stop_step(tmp_path, ray_local):
-    """3000 steps asked for, three seeds of one cell (3-digit primes, micro GPT) running together: once the
-    sequential test over seeds (each look waiting for all three seeds) holds one sign, all six runs carry that step, end at an evaluation
-    at or after it (each sees the request at its next evaluation), and the report compares every pair there."""
-    import json
-    import yaml
-
-    from aot_ray.spec import parse_sweep
-
-    spec = parse_sweep(STOP_SWEEP)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = sweep.run(sweep.ResolvedSweep.of(spec, yaml.safe_dump(STOP_SWEEP), uri=uri, storage=str(tmp_path / "r")), verbose=0,
-                    say=lambda _: None)
-    assert len(out.ran) == 6 and not out.failed
-    c = tracking.client(uri)
-    runs = tracking.SweepRuns(uri, "stop-on-sign").trials()
-    at = {int(r.data.tags["aot.stop_at"]) for r in runs}
-    assert len(at) == 1 and len(runs) == 6
-    (at,) = at
-    assert 300 <= at < 3000 and at % 250 == 0  # not before `after` (10% of 3000 steps), at an evaluation
-    mean_at = {}
-    for r in runs:
-        assert r.info.status == "FINISHED"
-        stopped = int(r.data.metrics["stopped_at_step"])
-        assert at <= stopped < 3000
-        assert max(m.step for m in c.get_metric_history(r.info.run_id, "val_loss")) == stopped
-        local = c.download_artifacts(r.info.run_id, f"eval/windows/step-{at:08d}.json", str(tmp_path / r.info.run_id))
-        mean_at[r.data.tags["trial_id"]] = float(np.mean(json.loads(Path(local).read_text())["loss"]))
-    pairs = out.report["pairs"]
-    assert len(pairs) == 3 and out.report["stopped"] == {p["pair_key"]: at for p in pairs}
-    for p in pairs:
-        fw, bw = mean_at[p["fw_trial"]], mean_at[p["bw_trial"]]
-        assert p["stopped_at"] == at and p["delta"] == pytest.approx((bw - fw) / (0.5 * (bw + fw)), rel=1e-6)
-    (states,) = out.report["sequences"].values()
-    settled = [s for s in states if s.step <= at]
-    assert settled[-1].step == at and settled[-1].n == 3 and settled[-1].sign != 0
-    assert all(s.sign == 0 for s in settled[:-1])  # the first look that decided
-    (cell,) = out.report["summary"]
-    assert cell["n_seeds"] == 3
-    assert not out.report["position_gaps"]  # final per-position losses of a stopped pair are from other steps
-
-
 def test_stop_on_sign_with_orders_stops_the_cell_once_every_order_is_settled(tmp_path, ray_local):
-    """Forward, backward and even_odd over three seeds, all nine running together: one forward trial serves both
-    comparisons, so the cell stops as a whole (one step on all nine runs) once both comparisons are settled, and
-    the report compares every pair of both orders at that step."""
+    """2000 steps asked for; forward, backward and even_odd over three seeds of one cell (3-digit primes, micro
+    GPT), all nine running together. One forward trial serves both comparisons, so once the sequential test over
+    seeds (each look waiting for all three) holds a sign for both, the cell stops as a whole: all nine runs carry
+    that step and end at an evaluation at or after it (each sees the request at its next evaluation), and the
+    report compares every pair of both orders at that step. (The same stop through the CLI, added when a sweep is
+    resumed: test_driver_integration.)"""
     import copy
     import json
 
@@ -191,9 +152,13 @@ def test_stop_on_sign_with_orders_stops_the_cell_once_every_order_is_settled(tmp
     for states in seqs.values():  # each comparison settled at or before the cell's step: the latest of the two
         assert any(s.sign != 0 and s.step <= at for s in states)
     assert max(min(s.step for s in states if s.sign != 0) for states in seqs.values()) <= at
+    for states in seqs.values():  # the look that settled it had all three seeds
+        assert next(s for s in states if s.sign != 0).n == 3
     mean_at = {}
     for r in runs:
-        assert at <= int(r.data.metrics["stopped_at_step"]) < 2000
+        stopped = int(r.data.metrics["stopped_at_step"])
+        assert r.info.status == "FINISHED" and at <= stopped < 2000
+        assert max(m.step for m in c.get_metric_history(r.info.run_id, "val_loss")) == stopped
         local = c.download_artifacts(r.info.run_id, f"eval/windows/step-{at:08d}.json", str(tmp_path / r.info.run_id))
         mean_at[r.data.tags["trial_id"]] = float(np.mean(json.loads(Path(local).read_text())["loss"]))
     pairs = out.report["pairs"]
@@ -201,3 +166,6 @@ def test_stop_on_sign_with_orders_stops_the_cell_once_every_order_is_settled(tmp
     for p in pairs:
         fw, other = mean_at[p["fw_trial"]], mean_at[p["bw_trial"]]
         assert p["stopped_at"] == at and p["delta"] == pytest.approx((other - fw) / (0.5 * (other + fw)), rel=1e-6)
+    assert out.report["stopped"] == {p["pair_key"]: at for p in pairs}
+    assert all(cell["n_seeds"] == 3 for cell in out.report["summary"])
+    assert not out.report["position_gaps"]  # final per-position losses of a stopped pair are from other steps

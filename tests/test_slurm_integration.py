@@ -154,8 +154,8 @@ def test_a_time_limit_requeues_the_job_and_the_requeued_job_finishes_the_sweep(s
     env, root = slurm
     storage, out = root / "limit", root / "limit.out"
     sets = ["--set", "name=limit", "--set", "grid.seed=[0]", "--set", "defaults.resources.cpu=1",
-            "--set", "defaults.train.steps=20000", "--set", "defaults.train.checkpoint_every=500",
-            "--set", "defaults.train.eval_every=500"]  # about 2 minutes here: the warning comes well before the end
+            "--set", "defaults.train.steps=12000", "--set", "defaults.train.checkpoint_every=500",
+            "--set", "defaults.train.eval_every=500"]  # 75 s of training here: the warning comes well before the end
     job = sbatch(env, ["-N1", "-w", "n1", "--cpus-per-task=2", "--time=10", "--signal=B:TERM@300",
                        "cluster/slurm.sbatch", "sweeps/cluster-check.yaml", "--", "--storage", str(storage),
                        "--quiet", *sets], out)
@@ -172,7 +172,7 @@ def test_a_time_limit_requeues_the_job_and_the_requeued_job_finishes_the_sweep(s
     assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) == 1, state["seen"] + "\n" + log[-4000:]
     assert log.count("requeued: the next run of it resumes the sweep") == 1
     assert "resuming 2 unfinished trial(s)" in log and "Traceback" not in log
-    assert_one_curve_each(db, "limit", 20000, 2)
+    assert_one_curve_each(db, "limit", 12000, 2)
     # at the warning each trial checkpointed at the step it had reached, and the requeued job resumed it there:
     # no step trained twice (before: from the last due checkpoint, up to checkpoint_every 500 steps back)
     said = re.search(r"stopping the sweep at each trial's current step; 2 of 2 running trial\(s\) checkpointed "

@@ -62,7 +62,8 @@ def build(reader: Reader, *, conf: float = 0.95, alpha: float = 0.05, n_boot: in
         "curves": curve_of,
         "conf": conf,
         "alpha": alpha,
-        "stopped": stopped,
+        # each compared pair that was stopped, every order's included (a trial's pair key is its forward pair's)
+        "stopped": {p["pair_key"]: p["stopped_at"] for p in pairs if p.get("stopped_at") is not None},
         "stale": sorted(r["trial_id"] for r in stale),
         "failed_cells": failed_cells(failed, recs),
     }
