@@ -272,6 +272,8 @@ def test_a_stop_by_sigint_is_graceful_without_a_requeue_and_the_same_sbatch_resu
     log = out.read_text()
     assert state["Restarts"] == "0" and state["ExitCode"].startswith("130:"), state["seen"] + log[-3000:]
     assert "stopped by SIGINT: not requeued" in log and "requeued: the next run" not in log, log[-3000:]
+    # the driver's own lines only: no Tune account with its Tuner.restore advice, no MLflow "View run" per run
+    assert "Tuner.restore" not in log and "View run" not in log, log[-3000:]
     assert {r.info.status for r in trial_runs(db, "cancel")} <= {"KILLED", "FINISHED"}  # marked, not left RUNNING
     out2 = root / "cancel2.out"
     job2 = sbatch(env, args, out2)

@@ -22,6 +22,9 @@ for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow prints "View run ... at: URL" and "View experiment at: URL" to stdout at every run's end on a server:
+# a pair of lines per trial in a sweep's output, where the driver already names the sweep's page once
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from .runs import (AXES, DATA_VERSION, ERROR, INTERRUPTED, LR_SEARCH, NODE, NOTE, ROLE, STOP_AT,  # noqa: E402
                    SUPERSEDED, SUPERSEDED_BY, TRIAL_STATE, WORKERS, SweepContext, SweepRuns, end_sweep,
