@@ -188,14 +188,34 @@ def test_a_time_limit_requeues_the_job_and_the_requeued_job_finishes_the_sweep(s
 
 
 def test_two_jobs_share_a_node_and_bad_input_is_one_line(slurm):
+    """The `aot-ray slurm` wrapper refuses a bad sweep before anything is queued; two jobs, one queued by plain
+    sbatch and one by the wrapper, run side by side on n1 and finish; then bad input inside a job (a trial larger
+    than the allocation, an unreachable tracking server, a storage one node does not see) is one line, exit 2."""
     env, root = slurm
+    # the wrapper refuses a bad sweep before anything is queued
+    bad = root / "bad.yaml"
+    bad.write_text("name: bad\ndata: {}\n")
+    before = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
+    p = subprocess.run([*AOT_RAY, "slurm", str(bad), "--nodes", "2"], env=env, capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "grid: is required" in p.stderr
+    p = subprocess.run([*AOT_RAY, "slurm", "sweeps/cluster-check.yaml", "--nodes", "2", "--cpus-per-task", "1"],
+                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and "asks for 2 CPU" in p.stderr
+    assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout == before
+
     jobs = {}
-    for name in ("share-a", "share-b"):
-        jobs[name] = sbatch(env, ["-N1", "-w", "n1", "--cpus-per-task=2", "cluster/slurm.sbatch",
-                                  "sweeps/cluster-check.yaml", "--", "--storage", str(root / name), "--quiet",
-                                  "--set", f"name={name}", "--set", "grid.seed=[0]",
-                                  "--set", "defaults.train.steps=200", "--set", "defaults.resources.cpu=1"],
-                            root / f"{name}.out")
+    sets = {name: ["--storage", str(root / name), "--quiet", "--set", f"name={name}", "--set", "grid.seed=[0]",
+                   "--set", "defaults.train.steps=200", "--set", "defaults.resources.cpu=1"]
+            for name in ("share-a", "share-b")}
+    jobs["share-a"] = sbatch(env, ["-N1", "-w", "n1", "--cpus-per-task=2", "cluster/slurm.sbatch",
+                                   "sweeps/cluster-check.yaml", "--", *sets["share-a"]], root / "share-a.out")
+    # and queues a good one: the same job through the wrapper
+    p = subprocess.run([*AOT_RAY, "slurm", "sweeps/cluster-check.yaml", "--nodes", "1", "--cpus-per-task", "2",
+                        "--sbatch=--nodelist=n1", "--sbatch=--output=" + str(root / "share-b.out"), "--",
+                        *sets["share-b"]], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 0 and "queued Slurm job" in p.stdout, p.stderr
+    jobs["share-b"] = p.stdout.split("queued Slurm job ")[1].split(":")[0]
     both = False
     deadline = time.time() + 300
     while time.time() < deadline and not both:
@@ -232,26 +252,6 @@ def test_two_jobs_share_a_node_and_bad_input_is_one_line(slurm):
     assert state["JobState"] == "FAILED" and state["ExitCode"].startswith("2:"), out.read_text()[-3000:]
     assert len(errors) == 1 and "is not shared: node n2" in errors[0], out.read_text()[-3000:]
     assert not (root / "node-local" / "s").exists()
-    # the wrapper refuses a bad sweep before anything is queued
-    bad = root / "bad.yaml"
-    bad.write_text("name: bad\ndata: {}\n")
-    before = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
-    p = subprocess.run([*AOT_RAY, "slurm", str(bad), "--nodes", "2"], env=env, capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "grid: is required" in p.stderr
-    p = subprocess.run([*AOT_RAY, "slurm", "sweeps/cluster-check.yaml", "--nodes", "2", "--cpus-per-task", "1"],
-                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert p.returncode == 2 and "asks for 2 CPU" in p.stderr
-    assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout == before
-    # and queues a good one
-    p = subprocess.run([*AOT_RAY, "slurm", "sweeps/cluster-check.yaml", "--nodes", "1", "--cpus-per-task", "2",
-                        "--sbatch=--output=" + str(root / "wrapped.out"), "--", "--storage", str(root / "w"),
-                        "--set", "grid.seed=[0]", "--quiet"], env=env, capture_output=True, text=True, cwd=ROOT,
-                       timeout=60)
-    assert p.returncode == 0 and "queued Slurm job" in p.stdout, p.stderr
-    job = p.stdout.split("queued Slurm job ")[1].split(":")[0]
-    state = wait_job(env, job, ("COMPLETED", "FAILED"), out=root / "wrapped.out")
-    assert state["JobState"] == "COMPLETED", (root / "wrapped.out").read_text()[-3000:]
 
 
 def test_a_stop_by_sigint_is_graceful_without_a_requeue_and_the_same_sbatch_resumes_it(slurm):
